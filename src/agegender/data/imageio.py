@@ -1,0 +1,117 @@
+"""Robust image decoding shared by the audit, the cache and the predictor.
+
+Every odd file a user may have is either turned into an RGB uint8 array or rejected with
+an :class:`ImageError` whose message is one line: corrupt or truncated JPEGs, text files
+named ``.jpg``, grayscale / RGBA / palette / CMYK / 16-bit images, EXIF rotation, and
+decompression bombs (more pixels than ``max_pixels``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default pixel limit (width * height) above which an image is refused as a possible
+#: decompression bomb. 64 megapixels covers every camera photo users send.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``str()`` is a one-line reason (without the path)."""
+
+
+def is_image_name(path: str | Path) -> bool:
+    """True when the file name ends like an image (UTKFace's ``.jpg.chip.jpg`` included)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0))
+        arr8 = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(
+    path: str | Path | bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Open, fully decode, EXIF-rotate and convert an image to RGB.
+
+    ``path`` may be a file path or the file's bytes. ``draft_size`` lets the JPEG decoder
+    scale down by 2/4/8 while decoding when the result will be resized to at most that size.
+    Raises :class:`ImageError` with a one-line reason for anything unusable.
+    """
+    import io
+
+    src = io.BytesIO(path) if isinstance(path, bytes | bytearray) else path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}"
+                        " (possible decompression bomb)"
+                    )
+                if w == 0 or h == 0:
+                    raise ImageError(f"image has no pixels ({w}x{h})")
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageError("file not found") from exc
+    except IsADirectoryError as exc:
+        raise ImageError("is a directory, not an image") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image (cannot identify image file)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb: {exc}") from exc
+    except OSError as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    except (ValueError, SyntaxError, EOFError) as exc:  # PIL plugins raise these too
+        raise ImageError(f"cannot decode image: {exc}") from exc
+
+
+def load_rgb(
+    path: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode an image to an ``(H, W, 3)`` uint8 RGB array (see :func:`open_image`)."""
+    return np.asarray(open_image(path, max_pixels=max_pixels))
+
+
+def load_resized(
+    path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode and resize (bilinear, antialiased) to ``(size, size, 3)`` uint8 RGB."""
+    img = open_image(path, max_pixels=max_pixels, draft_size=size)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(img)

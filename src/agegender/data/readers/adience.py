@@ -1,0 +1,115 @@
+"""Adience: the official ``fold_K_data.txt`` files plus ``aligned/`` or ``faces/`` images.
+
+Each fold file is tab-separated with the header ``user_id original_image face_id age
+gender x y dx dy tilt_ang fiducial_yaw_angle fiducial_score``. The image of a row is
+``aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>`` or
+``faces/<user_id>/coarse_tilt_aligned_face.<face_id>.<original_image>``.
+The official fold (K) goes to the ``fold`` column, ``user_id`` to ``subject``.
+Truncated rows, bad labels and rows whose image is missing become Problems with file
+and line number; every other row is still read.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.records import DatasetError, Problem, ReadResult, make_table, parse_age
+from agegender.data.records import parse_gender as _parse_gender
+
+FOLD_FILE = re.compile(r"^fold_(\d+)_data\.txt$")
+HEADER = (
+    "user_id",
+    "original_image",
+    "face_id",
+    "age",
+    "gender",
+    "x",
+    "y",
+    "dx",
+    "dy",
+    "tilt_ang",
+    "fiducial_yaw_angle",
+    "fiducial_score",
+)
+IMAGE_LAYOUTS = (
+    ("aligned", "landmark_aligned_face"),
+    ("faces", "coarse_tilt_aligned_face"),
+)
+
+
+def fold_files(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    for f in root.iterdir():
+        m = FOLD_FILE.match(f.name)
+        if m and f.is_file():
+            found.append((int(m.group(1)), f))
+    return sorted(found)
+
+
+def _find_image(root: Path, user: str, face_id: str, image: str) -> Path | None:
+    for folder, prefix in IMAGE_LAYOUTS:
+        p = root / folder / user / f"{prefix}.{face_id}.{image}"
+        if p.is_file():
+            return p
+    return None
+
+
+def read_adience(path: str | Path) -> ReadResult:
+    root = require_path(path)
+    if root.is_file():
+        root = root.parent
+    folds = fold_files(root)
+    if not folds:
+        raise DatasetError(f"{path}: no Adience fold files (fold_K_data.txt) found")
+    rows, problems = [], []
+    for fold, ffile in folds:
+        lines = read_text_lines(ffile)
+        if not lines or lines[0].split("\t")[:2] != list(HEADER[:2]):
+            raise DatasetError(f"{ffile}:1: not an Adience fold file (expected header {HEADER[0]})")
+        for lineno, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < len(HEADER):
+                problems.append(
+                    Problem(
+                        str(ffile),
+                        lineno,
+                        f"truncated row: {len(fields)} of {len(HEADER)} tab-separated fields",
+                    )
+                )
+                continue
+            user, image, face_id, age_text, gender_text = (f.strip() for f in fields[:5])
+            try:
+                gender = _parse_gender(gender_text)
+                age, group = parse_age(age_text)
+            except ValueError as exc:
+                problems.append(Problem(str(ffile), lineno, str(exc)))
+                continue
+            img = _find_image(root, user, face_id, image)
+            if img is None:
+                problems.append(
+                    Problem(
+                        str(ffile),
+                        lineno,
+                        f"image not found: faces/{user}/coarse_tilt_aligned_face.{face_id}.{image}"
+                        " (or aligned/.../landmark_aligned_face...)",
+                    )
+                )
+                continue
+            rows.append(
+                dict(
+                    path=str(img),
+                    gender=gender,
+                    age=age,
+                    age_group=group,
+                    subject=user,
+                    race=None,
+                    source="adience",
+                    fold=fold,
+                    line=lineno,
+                )
+            )
+    return ReadResult(make_table(rows), problems, "adience")

@@ -1,0 +1,43 @@
+"""Helpers shared by the dataset readers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from agegender.data.imageio import is_image_name
+from agegender.data.records import DatasetError
+
+#: Folders that never hold dataset images (caches, VCS, macOS junk).
+SKIP_DIRS = frozenset({".git", "__pycache__", "__MACOSX", ".ipynb_checkpoints", ".cache"})
+
+
+def require_path(path: str | Path) -> Path:
+    """Return ``path`` as an absolute Path, or raise DatasetError when it does not exist."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    return p.resolve()
+
+
+def iter_images(root: Path) -> Iterator[Path]:
+    """Every file under ``root`` (recursive, sorted, hidden files skipped) named like an image."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_image_name(name):
+                yield Path(dirpath) / name
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Read a label file as text lines (UTF-8, falling back to Latin-1), one-line errors."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read label file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.splitlines()

@@ -1,0 +1,100 @@
+"""A generic CSV manifest: ``path,gender[,age][,subject][,race][,fold]`` with a header row.
+
+``path`` is relative to the manifest's folder (or absolute); gender as m/f/male/female/0/1
+(0 = male, 1 = female); age as a number of years or a range such as ``(25, 32)`` / ``25-32``.
+Comma, tab and semicolon delimiters are recognised. A bad row becomes a Problem naming the
+file and line; the other rows are still read.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.records import (
+    DatasetError,
+    Problem,
+    ReadResult,
+    make_table,
+    parse_age,
+    parse_gender,
+)
+
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
+
+
+def _delimiter(header: str) -> str:
+    counts = {d: header.count(d) for d in (",", "\t", ";")}
+    return max(counts, key=counts.get) if max(counts.values()) else ","
+
+
+def read_csv_manifest(path: str | Path) -> ReadResult:
+    manifest = require_path(path)
+    if manifest.is_dir():
+        cands = sorted(manifest.glob("*.csv"))
+        if len(cands) != 1:
+            raise DatasetError(
+                f"{path}: expected one .csv manifest in the folder, found {len(cands)}"
+            )
+        manifest = cands[0]
+    lines = read_text_lines(manifest)
+    if not lines:
+        raise DatasetError(f"{manifest}: empty manifest")
+    reader = csv.reader(lines, delimiter=_delimiter(lines[0]))
+    header = [h.strip().lower() for h in next(reader)]
+    path_col = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+    if path_col is None:
+        raise DatasetError(
+            f"{manifest}:1: no path column (expected one of {', '.join(PATH_COLUMNS)})"
+        )
+    col = {
+        name: header.index(name)
+        for name in ("gender", "age", "subject", "race", "fold")
+        if name in header
+    }
+    if "gender" not in col and "age" not in col:
+        raise DatasetError(f"{manifest}:1: needs a gender or an age column")
+    base = manifest.parent
+    rows, problems = [], []
+    for lineno, fields in enumerate(reader, start=2):
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if len(fields) < len(header):
+            problems.append(
+                Problem(str(manifest), lineno, f"{len(fields)} fields, header has {len(header)}")
+            )
+            continue
+
+        def get(name: str, fields: list[str] = fields) -> str | None:
+            return fields[col[name]].strip() if name in col else None
+
+        try:
+            gender = parse_gender(get("gender"))
+            age, group = parse_age(get("age"))
+            race = get("race")
+            race_code = int(race) if race not in (None, "") else None
+            fold = get("fold")
+            fold_k = int(fold) if fold not in (None, "") else None
+        except ValueError as exc:
+            problems.append(Problem(str(manifest), lineno, str(exc)))
+            continue
+        img = Path(fields[path_col].strip())
+        img = img if img.is_absolute() else base / img
+        if not img.is_file():
+            problems.append(Problem(str(manifest), lineno, f"image not found: {img}"))
+            continue
+        rows.append(
+            dict(
+                path=str(img),
+                gender=gender,
+                age=age,
+                age_group=group,
+                subject=get("subject") or "",
+                race=race_code,
+                source="csv",
+                fold=fold_k,
+                line=lineno,
+            )
+        )
+    return ReadResult(make_table(rows), problems, "csv")

@@ -1,0 +1,174 @@
+"""Readers on files the tests make, and on the real data beside the repo."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.data.readers import DatasetError, detect_format, parse_utkface_name, read_dataset
+
+ADIENCE_HEADER = (
+    "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\t"
+    "fiducial_yaw_angle\tfiducial_score\n"
+)
+
+
+def img(path: Path, color=(120, 80, 60), size=(32, 32)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("25_1_2_20170116174525125.jpg.chip.jpg", {"age": 25.0, "gender": 1, "race": 2}),
+        ("39_1_20170116174525125.jpg.chip.jpg", {"age": 39.0, "gender": 1, "race": None}),
+        ("24_0_1_20170116220224657 .jpg.chip.jpg", {"age": 24.0, "gender": 0, "race": 1}),
+        ("55_0_0_20170116232725357jpg.chip.jpg", {"age": 55.0, "gender": 0, "race": 0}),
+    ],
+)
+def test_utkface_names_including_real_quirks(name, expected):
+    assert parse_utkface_name(name) == expected
+
+
+def test_utkface_reports_unparseable_names(tmp_path):
+    img(tmp_path / "30_1_0_2017.jpg.chip.jpg")
+    img(tmp_path / "61_1_20170109142408075.jpg.chip.jpg")
+    img(tmp_path / "holiday.jpg")
+    img(tmp_path / "30_7_0_2017.jpg.chip.jpg")
+    r = read_dataset(tmp_path, "utkface")
+    assert len(r.table) == 2
+    assert {Path(p.path).name for p in r.problems} == {"holiday.jpg", "30_7_0_2017.jpg.chip.jpg"}
+    assert all("holiday.jpg" in p.reason or "gender" in p.reason for p in r.problems)
+
+
+def test_adience_truncated_and_missing_rows_have_file_and_line(tmp_path):
+    img(tmp_path / "faces" / "u1" / "coarse_tilt_aligned_face.1.a.jpg")
+    img(tmp_path / "aligned" / "u2" / "landmark_aligned_face.2.b.jpg")
+    (tmp_path / "fold_0_data.txt").write_text(
+        ADIENCE_HEADER
+        + "u1\ta.jpg\t1\t(25, 32)\tf\t0\t0\t1\t1\t0\t0\t1\n"
+        + "u2\tb.jpg\t2\t35\tm\t0\t0\t1\t1\t0\t0\t1\n"
+    )
+    (tmp_path / "fold_1_data.txt").write_text(
+        ADIENCE_HEADER
+        + "u3\tc.jpg\t3\tNone\tu\t0\t0\t1\t1\t0\t0\t1\n"
+        + "u4\td.jpg\t4\t(0, 2)\tm\t0\t0\t1\t1\t0\t0\t1\n"
+        + "u4\td.jpg\t4\t(0, 2)"
+    )
+    r = read_dataset(tmp_path)
+    assert r.format == "adience"
+    t = r.table.sort_values("subject")
+    assert list(t["subject"]) == ["u1", "u2"]
+    assert list(t["gender"]) == [1, 0]
+    assert (
+        list(t["age_group"]) == [4, 5] and t["age"].iloc[1] == 35.0 and np.isnan(t["age"].iloc[0])
+    )
+    assert list(t["fold"]) == [0, 0]
+    where = {(Path(p.path).name, p.line): p.reason for p in r.problems}
+    assert ("fold_1_data.txt", 2) in where and "image not found" in where[("fold_1_data.txt", 2)]
+    assert "truncated row" in where[("fold_1_data.txt", 4)]
+    assert len(r.problems) == 3
+
+
+def test_adience_bad_header(tmp_path):
+    (tmp_path / "fold_0_data.txt").write_text("hello\tworld\n")
+    with pytest.raises(DatasetError, match=r"fold_0_data.txt:1"):
+        read_dataset(tmp_path, "adience")
+
+
+def test_celeba(tmp_path):
+    for n in ("000001.jpg", "000002.jpg", "000003.jpg"):
+        img(tmp_path / "img_align_celeba" / n)
+    (tmp_path / "list_attr_celeba.txt").write_text(
+        "4\n5_o_Clock_Shadow Male Smiling\n"
+        "000001.jpg  -1  1 -1\n000002.jpg -1 -1  1\n000003.jpg 1 1\n000004.jpg 1 1 1\n"
+    )
+    (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 2\n")
+    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 10\n000002.jpg 11\n")
+    r = read_dataset(tmp_path)
+    assert r.format == "celeba"
+    assert list(r.table["gender"]) == [0, 1]
+    assert list(r.table["fold"]) == [0, 2]
+    assert list(r.table["subject"]) == ["10", "11"]
+    lines = sorted(p.line for p in r.problems)
+    assert lines == [5, 6]
+
+
+def test_folders_kaggle_layout(tmp_path):
+    img(tmp_path / "Training" / "male" / "a.jpg")
+    img(tmp_path / "Training" / "female" / "b.png")
+    img(tmp_path / "Validation" / "Female" / "c.jpg")
+    img(tmp_path / "stray.jpg")
+    r = read_dataset(tmp_path)
+    assert r.format == "folders"
+    assert sorted(r.table["gender"].tolist()) == [0, 1, 1]
+    assert [Path(p.path).name for p in r.problems] == ["stray.jpg"]
+
+
+def test_csv_manifest(tmp_path):
+    img(tmp_path / "im" / "a.jpg")
+    img(tmp_path / "im" / "b.jpg")
+    img(tmp_path / "im" / "c.jpg")
+    (tmp_path / "labels.csv").write_text(
+        "path,gender,age,subject\n"
+        "im/a.jpg,female,31,s1\n"
+        "im/b.jpg,m,\"(25, 32)\",s2\n"
+        "im/c.jpg,robot,3,s3\n"
+        "im/missing.jpg,f,3,s4\n"
+        "im/a.jpg,f\n"
+    )
+    r = read_dataset(tmp_path / "labels.csv")
+    assert r.format == "csv"
+    assert r.table["gender"].tolist() == [1, 0]
+    assert r.table["age"].iloc[0] == 31 and r.table["age_group"].tolist() == [4, 4]
+    assert r.table["subject"].tolist() == ["s1", "s2"]
+    assert r.table["line"].tolist() == [2, 3]
+    reasons = {p.line: p.reason for p in r.problems}
+    assert set(reasons) == {4, 5, 6}
+    assert "gender" in reasons[4] and "not found" in reasons[5]
+
+
+def test_csv_without_path_column(tmp_path):
+    (tmp_path / "labels.csv").write_text("file_name,sex\nx.jpg,m\n")
+    with pytest.raises(DatasetError, match=r"labels.csv:1: no path column"):
+        read_dataset(tmp_path / "labels.csv")
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        read_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        read_dataset(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="no images found"):
+        read_dataset(tmp_path / "empty", "utkface")
+    with pytest.raises(DatasetError, match="unknown format"):
+        read_dataset(tmp_path, "imagenet")
+
+
+def test_real_utkface(utkface_dir):
+    r = read_dataset(utkface_dir)
+    assert r.format == "utkface"
+    assert len(r.table) == 23707 and r.problems == []
+    assert r.table["race"].isna().sum() == 3
+    assert r.table["gender"].value_counts().to_dict() == {0: 12390, 1: 11317}
+    assert r.table["age"].between(1, 116).all()
+    assert detect_format(utkface_dir) == "utkface"
+
+
+def test_real_adience_sample(adience_dir):
+    r = read_dataset(adience_dir)
+    assert r.format == "adience" and len(r.table) == 19
+    truncated = [p for p in r.problems if "truncated" in p.reason]
+    assert sorted(Path(p.path).name for p in truncated) == [
+        "fold_2_data.txt",
+        "fold_3_data.txt",
+        "fold_4_data.txt",
+    ]
+    total_rows = sum(
+        len((adience_dir / f"fold_{k}_data.txt").read_text().splitlines()) - 1 for k in range(5)
+    )
+    assert len(r.table) + len(r.problems) == total_rows  # every row read or reported
