@@ -1,0 +1,789 @@
+"""Training configuration: pydantic models, YAML loading, ``--set`` overrides, validation.
+
+A run is described by one YAML file with the sections below (every key optional except
+``data.path``); unknown keys are errors that name the key::
+
+    data:      {path, format, size, input_size, folds_file, fold, val_fold, split, limit,
+                audit, drop_conflicts, seed, cache_dir}
+    model:     {name, pretrained_file, init_from, head, head_hidden, dropout, options,
+                freeze_backbone, unfreeze_at_epoch, unfreeze_last_n, backbone_lr_factor}
+    task:      {gender, age: none|groups|regression|dex, gamma}
+    optim:     {name: adam|adamw|sgd, lr, weight_decay, momentum, nesterov}
+    schedule:  {name: none|cosine|step, warmup_epochs, step_size, gamma, min_lr_factor}
+    train:     {epochs, batch_size, precision, seed, early_stopping, num_workers, ...}
+    augment:   {recipe: [ops...], padding_mode}
+    trainer:   {accelerator, devices, num_nodes, strategy, channels_last, compile, threads}
+    logger:    {csv, tensorboard, mlflow, wandb, ...}
+
+Paths are relative to the config file (``--set`` paths: to the working directory);
+``$VAR`` / ``${VAR}`` expand from the environment, and ``AGEGENDER_DATA`` defaults to
+``<repo>/../shared/data``. :func:`load_config` raises :class:`ConfigError`, whose message
+is one line naming every bad key, e.g. ``optim.lr: must be > 0 (got -0.1)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+#: Repository root (src layout): the default data root is ``<repo>/../shared/data``.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Config keys holding file-system paths (resolved relative to the config file).
+PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("data", "path"),
+    ("data", "folds_file"),
+    ("data", "cache_dir"),
+    ("model", "pretrained_file"),
+    ("model", "init_from"),
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``str()`` is one line naming each bad key."""
+
+
+def default_data_root() -> Path:
+    """``$AGEGENDER_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get("AGEGENDER_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+_VAR = re.compile(r"\$\{([^}]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def expand_path(value: str, base_dir: Path | None = None) -> str:
+    """Expand ``$VAR``/``${VAR}``/``~`` and make ``value`` absolute against ``base_dir``."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if name == "AGEGENDER_DATA":
+            return str(default_data_root())
+        raise ValueError(f"environment variable {name} is not set (in {value!r})")
+
+    text = os.path.expanduser(_VAR.sub(sub, str(value)))
+    p = Path(text)
+    if not p.is_absolute():
+        p = (base_dir or Path.cwd()) / p
+    return os.path.normpath(str(p))
+
+
+def _resolve(v: str | None, info: ValidationInfo) -> str | None:
+    if v is None:
+        return None
+    base = (info.context or {}).get("base_dir") if info.context else None
+    return expand_path(v, Path(base) if base else None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _within(lo: float, hi: float):
+    def check(v: float | None) -> float | None:
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"must be within [{lo:g}, {hi:g}]")
+        return v
+
+    return check
+
+
+def _pair_within(lo: float, hi: float, *, ordered: bool = True):
+    def check(v: tuple[float, float]) -> tuple[float, float]:
+        a, b = v
+        if not (lo <= a <= hi and lo <= b <= hi):
+            raise ValueError(f"both values must be within [{lo:g}, {hi:g}]")
+        if ordered and a > b:
+            raise ValueError("first value must be <= second")
+        return v
+
+    return check
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(_Section):
+    """Where the faces come from and how they are split."""
+
+    path: str = Field(description="dataset folder or label file")
+    format: str = Field("auto", description="reader: auto, utkface, adience, celeba, folders, csv")
+    size: int | None = Field(None, ge=16, le=1024, description="cache image size (px)")
+    input_size: int | None = Field(None, ge=16, le=1024, description="network input (px)")
+    folds_file: str | None = Field(None, description="CSV with path,fold (agegender data folds)")
+    fold: int | None = Field(
+        None, ge=0, description="held-out fold (folds_file, else the dataset's own folds)"
+    )
+    val_fold: int | None = Field(None, ge=0, description="separate validation fold")
+    split: list[float] = Field([0.8, 0.2], description="train/val[/test] fractions")
+    limit: int | None = Field(None, ge=10, description="use at most this many faces")
+    audit: bool = Field(False, description="run the duplicate audit to group and drop conflicts")
+    drop_conflicts: bool = True
+    seed: int = 0
+    cache_dir: str | None = None
+
+    _paths = field_validator("path", "folds_file", "cache_dir")(_resolve)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        formats = ("auto", "utkface", "adience", "celeba", "folders", "csv")
+        if v not in formats:
+            raise ValueError(f"unknown format {v!r}; choose one of {', '.join(formats)}")
+        return v
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: list[float]) -> list[float]:
+        if len(v) not in (2, 3):
+            raise ValueError("must be 2 (train, val) or 3 (train, val, test) fractions")
+        if any(x <= 0 for x in v):
+            raise ValueError("fractions must be > 0")
+        if abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"fractions must sum to 1 (sum {sum(v):g})")
+        return v
+
+    @model_validator(mode="after")
+    def _folds(self) -> DataConfig:
+        if self.val_fold is not None and self.fold is None:
+            raise ValueError("data.val_fold: needs data.fold")
+        if self.val_fold is not None and self.val_fold == self.fold:
+            raise ValueError("data.val_fold: must differ from data.fold")
+        return self
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(_Section):
+    """Architecture, weights and the freeze/unfreeze schedule."""
+
+    name: str = "small_resnet"
+    pretrained_file: str | None = Field(None, description="local backbone weights")
+    init_from: str | None = Field(None, description="checkpoint of an earlier run to start from")
+    head: str | None = Field(None, description="head type, passed to create_model")
+    head_hidden: list[int] | None = None
+    dropout: float | list[float] | None = None
+    options: dict[str, Any] = Field({}, description="extra create_model keyword arguments")
+    freeze_backbone: bool = False
+    unfreeze_at_epoch: int | None = Field(None, ge=1)
+    unfreeze_last_n: int | None = Field(None, ge=1)
+    backbone_lr_factor: float = Field(1.0, gt=0, le=1)
+
+    _paths = field_validator("pretrained_file", "init_from")(_resolve)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from agegender.models import list_models
+
+        names = list(list_models())
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(names)}"
+            raise ValueError(f"unknown model {v!r}{hint}")
+        return v
+
+    @field_validator("head_hidden")
+    @classmethod
+    def _hidden(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(h < 1 for h in v):
+            raise ValueError("layer widths must be >= 1")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float | list[float] | None) -> float | list[float] | None:
+        values = v if isinstance(v, list) else [v] if v is not None else []
+        if any(not 0 <= x < 1 for x in values):
+            raise ValueError("must be within [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> ModelConfig:
+        from agegender.models.registry import _entry
+
+        try:
+            accepted = _entry(self.name).options
+        except ValueError:
+            return self  # unknown name: reported by the name validator
+        given = [k for k in ("head", "head_hidden", "dropout") if getattr(self, k) is not None]
+        shown = ", ".join(o for o in accepted if o != "pretrained_file")
+        for key in (*given, *self.options):
+            if key not in accepted:
+                where = f"model.{key}" if key in given else f"model.options.{key}"
+                raise ValueError(
+                    f"{where}: model {self.name!r} does not take this option (it takes: {shown})"
+                )
+        for key in ("pretrained_file", "freeze_backbone", "input_size"):
+            if key in self.options:
+                raise ValueError(f"model.options.{key}: set it with its own key, not in options")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze(self) -> ModelConfig:
+        if not self.freeze_backbone:
+            if self.unfreeze_at_epoch is not None:
+                raise ValueError("model.unfreeze_at_epoch: needs model.freeze_backbone: true")
+            if self.unfreeze_last_n is not None:
+                raise ValueError("model.unfreeze_last_n: needs model.freeze_backbone: true")
+        return self
+
+
+# --------------------------------------------------------------------------- task
+AgeMode = Literal["none", "groups", "regression", "dex"]
+
+
+class TaskConfig(_Section):
+    """What to predict: gender and/or age (8 groups, years by L1 regression, or DEX)."""
+
+    gender: bool = True
+    age: AgeMode = "groups"
+    gamma: float = Field(0.5, description="L = gamma*L_gender + (1-gamma)*L_age")
+
+    _gamma = field_validator("gamma")(_within(0, 1))
+
+    @model_validator(mode="after")
+    def _some(self) -> TaskConfig:
+        if not self.gender and self.age == "none":
+            raise ValueError("task: nothing to learn (task.gender is false and task.age is none)")
+        return self
+
+
+# --------------------------------------------------------------------------- optim
+class OptimConfig(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule per optimiser step, with a linear warm-up."""
+
+    name: Literal["none", "cosine", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1, description="epochs between decays (step)")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+    min_lr_factor: float = Field(0.0, description="cosine floor as a fraction of lr")
+
+    _min = field_validator("min_lr_factor")(_within(0, 1))
+
+
+# --------------------------------------------------------------------------- train
+class EarlyStoppingConfig(_Section):
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] | None = Field(None, description="default: max for *acc*")
+    patience: int | None = Field(5, ge=1, description="null disables early stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or ("max" if "acc" in self.monitor else "min")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    precision: Literal["auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
+    seed: int = 0
+    deterministic: bool | Literal["warn"] = "warn"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    num_workers: int = Field(0, ge=0, le=8)
+    checkpoint_every_n_steps: int = Field(100, ge=0, description="also save last.ckpt (0: off)")
+    limit_train_batches: int | float | None = Field(None, gt=0)
+    limit_val_batches: int | float | None = Field(None, gt=0)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    log_every_n_steps: int = Field(20, ge=1)
+    progress_bar: bool = True
+
+
+# --------------------------------------------------------------------------- augment
+class _Op(_Section):
+    p: float = 1.0
+
+    _p = field_validator("p")(_within(0, 1))
+
+
+class RandomCropOp(_Op):
+    """A random ``input_size`` window of the ``size`` image (Levi & Hassner: 227 of 256)."""
+
+    op: Literal["random_crop"] = "random_crop"
+    padding: int = Field(0, ge=0, description="pixels the window may move past the border")
+
+
+class ResizedCropOp(_Op):
+    """Random area fraction ``scale`` and aspect ``ratio``, resized to ``input_size``."""
+
+    op: Literal["resized_crop"] = "resized_crop"
+    scale: tuple[float, float] = (0.8, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    _scale = field_validator("scale")(_pair_within(0.01, 1))
+    _ratio = field_validator("ratio")(_pair_within(0.1, 10))
+
+
+class HFlipOp(_Op):
+    op: Literal["hflip"] = "hflip"
+    p: float = 0.5
+
+
+class RotationOp(_Op):
+    op: Literal["rotation"] = "rotation"
+    degrees: float = 10.0
+
+    _deg = field_validator("degrees")(_within(0, 180))
+
+
+class ColorJitterOp(_Op):
+    op: Literal["color_jitter"] = "color_jitter"
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+    saturation: float = Field(0.2, ge=0, le=1)
+
+
+class GrayscaleOp(_Op):
+    op: Literal["grayscale"] = "grayscale"
+    p: float = 0.1
+
+
+class GaussianNoiseOp(_Op):
+    op: Literal["gaussian_noise"] = "gaussian_noise"
+    std: float = Field(0.02, ge=0, le=1, description="in [0, 1] pixel units")
+
+
+class RandomErasingOp(_Op):
+    op: Literal["random_erasing"] = "random_erasing"
+    p: float = 0.25
+    scale: tuple[float, float] = (0.02, 0.2)
+    ratio: tuple[float, float] = (0.3, 3.3)
+
+    _scale = field_validator("scale")(_pair_within(0.001, 1))
+    _ratio = field_validator("ratio")(_pair_within(0.05, 20))
+
+
+AUGMENT_OPS: dict[str, type[_Op]] = {
+    cls.model_fields["op"].default: cls
+    for cls in (
+        RandomCropOp,
+        ResizedCropOp,
+        HFlipOp,
+        RotationOp,
+        ColorJitterOp,
+        GrayscaleOp,
+        GaussianNoiseOp,
+        RandomErasingOp,
+    )
+}
+#: The parameter a bare scalar sets in the shorthand ``- rotation: 15``.
+_PRIMARY = {
+    "random_crop": "padding",
+    "resized_crop": "scale",
+    "hflip": "p",
+    "rotation": "degrees",
+    "grayscale": "p",
+    "gaussian_noise": "std",
+    "random_erasing": "p",
+}
+
+
+def _op_tag(v: Any) -> str | None:
+    return v.get("op") if isinstance(v, dict) else getattr(v, "op", None)
+
+
+AugmentOp = Annotated[
+    Annotated[RandomCropOp, Tag("random_crop")]
+    | Annotated[ResizedCropOp, Tag("resized_crop")]
+    | Annotated[HFlipOp, Tag("hflip")]
+    | Annotated[RotationOp, Tag("rotation")]
+    | Annotated[ColorJitterOp, Tag("color_jitter")]
+    | Annotated[GrayscaleOp, Tag("grayscale")]
+    | Annotated[GaussianNoiseOp, Tag("gaussian_noise")]
+    | Annotated[RandomErasingOp, Tag("random_erasing")],
+    Discriminator(_op_tag),
+]
+
+
+def _normalise_op(item: Any) -> Any:
+    """``"hflip"`` / ``{hflip: 0.3}`` / ``{hflip: {p: 0.3}}`` / ``{op: hflip, p: 0.3}``."""
+    if isinstance(item, str):
+        return {"op": item}
+    if isinstance(item, dict) and "op" not in item:
+        names = [k for k in item if k in AUGMENT_OPS]
+        if len(item) == 1 or len(names) == 1:
+            name = names[0] if names else next(iter(item))
+            params = item[name]
+            extra = {k: v for k, v in item.items() if k != name}  # e.g. from --set recipe.0.p
+            if params is None:
+                return {"op": name, **extra}
+            if isinstance(params, dict):
+                return {"op": name, **params, **extra}
+            if name == "color_jitter" and isinstance(params, int | float):
+                amount = {"brightness": params, "contrast": params, "saturation": params}
+                return {"op": name, **amount, **extra}
+            return {"op": name, _PRIMARY.get(name, "p"): params, **extra}
+    return item
+
+
+class AugmentConfig(_Section):
+    """Training augmentation, run on whole batches on the model's device (see data.augment).
+
+    ``recipe`` is a list of ops, each written ``- name``, ``- name: value`` (its main
+    parameter) or ``- name: {param: value}``; ops: random_crop, resized_crop, hflip,
+    rotation, color_jitter, grayscale, gaussian_noise, random_erasing.
+    """
+
+    recipe: list[AugmentOp] = Field(
+        default_factory=lambda: [ResizedCropOp(), HFlipOp()],
+    )
+    padding_mode: Literal["reflection", "zeros", "border"] = "reflection"
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("must be a list of augmentation ops")
+        out = [_normalise_op(x) for x in v]
+        for x in out:
+            name = _op_tag(x)
+            if name is not None and name not in AUGMENT_OPS:
+                close = difflib.get_close_matches(str(name), list(AUGMENT_OPS), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"choose {', '.join(AUGMENT_OPS)}"
+                raise ValueError(f"unknown augmentation op {name!r}; {hint}")
+        return out
+
+    @field_validator("recipe")
+    @classmethod
+    def _unique(cls, v: list[_Op]) -> list[_Op]:
+        names = [op.op for op in v]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ValueError(f"op {name!r} appears more than once")
+        if "random_crop" in names and "resized_crop" in names:
+            raise ValueError("use random_crop or resized_crop, not both")
+        return v
+
+    def get(self, name: str) -> _Op | None:
+        return next((op for op in self.recipe if op.op == name), None)
+
+
+# --------------------------------------------------------------------------- trainer
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_fork",
+    "ddp_notebook",
+    "ddp_find_unused_parameters_true",
+    "fsdp",
+    "deepspeed",
+    "single_device",
+)
+
+
+class TrainerConfig(_Section):
+    """Hardware: Lightning accelerator / devices / nodes / strategy, and CPU speed knobs."""
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str | list[int] = Field(1, description="per node; more than 1 -> DDP")
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    channels_last: bool = Field(True, description="NHWC tensors: faster convs on CPU and GPU")
+    compile: bool = False
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            close = difflib.get_close_matches(v, STRATEGIES, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"choose {', '.join(STRATEGIES)}"
+            raise ValueError(f"unknown strategy {v!r}; {hint}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str | list[int]) -> int | str | list[int]:
+        if isinstance(v, str) and v != "auto" and not re.fullmatch(r"-1|\d+(,\d+)*,?", v):
+            raise ValueError("must be 'auto', a count, or a list of device ids")
+        if isinstance(v, int) and v == 0 or isinstance(v, int) and v < -1:
+            raise ValueError("must be >= 1 (or -1 for all)")
+        return v
+
+
+class LoggerConfig(_Section):
+    """Loggers; none uses the network unless asked (mlflow to a URI, wandb online)."""
+
+    csv: bool = True
+    tensorboard: bool = True
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = Field(None, description="default: file:<run>/mlruns")
+    wandb: bool = False
+    wandb_project: str = "agegender"
+    wandb_offline: bool = True
+
+
+# --------------------------------------------------------------------------- root
+class Config(_Section):
+    """A whole training run."""
+
+    name: str | None = None
+    description: str = ""
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    logger: LoggerConfig = Field(default_factory=LoggerConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        monitor = self.train.early_stopping.monitor
+        allowed = logged_metrics(self.task)
+        if monitor not in allowed:
+            raise ValueError(
+                f"train.early_stopping.monitor: {monitor!r} is not logged with "
+                f"task.gender={self.task.gender}, task.age={self.task.age}; "
+                f"choose one of {', '.join(allowed)}"
+            )
+        d = self.data
+        if (
+            self.augment.get("random_crop") is not None
+            and d.size is not None
+            and d.input_size is not None
+            and d.input_size > d.size
+        ):
+            raise ValueError(
+                f"augment.recipe: random_crop needs data.size ({d.size}) >= "
+                f"data.input_size ({d.input_size})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def logged_metrics(task: TaskConfig) -> list[str]:
+    """Per-epoch metric names the training module logs for ``task``."""
+    names = ["val/loss"]
+    if task.gender:
+        names.append("val/gender_acc")
+    if task.age != "none":
+        names += ["val/age_acc", "val/age_acc_1off"]
+    if task.age in ("regression", "dex"):
+        names.append("val/age_mae")
+    return names + [n.replace("val/", "train/") for n in names]
+
+
+# --------------------------------------------------------------------------- loading
+def _loc(loc: tuple) -> str:
+    out = ""
+    for i, x in enumerate(loc):
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif x in AUGMENT_OPS and i > 0 and isinstance(loc[i - 1], int):
+            continue  # the discriminated-union tag
+        else:
+            out += ("." if out else "") + str(x)
+    return out
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at ``loc`` (for did-you-mean on unknown keys)."""
+    cls: Any = model
+    for x in loc[:-1]:
+        if isinstance(x, int) or cls is None:
+            continue
+        if x in AUGMENT_OPS:
+            cls = AUGMENT_OPS[x]
+            continue
+        field = getattr(cls, "model_fields", {}).get(x)
+        if field is None:
+            return []
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(getattr(cls, "model_fields", {})) if cls is not None else []
+
+
+def _message(err: dict) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    num = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
+    loc = _loc(err["loc"])
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        close = difflib.get_close_matches(str(key), _field_names(Config, err["loc"]), n=1)
+        return f"{loc}: unknown key" + (f"; did you mean {close[0]}?" if close else "")
+    if kind == "missing":
+        return f"{loc}: required"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        # cross-field validators already name their key
+        if re.match(r"^[a-z_]+(\.[a-z_]+)*:", msg):
+            return msg
+    else:
+        msg = {
+            "greater_than": f"must be > {num.get('gt')}",
+            "greater_than_equal": f"must be >= {num.get('ge')}",
+            "less_than": f"must be < {num.get('lt')}",
+            "less_than_equal": f"must be <= {num.get('le')}",
+            "union_tag_not_found": "each op needs a name, e.g. '- hflip' or '- {op: hflip}'",
+            "literal_error": f"must be one of {ctx.get('expected')}",
+            "int_parsing": "must be an integer",
+            "int_from_float": "must be an integer",
+            "int_type": "must be an integer",
+            "float_parsing": "must be a number",
+            "float_type": "must be a number",
+            "bool_parsing": "must be true or false",
+            "bool_type": "must be true or false",
+            "string_type": "must be a string",
+            "list_type": "must be a list",
+            "dict_type": "must be a mapping",
+            "model_type": "must be a mapping of keys",
+            "model_attributes_type": "must be a mapping of keys",
+            "tuple_type": "must be a list of two numbers",
+            "too_short": "must be a list of two numbers",
+            "too_long": "must be a list of two numbers",
+        }.get(kind, err["msg"])
+    if kind not in ("model_type", "model_attributes_type", "dict_type") and not isinstance(
+        value, dict | list
+    ):
+        shown = repr(value)
+        if shown not in msg:
+            msg += f" (got {shown})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line: every error as ``key: message (got value)``, joined by ``; ``."""
+    seen: list[str] = []
+    for err in exc.errors():
+        m = _message(err)
+        if m not in seen:
+            seen.append(m)
+    return "; ".join(seen)
+
+
+def validate_config(raw: dict, base_dir: str | Path | None = None) -> Config:
+    """Validate a config mapping (paths relative to ``base_dir``) or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping of sections (data:, model:, ...)")
+    try:
+        return Config.model_validate(raw, context={"base_dir": str(base_dir or Path.cwd())})
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value parsed as a YAML scalar or list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.(\w+))*", key):
+        raise ConfigError(f"--set {text}: bad key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc.problem}") from None
+    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``--set a.b=value`` overrides to a raw config dict (in place, returned).
+
+    Path-valued keys given on the command line are resolved against the working directory.
+    """
+    for text in overrides:
+        path, value = parse_override(text)
+        dotted = ".".join(map(str, path))
+        if tuple(map(str, path)) in PATH_KEYS and isinstance(value, str):
+            try:
+                value = expand_path(value)
+            except ValueError as exc:
+                raise ConfigError(f"{dotted}: {exc}") from None
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            where = ".".join(map(str, path[: i + 1]))
+            if isinstance(node, list):
+                if not isinstance(part, int) or part >= len(node):
+                    raise ConfigError(f"--set {dotted}: {where} is not an item of the list")
+                node = node[part]
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
+            raise ConfigError(f"--set {dotted}: no list item {last}")
+        node[last] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; one-line errors naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config must be a mapping of sections (data:, model:, ...)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config, apply ``--set`` overrides and validate (raises ConfigError).
+
+    The error message starts with the file name when the problem is in the file itself.
+    """
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides)
+    try:
+        return validate_config(raw, base_dir=Path(path).resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_files(config: Config) -> None:
+    """Check that every path the run will read exists (before any work starts)."""
+    checks = [
+        ("data.path", config.data.path),
+        ("data.folds_file", config.data.folds_file),
+        ("model.pretrained_file", config.model.pretrained_file),
+        ("model.init_from", config.model.init_from),
+    ]
+    for key, value in checks:
+        if value is not None and not Path(value).exists():
+            raise ConfigError(f"{key}: no such file or directory: {value}")

@@ -1,0 +1,267 @@
+"""Callbacks and the per-epoch CSV logger that Lightning lacks.
+
+- :class:`BackboneFreeze` — a ``BaseFinetuning``: backbone frozen (BatchNorm statistics
+  too) until ``unfreeze_at_epoch``, then the whole backbone or its last N blocks join the
+  optimiser at ``backbone_lr_factor`` x the head's learning rate, following the schedule.
+- :class:`Throughput` — training images per second (training batches only, all ranks).
+- :class:`LastCheckpoint` — ``last.ckpt`` every N optimiser steps and at each epoch end,
+  written atomically (temp file + rename), so a killed run loses at most N steps.
+- :class:`EpochCSVLogger` — ``metrics.csv`` with ONE row per epoch (train and val metrics
+  side by side), kept across ``--resume``.
+- :class:`EpochPrinter` — one summary line per epoch when there is no progress bar.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from torch.optim import Optimizer
+
+
+class BackboneFreeze(BaseFinetuning):
+    """Freeze ``pl_module.model.backbone``; at ``unfreeze_at_epoch`` (None: never) unfreeze
+    it (or its last ``last_n`` :meth:`backbone_blocks`) with lr = ``lr_factor`` x head lr."""
+
+    def __init__(
+        self, unfreeze_at_epoch: int | None, last_n: int | None = None, lr_factor: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.last_n = last_n
+        self.lr_factor = lr_factor
+        self.unfrozen = False
+
+    def _modules(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
+        model = pl_module.model
+        if self.last_n:
+            return list(model.backbone_blocks()[-self.last_n :])
+        return [model.backbone]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "unfrozen": self.unfrozen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.unfrozen = bool(state_dict.get("unfrozen", False))
+        super().load_state_dict(state_dict)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)  # restores the param groups on resume
+        if self.unfrozen:
+            self.make_trainable(self._modules(pl_module))
+            pl_module.model.train(pl_module.model.training)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        self.freeze(pl_module.model.backbone, train_bn=False)
+        pl_module.model.train(pl_module.model.training)
+
+    def finetune_function(
+        self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
+        if self.unfreeze_at_epoch is None or epoch != self.unfreeze_at_epoch or self.unfrozen:
+            return
+        n_groups = len(optimizer.param_groups)
+        self.unfreeze_and_add_param_group(
+            self._modules(pl_module),
+            optimizer,
+            lr=None,
+            initial_denom_lr=1.0 / self.lr_factor,
+            train_bn=True,
+        )
+        self.unfrozen = True
+        pl_module.model.train(pl_module.model.training)
+        if len(optimizer.param_groups) > n_groups:
+            # the new group follows the lr schedule from lr_factor x the head's base lr
+            for config in pl_module.trainer.lr_scheduler_configs:
+                sched = config.scheduler
+                if getattr(sched, "optimizer", None) is optimizer and hasattr(sched, "base_lrs"):
+                    while len(sched.base_lrs) < len(optimizer.param_groups):
+                        sched.base_lrs.append(sched.base_lrs[0] * self.lr_factor)
+                        optimizer.param_groups[-1].setdefault("initial_lr", sched.base_lrs[-1])
+
+
+class Throughput(Callback):
+    """Training images per second over the training batches of each epoch (validation and
+    checkpointing excluded), summed over ranks; logged as ``train/images_per_sec``."""
+
+    def __init__(self) -> None:
+        self.history: list[float] = []
+        self._start = 0.0
+        self._last = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = time.perf_counter()
+        self._images = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self._images += int(batch["image"].shape[0])
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        elapsed = self._last - self._start
+        if self._images and elapsed > 0:
+            rate = self._images * trainer.world_size / elapsed
+            self.history.append(rate)
+            pl_module.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class LastCheckpoint(Callback):
+    """Save ``last.ckpt`` every ``every_n_steps`` optimiser steps and at every epoch end,
+    atomically. Save errors do not stop training (a warning is printed)."""
+
+    def __init__(self, path: str | Path, every_n_steps: int = 100) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._saved_step and self._saved_step >= 0:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("last_checkpoint")
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        n = self.every_n_steps
+        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_step = -1
+        self._save(trainer)
+
+
+class EpochCSVLogger(Logger):
+    """``metrics.csv``: one row per epoch with every epoch-level metric (``*_step`` metrics
+    and rows without an ``epoch`` are left to the other loggers). On resume, rows already
+    in the file are kept; a re-run epoch replaces its row."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.rows: dict[int, dict[str, Any]] = {}
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        epoch = int(row["epoch"])
+                    except (KeyError, ValueError):
+                        continue
+                    self.rows[epoch] = {k: v for k, v in row.items() if v not in ("", None)}
+
+    @property
+    def name(self) -> str:
+        return "epochs"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "epoch" not in metrics:
+            return
+        epoch = int(metrics["epoch"])
+        values = {
+            k: (v.item() if isinstance(v, torch.Tensor) else v)
+            for k, v in metrics.items()
+            if not k.endswith("_step") and k != "epoch"
+        }
+        if not values:
+            return
+        row = self.rows.setdefault(epoch, {})
+        row.update(values)
+        if step is not None:
+            row["step"] = step
+        self._write()
+
+    def _write(self) -> None:
+        keys = sorted({k for row in self.rows.values() for k in row} - {"step"})
+        fields = ["epoch", "step", *keys]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for epoch in sorted(self.rows):
+                writer.writerow({"epoch": epoch, **self.rows[epoch]})
+        os.replace(tmp, self.path)
+
+    @rank_zero_only
+    def save(self) -> None:
+        return None
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.rows:
+            self._write()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+class EpochPrinter(Callback):
+    """Print ``epoch 3/10  train/loss 0.52  val/gender_acc 0.81 ...`` once per epoch
+    (train metrics are aggregated after ``on_train_epoch_end``, so an epoch is printed
+    when the next one starts, or when training ends)."""
+
+    def __init__(self, printer: Any = print) -> None:
+        self.printer = printer
+        self._pending: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pending = trainer.current_epoch
+
+    @rank_zero_only
+    def _flush(self, trainer: L.Trainer) -> None:
+        if self._pending is None:
+            return
+        metrics = trainer.callback_metrics
+        keys = sorted(
+            k for k in metrics if not k.endswith("_step") and k.startswith(("train/", "val/"))
+        )
+        parts = [f"{k} {_fmt(metrics[k])}" for k in keys]
+        self.printer(f"epoch {self._pending + 1}/{trainer.max_epochs}  " + "  ".join(parts))
+        self._pending = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)

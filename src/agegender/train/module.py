@@ -1,0 +1,451 @@
+"""The LightningModule: model, batched augmentation, multi-task loss, metrics, optimiser.
+
+Loss ``L = gamma * L_gender + (1 - gamma) * L_age`` (just the one term with a single task);
+every term is masked per sample, so faces with an unknown gender or age add nothing to
+that term (but still count for the other one):
+
+- gender: cross-entropy over (male, female), ignoring -1;
+- age ``groups``: cross-entropy over the 8 Adience groups, ignoring -1;
+- age ``regression``: L1 in years, ignoring NaN;
+- age ``dex``: cross-entropy over ages 0..100 (DEX); the prediction is the softmax's
+  expected value.
+
+Metrics (torchmetrics, synchronised across DDP ranks) per epoch for ``train/`` and
+``val/`` (and ``test/``): ``loss``, ``gender_acc``, ``age_acc`` (8 groups; predicted ages
+are mapped to groups for regression/DEX), ``age_acc_1off`` (within one group, as Levi &
+Hassner report), ``age_mae`` (years; regression and DEX only).
+
+Checkpoints are self-describing: ``hyper_parameters`` hold the resolved config and a
+``meta`` dict (architecture, create_model options, tasks, preprocessing, label
+conventions, code version) and ``checkpoint["agegender"]`` repeats ``meta`` with the
+metrics at save time, so :func:`load_model` rebuilds the network without the config file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from agegender.config import Config
+from agegender.data.augment import Preprocess
+from agegender.data.records import AGE_GROUP_CUTS, AGE_GROUP_NAMES, GENDERS
+from agegender.models import FaceModel, TaskSpec, create_model, dex_expected_age
+from agegender.models.heads import DEX_MAX_AGE
+
+CHECKPOINT_FORMAT = "agegender-checkpoint/1"
+
+
+# --------------------------------------------------------------------------- building
+def model_options(config: Config) -> dict[str, Any]:
+    """create_model keyword options from the ``model`` section (only those that are set)."""
+    from agegender.models.registry import _entry
+
+    m = config.model
+    opts: dict[str, Any] = dict(m.options)
+    for key in ("head", "head_hidden", "dropout"):
+        value = getattr(m, key)
+        if value is not None:
+            opts[key] = value
+    if "freeze_backbone" in _entry(m.name).options:
+        opts.setdefault("freeze_backbone", m.freeze_backbone)
+    return opts
+
+
+def _builder_defaults(name: str) -> dict[str, Any]:
+    """The builder's keyword defaults, so a checkpoint survives later default changes."""
+    import inspect
+
+    from agegender.models.registry import _entry
+
+    out: dict[str, Any] = {}
+    for key, param in inspect.signature(_entry(name).fn).parameters.items():
+        if key in ("tasks", "pretrained_file") or param.default is inspect.Parameter.empty:
+            continue
+        value = param.default
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None or isinstance(value, bool | int | float | str | list):
+            out[key] = value
+    return out
+
+
+def make_meta(config: Config, *, size: int, input_size: int, code_version: str) -> dict:
+    """Everything needed to rebuild and feed the model, as plain JSON-able types."""
+    from agegender.models.registry import _entry
+
+    cfg = _entry(config.model.name).cfg
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": config.model.name,
+        "model_options": {**_builder_defaults(config.model.name), **model_options(config)},
+        "tasks": {"gender": config.task.gender, "age": config.task.age},
+        "preprocessing": {
+            "resize": int(size),
+            "input_size": int(input_size),
+            "crop": "center",
+            "interpolation": "bilinear",
+            "color": "RGB",
+            "mean": [float(x) for x in cfg["mean"]],
+            "std": [float(x) for x in cfg["std"]],
+            "note": "resize the face crop to resize x resize, take the centre input_size "
+            "window, scale to [0, 1], subtract mean, divide by std",
+        },
+        "labels": {
+            "gender": list(GENDERS),
+            "gender_codes": {"male": 0, "female": 1},
+            "age": config.task.age,
+            "age_groups": list(AGE_GROUP_NAMES),
+            "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
+            "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
+        },
+        "code_version": code_version,
+    }
+
+
+def build_model(meta: dict, pretrained_file: str | None = None) -> FaceModel:
+    """The FaceModel described by a checkpoint's ``meta`` (weights: ``pretrained_file``)."""
+    pre = meta["preprocessing"]
+    return create_model(
+        meta["arch"],
+        TaskSpec(**meta["tasks"]),
+        pretrained_file=pretrained_file,
+        input_size=pre["input_size"],
+        **meta["model_options"],
+    )
+
+
+# --------------------------------------------------------------------------- losses
+def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over samples with ``target >= 0`` (0 with none, graph kept)."""
+    valid = target >= 0
+    per = F.cross_entropy(logits.float(), target.clamp(min=0), reduction="none")
+    return (per * valid).sum() / valid.sum().clamp(min=1)
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over samples whose target is not NaN."""
+    valid = ~torch.isnan(target)
+    per = (pred.float() - torch.nan_to_num(target)).abs()
+    return (per * valid).sum() / valid.sum().clamp(min=1)
+
+
+def dex_targets(age: torch.Tensor) -> torch.Tensor:
+    """Years -> DEX class 0..100 (rounded, clipped), -1 where NaN."""
+    cls = torch.nan_to_num(age, nan=-1.0).round().clamp(max=DEX_MAX_AGE).long()
+    return torch.where(torch.isnan(age), -1, cls)
+
+
+def predicted_years(age_out: torch.Tensor, mode: str) -> torch.Tensor:
+    return dex_expected_age(age_out.float()) if mode == "dex" else age_out.float()
+
+
+# --------------------------------------------------------------------------- schedule
+class ScheduleFn:
+    """Learning-rate factor per optimiser step: linear warm-up, then cosine/step/none."""
+
+    def __init__(
+        self,
+        name: str,
+        total_steps: int,
+        warmup_steps: int = 0,
+        step_size: int = 1,
+        gamma: float = 0.1,
+        min_factor: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.step_size = max(1, int(step_size))
+        self.gamma = gamma
+        self.min_factor = min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            t = min(1.0, (step - self.warmup_steps) / span)
+            return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.name == "step":
+            return self.gamma ** (step // self.step_size)
+        return 1.0
+
+
+class FactorScheduler(LRScheduler):
+    """``lr_i = base_lr_i * fn(step)`` for every param group, including groups added later
+    (the freeze/unfreeze callback appends their base lr). ``fn`` is not saved in state."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fn: ScheduleFn) -> None:
+        self.fn = fn
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        f = self.fn(self.last_epoch)
+        return [base * f for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update({k: v for k, v in state_dict.items() if k != "fn"})
+
+
+# --------------------------------------------------------------------------- module
+def _age_group_of(years: torch.Tensor) -> torch.Tensor:
+    cuts = torch.tensor(AGE_GROUP_CUTS, dtype=years.dtype, device=years.device)
+    return torch.bucketize(years, cuts, right=True)
+
+
+class FaceModule(L.LightningModule):
+    """Trains a :class:`~agegender.models.FaceModel` from a validated :class:`Config`.
+
+    ``config``: the resolved config as a dict; ``meta``: :func:`make_meta`'s dict.
+    ``pretrained_file``: backbone weights to start from (fresh runs only).
+    """
+
+    def __init__(self, config: dict, meta: dict, pretrained_file: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, "meta": meta})
+        self.cfg = Config.model_validate(config)
+        self.meta = meta
+        self.model = build_model(meta, pretrained_file)
+        pre = meta["preprocessing"]
+        self.preprocess = Preprocess(
+            size=pre["resize"],
+            input_size=pre["input_size"],
+            mean=pre["mean"],
+            std=pre["std"],
+            recipe=self.cfg.augment,
+            channels_last=self.cfg.trainer.channels_last,
+        )
+        if self.cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.task = self.cfg.task
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_": self._make_metrics() for stage in ("train", "val", "test")}
+        )
+        self._forward = self.model
+        self.last_metrics: dict[str, float] = {}
+
+    def _make_metrics(self) -> MetricCollection:
+        m: dict[str, Any] = {}
+        if self.task.gender:
+            m["gender_acc"] = MulticlassAccuracy(2, average="micro", ignore_index=-1)
+        if self.task.age != "none":
+            m["age_acc"] = MulticlassAccuracy(8, average="micro", ignore_index=-1)
+            m["age_acc_1off"] = MeanMetric()
+        if self.task.age in ("regression", "dex"):
+            m["age_mae"] = MeanAbsoluteError()
+        return MetricCollection(m)
+
+    # ---------------------------------------------------------------- steps
+    def setup(self, stage: str) -> None:
+        if self.cfg.trainer.compile:
+            self._forward = torch.compile(self.model)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._forward(x)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        images = batch["image"]
+        trainer = self._trainer
+        if trainer is not None and trainer.training:
+            # a pure function of (seed, rank, epoch, batch): identical after --resume
+            rng = np.random.default_rng(
+                [
+                    self.cfg.train.seed,
+                    trainer.global_rank,
+                    trainer.current_epoch,
+                    trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                ]
+            )
+            batch["image"] = self.preprocess.train(images, rng)
+        else:
+            batch["image"] = self.preprocess.eval(images)
+        return batch
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        out = self(batch["image"])
+        n = batch["image"].shape[0]
+        losses: dict[str, torch.Tensor] = {}
+        metrics = self.metrics[f"{stage}_"]
+        if self.task.gender:
+            losses["gender"] = masked_ce(out["gender"], batch["gender"])
+            metrics["gender_acc"].update(out["gender"].detach(), batch["gender"])
+        mode = self.task.age
+        if mode != "none":
+            age_out = out["age"]
+            target_group = batch["age_group"]
+            if mode == "groups":
+                losses["age"] = masked_ce(age_out, target_group)
+                pred_group = age_out.detach().argmax(-1)
+            else:
+                if mode == "regression":
+                    losses["age"] = masked_l1(age_out, batch["age"])
+                else:
+                    losses["age"] = masked_ce(age_out, dex_targets(batch["age"]))
+                years = predicted_years(age_out.detach(), mode)
+                pred_group = _age_group_of(years)
+                known = ~torch.isnan(batch["age"])
+                metrics["age_mae"].update(years[known], batch["age"][known])
+            metrics["age_acc"].update(F.one_hot(pred_group, 8).float(), target_group)
+            valid = target_group >= 0
+            off = ((pred_group - target_group).abs() <= 1).float()
+            metrics["age_acc_1off"].update(off[valid])
+        if len(losses) == 2:
+            g = self.task.gamma
+            loss = g * losses["gender"] + (1 - g) * losses["age"]
+        else:
+            loss = next(iter(losses.values()))
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for name, value in losses.items():
+            self.log(
+                f"{stage}/loss_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=True,
+            )
+        if on_step:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _log_metrics(self, stage: str) -> None:
+        for name, metric in self.metrics[f"{stage}_"].items():
+            if metric.update_count:
+                value = metric.compute()
+                # computed (and synced) by torchmetrics; sync_dist only averages equal values
+                self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=stage == "val")
+            metric.reset()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.log("train/lr", float(opt.param_groups[0]["lr"]), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict:
+        o, s = self.cfg.optim, self.cfg.schedule
+        backbone_ids = {id(p) for p in self.model.backbone.parameters()}
+        head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        factor = self.cfg.model.backbone_lr_factor
+        groups = [{"params": head, "lr": o.lr}]
+        if body:
+            if factor == 1.0:
+                groups[0]["params"] = body + head
+            else:
+                groups.append({"params": body, "lr": o.lr * factor})
+        if o.name == "sgd":
+            opt = torch.optim.SGD(
+                groups,
+                lr=o.lr,
+                momentum=o.momentum,
+                nesterov=o.nesterov,
+                weight_decay=o.weight_decay,
+            )
+        elif o.name == "adam":
+            opt = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        per_epoch = self._steps_per_epoch()
+        total = per_epoch * max(1, self.trainer.max_epochs)
+        fn = ScheduleFn(
+            s.name,
+            total_steps=total,
+            warmup_steps=round(s.warmup_epochs * per_epoch),
+            step_size=s.step_size * per_epoch,
+            gamma=s.gamma,
+            min_factor=s.min_lr_factor,
+        )
+        sched = FactorScheduler(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch, from the datamodule's batch sampler.
+
+        (``trainer.estimated_stepping_batches`` would set up the train loader before a
+        checkpoint is restored, which loses the loader's mid-epoch position.)
+        """
+        trainer = self.trainer
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "train_batches"):
+            return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
+        n = dm.train_batches(trainer.global_rank, trainer.world_size)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            n = min(n, limit)
+        elif limit is not None and limit < 1.0:
+            n = int(n * limit)
+        return max(1, math.ceil(n / trainer.accumulate_grad_batches))
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        metrics = {}
+        if self._trainer is not None:
+            for k, v in self.trainer.callback_metrics.items():
+                if not k.endswith("_step"):
+                    metrics[k] = float(v)
+        checkpoint["agegender"] = {**self.meta, "metrics": metrics}
+
+
+# --------------------------------------------------------------------------- loading
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load`` a Lightning checkpoint (weights only when possible)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises various types for bad pickles
+        raise ValueError(f"{path}: not a readable checkpoint: {str(exc).splitlines()[0]}") from exc
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[FaceModel, dict]:
+    """Rebuild the trained model from a run's checkpoint, without its config file.
+
+    Returns ``(model, meta)``: the FaceModel in eval mode and its ``meta`` (``arch``,
+    ``model_options``, ``tasks``, ``preprocessing`` {resize, input_size, mean, std, ...},
+    ``labels``, ``code_version``, ``config``, ``metrics``, ``epoch``, ``global_step``).
+    """
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get("agegender") or ckpt.get("hyper_parameters", {}).get("meta")
+    if not meta or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an agegender training checkpoint (no metadata)")
+    meta = dict(meta)
+    meta["config"] = ckpt.get("hyper_parameters", {}).get("config")
+    meta["epoch"] = ckpt.get("epoch")
+    meta["global_step"] = ckpt.get("global_step")
+    model = build_model(meta)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.to(map_location).eval()
+    return model, meta

@@ -1,0 +1,565 @@
+"""Build everything from a config and fit: ``train(config, out_dir, resume=False)``.
+
+Order of work (each step fails with a one-line error naming the key or file, before any
+training starts): validate the config and check its files -> read the dataset (and the
+folds file / audit) -> check the task has labels -> split -> decode-once image cache ->
+model -> Lightning Trainer -> fit -> test (when there is a test split) -> summary.
+
+The run directory::
+
+    config.yaml               the resolved config (absolute paths, sizes filled in)
+    metrics.csv               one row per epoch: train/* and val/* metrics, lr, images/s
+    summary.json              best/last/test metrics, epochs, params, size, speed, data sizes
+    checkpoints/best.ckpt     best epoch by train.early_stopping.monitor
+    checkpoints/last.ckpt     every train.checkpoint_every_n_steps steps and epoch end
+    logs/tensorboard/, logs/csv/ (Lightning's raw step log), mlflow/wandb when enabled
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agegender import __version__
+from agegender.config import Config, ConfigError, check_files, load_config
+from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
+from agegender.data.records import DatasetError
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns (on every rank; files are written by rank 0)."""
+
+    out_dir: Path
+    summary: dict
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+@dataclass
+class PreparedData:
+    """The table rows a run uses, their cached images and the splits."""
+
+    table: pd.DataFrame
+    images: np.ndarray
+    cache_rows: np.ndarray
+    splits: Splits
+    info: dict
+
+
+# --------------------------------------------------------------------------- helpers
+def is_rank_zero() -> bool:
+    """True in the launching process (DDP children have LOCAL_RANK/NODE_RANK/RANK set)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when run from a checkout."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{__version__}+g{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def resolve_sizes(config: Config) -> tuple[int, int]:
+    """``(cache size, input size)``: as configured, else from the model's default_cfg
+    (``resize`` and ``input_size``, keeping their ratio when only one is given)."""
+    from agegender.models.registry import _entry
+
+    cfg = _entry(config.model.name).cfg
+    d_in, d_resize = int(cfg["input_size"]), int(cfg["resize"])
+    size, inp = config.data.size, config.data.input_size
+    if size is None and inp is None:
+        size, inp = d_resize, d_in
+    elif size is None:
+        size = round(inp * d_resize / d_in)
+    elif inp is None:
+        inp = round(size * d_in / d_resize)
+    if inp < cfg["min_input_size"]:
+        raise ConfigError(
+            f"data.input_size: model {config.model.name!r} needs >= {cfg['min_input_size']} "
+            f"(got {inp})"
+        )
+    return int(size), int(inp)
+
+
+def check_environment(config: Config) -> None:
+    """Optional loggers must be installed."""
+    import importlib.util
+
+    for key, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
+        if getattr(config.logger, key) and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"logger.{key}: {module} is not installed (pip install {module})")
+
+
+def resolve_precision(config: Config) -> str:
+    import torch
+
+    p = config.train.precision
+    if p == "32":
+        return "32-true"
+    if p != "auto":
+        return p
+    gpu = config.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+# --------------------------------------------------------------------------- data
+def _check_labels(config: Config, table: pd.DataFrame) -> pd.DataFrame:
+    """Task vs labels, then keep rows with at least one label the task uses."""
+    t = config.task
+    has_gender = table["gender"].notna()
+    has_age = table["age"].notna() if t.age in ("regression", "dex") else table["age_group"].notna()
+    if t.gender and not has_gender.any():
+        raise ConfigError("task.gender: dataset has no gender labels")
+    if t.age != "none" and not has_age.any():
+        what = "exact ages" if t.age in ("regression", "dex") else "age labels"
+        raise ConfigError(f"task.age: dataset has no age labels ({what} needed for {t.age!r})")
+    useful = (has_gender if t.gender else False) | (has_age if t.age != "none" else False)
+    return table[useful]
+
+
+def _merge_folds(config: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    from agegender.data.folds import read_folds
+
+    folds = read_folds(config.data.folds_file)
+    cols = ["path", "fold"] + (["split_group"] if "split_group" in folds.columns else [])
+    folds = folds[cols].drop_duplicates("path")
+    base = table.drop(columns=[c for c in ("fold", "split_group") if c in table.columns])
+    merged = base.reset_index().merge(folds, on="path", how="inner").set_index("index")
+    if merged.empty:
+        raise ConfigError(
+            f"data.folds_file: none of its {len(folds)} paths are images of data.path "
+            f"({config.data.path})"
+        )
+    return merged.sort_index(), len(table) - len(merged)
+
+
+def _load_images(
+    table: pd.DataFrame, size: int, cache_dir: str | None, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, cache_rows, ok)`` for the rows of ``table`` through the image cache."""
+    from agegender.data.cache import build_cache
+
+    cache = build_cache(table, size, cache_dir=cache_dir, progress=progress)
+    ok = np.asarray(cache.ok, dtype=bool)
+    rows = np.arange(len(table), dtype=np.int64)
+    if len(ok) != len(table):
+        rows = np.asarray(cache.rows_for(table["path"].tolist()), dtype=np.int64)
+        ok = ok[rows]
+    return cache.images, rows, ok
+
+
+def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
+    """What a model that ignores the image scores on the validation split: the training
+    split's majority gender / age group, and its median age (for MAE)."""
+    train, val = table.iloc[splits.train], table.iloc[splits.val]
+    out: dict[str, float] = {}
+    for key, col in (("val/gender_acc", "gender"), ("val/age_acc", "age_group")):
+        known, target = train[col].dropna(), val[col].dropna()
+        if len(known) and len(target):
+            out[key] = float((target == known.mode().iloc[0]).mean())
+    ages, target = train["age"].dropna(), val["age"].dropna()
+    if len(ages) and len(target):
+        out["val/age_mae"] = float((target - ages.median()).abs().mean())
+    return out
+
+
+def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
+    """Read, filter, split and cache the dataset described by ``config.data``."""
+    from agegender.data.readers import read_dataset
+
+    d = config.data
+    result = read_dataset(d.path, d.format)
+    table = result.table.reset_index(drop=True)
+    info: dict[str, Any] = {
+        "path": d.path,
+        "format": result.format,
+        "read": len(table),
+        "label_problems": len(result.problems),
+    }
+    if d.audit:
+        from agegender.data.audit import audit_dataset
+
+        report = audit_dataset(result, progress=progress)
+        readable = np.asarray(report.readable, dtype=bool)
+        table = table.assign(group=np.asarray(report.group_id))
+        conflict = np.asarray(report.conflict, dtype=bool)
+        keep = readable & ~conflict if d.drop_conflicts else readable
+        info["unreadable"] = int((~readable).sum())
+        info["conflicts_dropped"] = int((conflict & readable).sum()) if d.drop_conflicts else 0
+        table = table[keep]
+    if d.folds_file is not None:
+        table, missing = _merge_folds(config, table)
+        info["not_in_folds_file"] = missing
+    elif d.fold is not None and table["fold"].isna().any():
+        raise ConfigError(
+            f"data.fold: the {result.format} dataset has no folds of its own for every face; "
+            "make a folds file (agegender data folds) and set data.folds_file"
+        )
+    table = _check_labels(config, table)
+    if d.limit is not None and d.limit < len(table):
+        table = table.sample(n=d.limit, random_state=d.seed).sort_index()
+        info["limit"] = d.limit
+    table = table.reset_index(drop=True)
+    size, _ = resolve_sizes(config)
+    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress)
+    if not ok.all():
+        info["undecodable"] = int((~ok).sum())
+        table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
+    if d.fold is not None:
+        splits = split_by_fold(table, d.fold, d.val_fold)
+    else:
+        splits = split_by_fractions(table, d.split, d.seed)
+    for name, idx in splits.as_dict().items():
+        if len(idx) == 0:
+            raise ConfigError(f"data: the {name} split is empty ({splits.how})")
+    info["used"] = len(table)
+    info["splits"] = splits.sizes()
+    info["split"] = splits.how
+    info["baselines"] = baselines(table, splits)
+    return PreparedData(table, images, cache_rows, splits, info)
+
+
+# --------------------------------------------------------------------------- trainer
+def _loggers(config: Config, out: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from agegender.train.callbacks import EpochCSVLogger
+
+    lg = config.logger
+    loggers: list = [EpochCSVLogger(out / "metrics.csv")]
+    if lg.csv:
+        loggers.append(CSVLogger(out / "logs", name="csv"))
+    if lg.tensorboard:
+        loggers.append(TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False))
+    if lg.mlflow:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = lg.mlflow_tracking_uri or (out / "mlruns").resolve().as_uri()
+        loggers.append(MLFlowLogger(experiment_name=config.name or "agegender", tracking_uri=uri))
+    if lg.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(
+            WandbLogger(
+                project=lg.wandb_project,
+                save_dir=str(out / "logs"),
+                offline=lg.wandb_offline,
+                name=config.name,
+            )
+        )
+    return loggers
+
+
+def _callbacks(config: Config, out: Path, progress: bool, printer: Callable) -> dict[str, Any]:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from agegender.train.callbacks import (
+        BackboneFreeze,
+        EpochPrinter,
+        LastCheckpoint,
+        Throughput,
+    )
+
+    es = config.train.early_stopping
+    ckpt_dir = out / "checkpoints"
+    cbs: dict[str, Any] = {
+        "best": ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor=es.monitor,
+            mode=es.resolved_mode,
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        "last": LastCheckpoint(ckpt_dir / "last.ckpt", config.train.checkpoint_every_n_steps),
+        "throughput": Throughput(),
+        "lr": LearningRateMonitor(logging_interval="step"),
+    }
+    if es.patience is not None:
+        cbs["early_stopping"] = EarlyStopping(
+            monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta
+        )
+    m = config.model
+    if m.freeze_backbone:
+        cbs["freeze"] = BackboneFreeze(m.unfreeze_at_epoch, m.unfreeze_last_n, m.backbone_lr_factor)
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        cbs["progress"] = RichProgressBar(leave=True)
+    else:
+        cbs["printer"] = EpochPrinter(printer)
+    return cbs
+
+
+def _best_row(rows: pd.DataFrame, monitor: str, mode: str) -> dict | None:
+    if monitor not in rows.columns or rows[monitor].notna().sum() == 0:
+        return None
+    values = rows[monitor].astype(float)
+    idx = values.idxmax() if mode == "max" else values.idxmin()
+    return {k: v for k, v in rows.loc[idx].to_dict().items() if pd.notna(v)}
+
+
+def _epochs_run(rows: pd.DataFrame, fallback: int) -> int:
+    """Epochs with training or validation metrics (the test row after fit is not an epoch)."""
+    cols = [c for c in rows.columns if c.startswith(("train/", "val/"))]
+    if "epoch" not in rows or not cols:
+        return int(fallback)
+    fit_rows = rows.dropna(subset=cols, how="all")
+    return int(fit_rows["epoch"].max()) + 1 if len(fit_rows) else int(fallback)
+
+
+def _model_stats(model: Any) -> dict:
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return {
+        "params": int(params),
+        "trainable_params": int(trainable),
+        "model_size_mb": round(nbytes / 2**20, 3),
+    }
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        return None if np.isnan(obj) else float(obj)
+    return obj
+
+
+class _QuietLightning(logging.Filter):
+    """Drop Lightning's start-up chatter (hardware lines, tips)."""
+
+    NOISE = ("GPU available", "TPU available", "HPU available", "💡", "`weights_only`")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
+def _quiet_lightning() -> None:
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietLightning) for f in logger.filters):
+            logger.addFilter(_QuietLightning())
+
+
+# --------------------------------------------------------------------------- train
+def train(
+    config: Config | str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    overrides: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
+    progress: bool | None = None,
+    printer: Callable[[str], Any] = print,
+) -> RunResult:
+    """Train the model described by ``config`` into ``out_dir`` (see the module docstring).
+
+    ``config``: a :class:`Config` or a YAML path (``overrides`` apply to a path).
+    ``resume``: continue from ``out_dir/checkpoints/last.ckpt`` (epochs/metrics continue).
+    ``callbacks``: extra Lightning callbacks. ``progress``: rich progress bar (default:
+    when stderr is a terminal and ``train.progress_bar``), else one line per epoch.
+    Raises :class:`ConfigError` / ``DatasetError`` (one line) for bad input.
+    """
+    import lightning as L
+    import torch
+
+    from agegender.data.datamodule import FaceDataModule
+    from agegender.models import load_weights, read_state_dict
+    from agegender.train.module import FaceModule, make_meta
+
+    _quiet_lightning()
+    if not isinstance(config, Config):
+        config = load_config(config, list(overrides))
+    out = Path(out_dir).resolve()
+    last = out / "checkpoints" / "last.ckpt"
+    rank0 = is_rank_zero()
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.is_file() and rank0:
+        raise ConfigError(
+            f"--out: {out} already holds a run; pass --resume to continue it or choose another"
+            " --out"
+        )
+    check_files(config)
+    check_environment(config)
+    size, input_size = resolve_sizes(config)
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"size": size, "input_size": input_size})}
+    )
+    if progress is None:
+        progress = bool(config.train.progress_bar and sys.stderr.isatty())
+
+    data = prepare_data(config, progress=progress and rank0)
+
+    if config.trainer.threads:
+        torch.set_num_threads(config.trainer.threads)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    precision = resolve_precision(config)
+    meta = make_meta(config, size=size, input_size=input_size, code_version=code_version())
+    config_dict = config.model_dump(mode="json")
+    module = FaceModule(
+        config_dict,
+        meta,
+        pretrained_file=None if resume else config.model.pretrained_file,
+    )
+    init_report = None
+    if config.model.init_from and not resume:
+        try:
+            state = read_state_dict(config.model.init_from)
+            init_report = load_weights(module.model, state, source=config.model.init_from)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"model.init_from: {exc}") from None
+
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+
+    use_gpu = config.trainer.accelerator in ("gpu", "cuda") or (
+        config.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+    dm = FaceDataModule(
+        data.images,
+        data.table,
+        data.splits,
+        cache_rows=data.cache_rows,
+        batch_size=config.train.batch_size,
+        eval_batch_size=config.train.eval_batch_size or 2 * config.train.batch_size,
+        num_workers=config.train.num_workers,
+        seed=config.train.seed,
+        pin_memory=use_gpu,
+    )
+    cbs = _callbacks(config, out, progress, printer)
+    t = config.trainer
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=precision,
+        max_epochs=config.train.epochs,
+        deterministic=config.train.deterministic,
+        callbacks=[*cbs.values(), *callbacks],
+        logger=_loggers(config, out),
+        default_root_dir=str(out),
+        log_every_n_steps=config.train.log_every_n_steps,
+        gradient_clip_val=config.train.gradient_clip_val,
+        accumulate_grad_batches=config.train.accumulate_grad_batches,
+        limit_train_batches=config.train.limit_train_batches,
+        limit_val_batches=config.train.limit_val_batches,
+        use_distributed_sampler=False,  # the batch sampler shards by rank itself
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen BN
+        started = time.perf_counter()
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True
+        )
+        train_time = time.perf_counter() - started
+        best_path = cbs["best"].best_model_path or None
+        test_metrics: dict[str, float] = {}
+        if data.splits.test is not None:
+            results = trainer.test(
+                module, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True
+            )
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    rows = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else pd.DataFrame()
+    es = config.train.early_stopping
+    throughput = cbs["throughput"].history
+    steady = throughput[1:] if len(throughput) > 1 else throughput
+    previous = {}
+    if resume and (out / "summary.json").is_file():
+        try:
+            previous = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            previous = {}
+    es_cb = cbs.get("early_stopping")
+    summary = {
+        "name": config.name,
+        "model": config.model.name,
+        "tasks": meta["tasks"],
+        "size": size,
+        "input_size": input_size,
+        "epochs_run": _epochs_run(rows, trainer.current_epoch),
+        "max_epochs": config.train.epochs,
+        "stopped_early": bool(es_cb is not None and es_cb.stopped_epoch > 0),
+        "monitor": es.monitor,
+        "mode": es.resolved_mode,
+        "best": _best_row(rows, es.monitor, es.resolved_mode),
+        "last": rows.iloc[-1].dropna().to_dict() if len(rows) else None,
+        "test": test_metrics or None,
+        **_model_stats(module.model),
+        "train_time_s": round(train_time, 2),
+        "train_time_total_s": round(train_time + float(previous.get("train_time_total_s", 0)), 2),
+        "train_images_per_sec": round(float(np.median(steady)), 1) if steady else None,
+        "images_per_sec_by_epoch": [round(x, 1) for x in throughput],
+        "dataset": data.info,
+        "init_from": config.model.init_from,
+        "init_report": {k: len(v) for k, v in init_report.items()} if init_report else None,
+        "precision": precision,
+        "accelerator": str(trainer.accelerator.__class__.__name__),
+        "world_size": trainer.world_size,
+        "checkpoints": {"best": best_path, "last": str(last)},
+        "code_version": meta["code_version"],
+        "resumed": resume,
+    }
+    summary = _clean(summary)
+    if trainer.is_global_zero:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return RunResult(out, summary, Path(best_path) if best_path else None, last, rows)
+
+
+__all__ = [
+    "PreparedData",
+    "RunResult",
+    "prepare_data",
+    "resolve_sizes",
+    "train",
+    "DatasetError",
+]
