@@ -1,0 +1,147 @@
+"""Export a model to a self-describing ONNX file and run it with ONNX Runtime.
+
+The exported graph takes the normalised float batch ``input`` ``(batch, 3, S, S)`` (the
+batch axis is dynamic) and returns probabilities, softmax included: ``gender_probs``
+``(batch, 2)`` [male, female] and one age output, ``age_group_probs`` ``(batch, 8)``,
+``age_probs`` ``(batch, 101)`` (DEX) or ``age_years`` ``(batch,)``. The model's meta dict
+(architecture, tasks, preprocessing, label conventions, metrics) is stored as JSON in the
+ONNX ``metadata_props`` under :data:`META_KEY`, so the file alone is enough to predict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agegender.infer.predictor import parse_meta, probability_module
+
+META_KEY = "agegender_meta"
+INPUT_NAME = "input"
+
+
+def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(meta), default=str))
+
+
+def _export(model: Any, meta: Mapping[str, Any], f: str | io.BytesIO, opset: int) -> None:
+    import torch
+
+    spec = parse_meta(meta)
+    wrapped = probability_module(model.eval(), spec)
+    names = spec.output_names
+    dummy = torch.zeros(2, 3, spec.input_size, spec.input_size)
+    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
+        torch.onnx.export(
+            wrapped,
+            (dummy,),
+            f,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _with_meta(data: bytes, meta: Mapping[str, Any]) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(_jsonable(meta))
+    proto.producer_name = "agegender"
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx_bytes(model: Any, meta: Mapping[str, Any], opset: int = 17) -> bytes:
+    """The ONNX graph (probabilities, dynamic batch, meta inside) as bytes."""
+    buf = io.BytesIO()
+    _export(model, meta, buf, opset)
+    return _with_meta(buf.getvalue(), meta)
+
+
+def export_onnx(
+    model: Any, meta: Mapping[str, Any], out_path: str | os.PathLike, opset: int = 17
+) -> Path:
+    """Export ``model`` (a FaceModel in eval mode) with its ``meta`` to ``out_path``."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(export_onnx_bytes(model, meta, opset))
+    return out
+
+
+def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The meta dict stored in an ONNX file by :func:`export_onnx`."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for p in proto.metadata_props:
+        if p.key == META_KEY:
+            return json.loads(p.value)
+    raise ValueError(f"{path}: no {META_KEY} metadata (not exported by agegender export)")
+
+
+class OnnxModel:
+    """ONNX Runtime backend with the torch backend's interface: ``model(batch) -> dict``.
+
+    ``source`` is an ``.onnx`` path or the file's bytes. The meta comes from the file's
+    metadata, else from ``meta``, else from a ``<name>.json`` beside the file. Threads:
+    ``intra_op_threads`` (default: every core), graph optimisation level ``ORT_ENABLE_ALL``.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self,
+        source: str | os.PathLike | bytes,
+        intra_op_threads: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        # No busy-waiting between runs: the threads share the cores with decoding and
+        # detection (and with other requests in the service).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        try:
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            where = "ONNX bytes" if isinstance(source, bytes) else str(source)
+            raise ValueError(f"{where}: cannot load ONNX model: {exc}") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        sidecar = None if isinstance(source, bytes) else Path(source).with_suffix(".json")
+        if META_KEY in props:
+            meta = json.loads(props[META_KEY])
+        elif meta is None and sidecar is not None and sidecar.is_file():
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        if meta is None:
+            where = "ONNX bytes" if isinstance(source, bytes) else str(source)
+            raise ValueError(
+                f"{where}: no {META_KEY} metadata (not exported by agegender) and no "
+                f"{sidecar.name if sidecar else 'meta'} beside it"
+            )
+        self.meta: dict[str, Any] = dict(meta)
+        self.spec = parse_meta(self.meta)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        outs = self.session.run(self.output_names, {self.input_name: x})
+        return dict(zip(self.output_names, outs, strict=True))

@@ -1,0 +1,264 @@
+"""The HTTP service against a real uvicorn server on 127.0.0.1 (a free port, loopback only)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from agegender.infer import Predictor
+from agegender.infer.bench import make_photos
+from agegender.models import TaskSpec, create_model
+from agegender.serve import ServeSettings, create_app
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a background thread on a loopback socket bound up front."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit this: without it keep-alive responses wait ~40 ms
+        # (Nagle + delayed ACK), as asyncio only sets it for sockets it creates itself
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def make_predictor(**kw) -> Predictor:
+    torch.manual_seed(0)
+    model = create_model("small_cnn", TaskSpec(gender=True, age="groups")).eval()
+    cfg = model.default_cfg
+    meta = {
+        "name": "test-small_cnn",
+        "arch": "small_cnn",
+        "tasks": {"gender": True, "age": "groups"},
+        "preprocessing": {k: cfg[k] for k in ("input_size", "resize", "mean", "std")},
+    }
+    return Predictor.from_module(model, meta, runtime="onnxruntime", threads=1, **kw)
+
+
+SETTINGS = ServeSettings(
+    max_file_bytes=300_000, max_files=4, max_pixels=2_000_000, timeout_s=20, max_concurrency=2
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer(create_app(make_predictor(workers=2), SETTINGS))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photos(utkface_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return make_photos(utkface_dir, tmp_path_factory.mktemp("photos"), n=6, seed=3)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _face_photo(photos: list[Path]) -> bytes:
+    return photos[0].read_bytes()
+
+
+def _assert_error(resp: httpx.Response, status: int, text: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"} and text in body["error"], body
+    return body
+
+
+def test_healthz_docs_and_page(client: httpx.Client) -> None:
+    h = client.get("/healthz").json()
+    assert h["status"] == "ok" and h["model"] == "test-small_cnn"
+    assert h["runtime"] == "onnxruntime" and h["tasks"] == {"gender": True, "age": "groups"}
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert "files" in body["multipart/form-data"]["schema"]["properties"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<canvas" in html or 'createElement("canvas")' in html
+    assert "http://" not in html and "https://" not in html  # no CDN or other external resource
+
+
+def test_predict_one_and_several(client: httpx.Client, photos: list[Path]) -> None:
+    r = client.post("/v1/predict", files={"files": ("a.jpg", _face_photo(photos), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "test-small_cnn" and len(body["results"]) == 1
+    res = body["results"][0]
+    assert (
+        res["source"] == "a.jpg"
+        and res["error"] is None
+        and (res["width"], res["height"])
+        == (
+            250,
+            250,
+        )
+    )
+    face = res["faces"][0]
+    x, y, w, h = face["box"]
+    assert 0 <= x < x + w <= 250 and 0 <= y < y + h <= 250
+    assert abs(face["p_female"] + face["p_male"] - 1) < 1e-4 and face["gender"] in (
+        "male",
+        "female",
+    )
+    assert face["age_group"] in face["age_group_probs"] and face["age"] > 0
+    # several files, in "files" and "file", a PNG, an octet-stream JPEG, a broken one, no face
+    blank = _png(Image.new("RGB", (120, 90), (200, 200, 200)))
+    files = [
+        ("files", ("b.jpg", photos[1].read_bytes(), "image/jpeg")),
+        ("files", ("c.png", _png(Image.open(photos[2])), "image/png")),
+        ("files", ("d.bin", photos[3].read_bytes(), "application/octet-stream")),
+        ("file", ("broken.jpg", b"\xff\xd8\xff garbage", "image/jpeg")),
+    ]
+    r = client.post("/v1/predict", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["source"] for x in results] == ["b.jpg", "c.png", "d.bin", "broken.jpg"]
+    assert all(x["faces"] for x in results[:3])
+    assert results[3]["faces"] == [] and "not an image" in results[3]["error"]
+    r = client.post("/v1/predict", files={"file": ("blank.png", blank, "image/png")})
+    assert r.status_code == 200 and r.json()["results"][0]["error"] == "no face found"
+
+
+def test_limits_answer_clear_4xx(client: httpx.Client, photos: list[Path]) -> None:
+    face = _face_photo(photos)
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    big_file = _png(Image.fromarray(noise))
+    assert len(big_file) > SETTINGS.max_file_bytes
+    body = _assert_error(
+        client.post("/v1/predict", files={"files": ("big.png", big_file, "image/png")}),
+        413,
+        "file too large: big.png",
+    )
+    assert body["detail"]["limit"] == 300_000
+    five = [("files", (f"{i}.jpg", face, "image/jpeg")) for i in range(5)]
+    _assert_error(client.post("/v1/predict", files=five), 413, "too many files")
+    huge = _png(Image.new("RGB", (2000, 1500), (10, 20, 30)))  # few bytes, 3 Mpx
+    body = _assert_error(
+        client.post("/v1/predict", files={"files": ("huge.png", huge, "image/png")}),
+        413,
+        "image too large: huge.png",
+    )
+    assert body["detail"]["pixels"] == 3_000_000
+    _assert_error(
+        client.post("/v1/predict", files={"files": ("x.txt", b"hello", "text/plain")}),
+        415,
+        "unsupported content type for x.txt: text/plain",
+    )
+    _assert_error(
+        client.post(
+            "/v1/predict", files={"files": ("x.bin", b"%PDF-1.4", "application/octet-stream")}
+        ),
+        415,
+        "unsupported content type",
+    )
+    _assert_error(client.post("/v1/predict", json={"files": []}), 415, "multipart/form-data")
+    _assert_error(
+        client.post(
+            "/v1/predict", data={"name": "x"}, files={"other": ("a.jpg", face, "image/jpeg")}
+        ),
+        422,
+        "no file in the request",
+    )
+    body = _assert_error(
+        client.post("/v1/predict", files={"files": ("bad.jpg", b"not a jpeg", "image/jpeg")}),
+        422,
+        "no image in the request could be decoded",
+    )
+    assert body["detail"][0]["source"] == "bad.jpg" and "not an image" in body["detail"][0]["error"]
+    # a body over the total limit is refused from its Content-Length, before it is read
+    total = SETTINGS.max_request_bytes + 10
+    r = client.post(
+        "/v1/predict",
+        content=b"x" * total,
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    _assert_error(r, 413, "request too large")
+    # the server still works after all that
+    r = client.post("/v1/predict", files={"files": ("ok.jpg", face, "image/jpeg")})
+    assert r.status_code == 200 and r.json()["results"][0]["faces"]
+
+
+def test_timeout_is_504(photos: list[Path]) -> None:
+    predictor = make_predictor()
+    fast = predictor.backend
+
+    def slow(batch):
+        time.sleep(1.0)
+        return fast(batch)
+
+    predictor.backend = slow
+    live = LiveServer(create_app(predictor, ServeSettings(timeout_s=0.2)))
+    try:
+        with httpx.Client(base_url=live.url, timeout=10) as c:
+            t = time.perf_counter()
+            r = c.post("/v1/predict", files={"files": ("a.jpg", _face_photo(photos), "image/jpeg")})
+            body = _assert_error(r, 504, "inference timed out")
+            assert body["detail"] == {"timeout_s": 0.2}
+            assert time.perf_counter() - t < 0.9  # answered at the timeout, not after the work
+            assert c.get("/healthz").status_code == 200
+    finally:
+        live.stop()
+
+
+def test_concurrent_clients_no_failures(server: LiveServer, photos: list[Path]) -> None:
+    small = io.BytesIO()
+    Image.open(photos[4]).resize((96, 96)).save(small, format="JPEG", quality=90)
+    data = small.getvalue()
+
+    def client_run(_: int) -> list[int]:
+        codes = []
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for _ in range(50):
+                r = c.post("/v1/predict", files={"files": ("s.jpg", data, "image/jpeg")})
+                codes.append(r.status_code)
+                assert r.json()["results"][0]["source"] == "s.jpg"
+        return codes
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        codes = [c for run in pool.map(client_run, range(8)) for c in run]
+    elapsed = time.perf_counter() - t
+    assert len(codes) == 400 and codes.count(200) == 400, {c: codes.count(c) for c in set(codes)}
+    print(f"400 requests from 8 clients in {elapsed:.1f}s ({400 / elapsed:.0f} req/s)")
