@@ -115,7 +115,7 @@ def test_csv_manifest(tmp_path):
     (tmp_path / "labels.csv").write_text(
         "path,gender,age,subject\n"
         "im/a.jpg,female,31,s1\n"
-        "im/b.jpg,m,\"(25, 32)\",s2\n"
+        'im/b.jpg,m,"(25, 32)",s2\n'
         "im/c.jpg,robot,3,s3\n"
         "im/missing.jpg,f,3,s4\n"
         "im/a.jpg,f\n"

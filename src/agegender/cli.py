@@ -80,6 +80,542 @@ def data_folds(
     )
 
 
+@data_app.command("audit")
+def data_audit(
+    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel image readers."),
+) -> None:
+    """Unreadable images, exact and near-duplicate images, label conflicts, label balance."""
+    import json
+
+    from agegender.data.audit import audit_dataset, print_report
+    from agegender.data.readers import DatasetError, read_dataset
+
+    try:
+        result = read_dataset(path, format)
+    except (DatasetError, ValueError, OSError) as exc:
+        fail(str(exc))
+    report = audit_dataset(
+        result, workers=workers, progress=console.is_terminal and not as_json, console=console
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        print_report(report, Console())
+
+
+@data_app.command("cache")
+def data_cache(
+    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    size: int = typer.Option(..., "--size", "-s", min=8, max=1024, help="Image side (px)."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Cache root (default $AGEGENDER_CACHE or ~/.cache/agegender)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel decoders."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Decode every image once into a uint8 cache (reused while the files are unchanged)."""
+    import json
+
+    from agegender.data.cache import build_cache
+    from agegender.data.readers import DatasetError, read_dataset
+
+    try:
+        result = read_dataset(path, format)
+        cache = build_cache(
+            result.table,
+            size,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+            console=console,
+        )
+    except (DatasetError, ValueError, OSError) as exc:
+        fail(str(exc))
+    info = {
+        "cache": str(cache.folder),
+        "images": len(cache),
+        "failed": cache.failed,
+        "size": cache.size,
+        "reused": cache.reused,
+        "build_seconds": cache.meta.get("build_seconds"),
+        "images_per_second": cache.meta.get("images_per_second"),
+        "problems": [p.to_dict() for p in cache.problems],
+    }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    how = "reused existing cache" if cache.reused else "built"
+    when = "earlier " if cache.reused else ""
+    typer.echo(
+        f"{how}: {cache.folder}\n{len(cache)} images at {cache.size}x{cache.size}, "
+        f"{cache.failed} failed; built {when}in {info['build_seconds']} s "
+        f"({info['images_per_second']} images/s)"
+    )
+    for p in cache.problems[:10]:
+        typer.echo(f"  failed: {p}")
+    if len(cache.problems) > 10:
+        typer.echo(f"  ... and {len(cache.problems) - 10} more")
+
+
+@app.command("models")
+def models_list(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List every registered model: parameters (gender + age groups), input size, summary."""
+    import json
+
+    from rich.table import Table
+
+    from agegender.models import list_models, model_info
+
+    infos = [model_info(name) for name in list_models()]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=2))
+        return
+    table = Table(title="agegender models (params for gender + 8 age groups)")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("input", justify="right", no_wrap=True)
+    table.add_column("family", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for info in infos:
+        size = str(info["input_size"])
+        if info["resize"] != info["input_size"]:
+            size += f" (of {info['resize']})"
+        table.add_row(
+            info["name"], f"{info['params'] / 1e6:.2f}M", size, info["family"], info["description"]
+        )
+    Console().print(table)
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/default.yaml."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a key: --set optim.lr=0.01 --set data.split=[0.4,0.3,0.3]"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run dir (default runs/NAME)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
+) -> None:
+    """Train a model from a config; writes config.yaml, metrics.csv, checkpoints, summary.json."""
+    from agegender.config import ConfigError, load_config
+    from agegender.data.records import DatasetError
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    out_dir = out or Path("runs") / (cfg.name or config.stem)
+    from agegender.train import train
+
+    try:
+        result = train(cfg, out_dir, resume=resume, printer=console.print)
+    except (ConfigError, DatasetError) as exc:
+        fail(str(exc))
+    s = result.summary
+    best = s.get("best") or {}
+    shown = ", ".join(
+        f"{k} {best[k]:.4g}"
+        for k in ("val/gender_acc", "val/age_acc", "val/age_mae", "val/loss")
+        if isinstance(best.get(k), int | float)
+    )
+    console.print(
+        f"done: {s['epochs_run']} epochs, best epoch {int(best.get('epoch', -1)) + 1}: {shown}; "
+        f"{s.get('train_images_per_sec')} train images/s; run dir {result.out_dir}"
+    )
+
+
+# ---------------------------------------------------------------- evaluate / cv / report
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    keys = (
+        ("gender_accuracy", "gender accuracy", True),
+        ("gender_balanced_accuracy", "gender balanced accuracy", True),
+        ("gender_roc_auc", "gender ROC-AUC", False),
+        ("gender_log_loss", "gender log loss", False),
+        ("gender_ece", "gender ECE (15 bins)", False),
+        ("age_group_exact", "age group exact", True),
+        ("age_group_one_off", "age group one-off", True),
+        ("age_mae", "age MAE (years)", False),
+        ("age_cs5", "age CS@5", True),
+    )
+    out = []
+    for key, label, pct in keys:
+        v = metrics.get(key)
+        if isinstance(v, int | float) and v == v:
+            out.append(f"{label:26s} {100 * v:6.2f} %" if pct else f"{label:26s} {v:8.4f}")
+    return out
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (.ckpt)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or label file."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    detector: str = typer.Option("none", "--detector", help="none (face crops) | haar."),
+    tta: str = typer.Option("none", "--tta", help="none | flip | oversample (10 views)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate a random sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="results.json to write (default RUN/eval/results.json)."
+    ),
+) -> None:
+    """Evaluate a checkpoint: metrics, fairness table, per-image predictions CSV."""
+    import json
+
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.evaluation import evaluate_checkpoint, run_dir_of, to_jsonable
+
+    if not checkpoint.is_file():
+        fail(f"{checkpoint}: checkpoint not found")
+    if tta not in ("none", "flip", "oversample"):
+        fail(f"--tta: unknown mode {tta!r}; choose none, flip or oversample")
+    if detector not in ("none", "haar"):
+        fail(f"--detector: unknown detector {detector!r}; choose none or haar")
+    out = out or run_dir_of(checkpoint) / "eval" / "results.json"
+    if out.suffix.lower() != ".json":
+        fail(f"--out must end in .json, got {out}")
+    try:
+        res = evaluate_checkpoint(
+            checkpoint,
+            data,
+            format,
+            tta=tta,
+            detector=detector,
+            batch_size=batch_size,
+            out=out,
+            limit=limit,
+            progress=console.is_terminal,
+        )
+    except (DatasetError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(res), indent=2))
+    else:
+        for line in _metric_lines(res["metrics"]):
+            typer.echo(line)
+    t = res["timing"]
+    no_face = f", no face found in {res['no_face']} (whole image used)" if res["no_face"] else ""
+    ms = f"{1000 * t['seconds_per_image']:.2f} ms/image" if t["seconds_per_image"] else "-"
+    console.print(
+        f"{res['n_evaluated']} of {res['n_images']} images evaluated ({res['n_failed']} failed"
+        f"{no_face}); tta {tta} ({t['views']} views), {ms} on {t['device']}; wrote {out} and "
+        f"{res['predictions_csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("cv")
+def cv_cmd(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    folds: int = typer.Option(5, "--folds", "-k", min=2, help="Number of folds."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=5"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run dir (default runs/NAME-cv)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none|flip|oversample."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """k-fold cross-validation (grouped, stratified): mean ± std of every metric.
+
+    Re-running resumes: finished folds are skipped, an interrupted one continues.
+    """
+    import json
+
+    from agegender.config import ConfigError, load_config
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.cv import cv_table, run_cv
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    out_dir = out or Path("runs") / f"{cfg.name or config.stem}-cv"
+    try:
+        res = run_cv(
+            cfg, folds, out_dir, tta=tta, printer=console.print, progress=console.is_terminal
+        )
+    except (ConfigError, DatasetError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        Console().print(cv_table(res))
+    console.print(f"wrote {Path(out_dir) / 'results.json'}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (train, cv or eval)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder (default RUN/report, or ./report for several)."
+    ),
+) -> None:
+    """Markdown report: learning curves, confusion matrices, age error, calibration, fairness.
+
+    With several runs it starts with one comparison table.
+    """
+    from agegender.evaluate.report import make_report
+
+    try:
+        path = make_report(list(run_dirs), out)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    console.print(f"wrote {path} and {len(pngs)} figures", highlight=False)
+
+
+# ---------------------------------------------------------------- predict / export / serve
+
+bench_app = typer.Typer(help="Speed benchmarks on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _load_predictor(
+    model: str | None,
+    runtime: str,
+    detector: str,
+    detect_size: int | None = None,
+    **kwargs: object,
+):
+    """Predictor.load with every loading problem turned into a one-line error."""
+    from agegender.infer import HaarDetector, NoModelError, Predictor
+
+    try:
+        det = (
+            HaarDetector(detect_size=detect_size)
+            if detector == "haar" and detect_size
+            else detector
+        )
+        return Predictor.load(model, runtime=runtime, detector=det, **kwargs)
+    except (NoModelError, ValueError, OSError, KeyError, RuntimeError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+@app.command("predict")
+def predict_cmd(
+    paths: list[Path] = typer.Argument(
+        ..., help="Image files, folders (recursive) or .csv/.txt lists of image paths."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
+    ),
+    detector: str = typer.Option("haar", "--detector", help="haar | none (pre-cropped faces)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
+    out: str = typer.Option("-", "--out", "-o", help="FILE.csv, FILE.json or - (CSV, stdout)."),
+    annotate: Path | None = typer.Option(
+        None, "--annotate", help="Write copies of the images with boxes and labels here."
+    ),
+    runtime: str = typer.Option(
+        "auto", "--runtime", help="torch | onnxruntime (auto: onnxruntime for .onnx)."
+    ),
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        help="Crop margin per side around a Haar box, as a fraction of its size (default: "
+        "the model's, else 0: the box matches UTKFace's framing).",
+    ),
+    detect_size: int | None = typer.Option(
+        None,
+        "--detect-size",
+        help="Long side the Haar detector sees (default 160; more finds smaller faces, slower).",
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Decode/detect threads."),
+    threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+) -> None:
+    """Detect faces and predict gender and age; one row per face (or per failed image)."""
+    import csv
+    import json
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from agegender.data.imageio import ImageError, open_image
+    from agegender.data.records import AGE_GROUP_NAMES
+    from agegender.infer.predictor import collect_image_paths, draw_results, result_rows
+
+    if out != "-" and Path(out).suffix.lower() not in (".csv", ".json"):
+        fail(f"--out must end in .csv or .json (or be -), got {out}")
+    try:
+        files = collect_image_paths(paths)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    if not files:
+        fail("no images found in " + ", ".join(map(str, paths)))
+    predictor = _load_predictor(
+        model,
+        runtime,
+        detector,
+        detect_size,
+        margin=margin,
+        workers=workers,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    columns = ["path", "face_index", "x", "y", "w", "h", "detector_score", "p_female", "p_male"]
+    columns += ["gender", "age", "age_group", "error"]
+    if predictor.spec.age in ("groups", "dex"):
+        columns += [f"p_age_{g}" for g in AGE_GROUP_NAMES]
+    as_json = out != "-" and out.lower().endswith(".json")
+    stream = sys.stdout if out == "-" else open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    writer = None if as_json else csv.DictWriter(stream, columns, restval="")
+    if writer:
+        writer.writeheader()
+    rows_json: list[dict] = []
+    if annotate is not None:
+        annotate.mkdir(parents=True, exist_ok=True)
+    used_names: set[str] = set()
+    n_faces = n_failed = 0
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    try:
+        with progress:
+            task = progress.add_task("predicting", total=len(files))
+            for result in predictor.predict_paths(files, batch_size=batch_size):
+                n_faces += len(result.faces)
+                n_failed += result.error is not None
+                for row in result_rows(result):
+                    if writer:
+                        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                    else:
+                        rows_json.append(row)
+                if annotate is not None and result.faces:
+                    try:
+                        rgb = np.asarray(open_image(result.source))
+                    except ImageError:
+                        continue
+                    stem = Path(result.source).stem.replace(".jpg.chip", "")
+                    name, k = f"{stem}.jpg", 1
+                    while name in used_names:
+                        name, k = f"{stem}_{k}.jpg", k + 1
+                    used_names.add(name)
+                    Image.fromarray(draw_results(rgb, result)).save(annotate / name, quality=92)
+                progress.advance(task)
+        if as_json:
+            json.dump(rows_json, stream, indent=1)
+            stream.write("\n")
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    where = "stdout" if out == "-" else out
+    console.print(
+        f"{len(files)} images: {n_faces} faces, {n_failed} without a result "
+        f"(see the error column); wrote {where}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A Lightning .ckpt (or a .pt model)."),
+    onnx: Path = typer.Option(..., "--onnx", help="The .onnx file to write."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+) -> None:
+    """Export a checkpoint to a self-describing ONNX file (probabilities, dynamic batch)."""
+    import numpy as np
+
+    from agegender.infer import Predictor
+    from agegender.infer.onnx import export_onnx
+
+    if not checkpoint.is_file():
+        fail(f"no such checkpoint: {checkpoint}")
+    try:
+        if checkpoint.suffix == ".ckpt":
+            from agegender.train import load_model
+
+            module, meta = load_model(checkpoint)
+        else:
+            from agegender.infer import load_torch_model
+
+            module, meta = load_torch_model(checkpoint)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        fail(f"{checkpoint}: cannot load model: {str(exc).splitlines()[0]}")
+    meta = dict(meta)
+    meta.setdefault("name", checkpoint.stem)
+    export_onnx(module, meta, onnx, opset=opset)
+    # check the exported graph against PyTorch on a random batch
+    torch_p = Predictor.from_module(module, meta, runtime="torch", detector="none")
+    onnx_p = Predictor.load(onnx, detector="none")
+    s = torch_p.spec.input_size
+    batch = np.random.default_rng(0).standard_normal((4, 3, s, s)).astype(np.float32)
+    a, b = torch_p.classify(batch), onnx_p.classify(batch)
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    console.print(
+        f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB, outputs "
+        f"{', '.join(onnx_p.spec.output_names)}); max |onnx - torch| = {diff:.2e}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    runtime: str = typer.Option("auto", "--runtime", help="torch | onnxruntime."),
+    detector: str = typer.Option("haar", "--detector", help="haar | none."),
+    max_file_mb: float = typer.Option(10.0, "--max-file-mb", help="Largest upload per file."),
+    max_files: int = typer.Option(16, "--max-files", help="Most files per request."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Inference timeout per request (s)."),
+    detect_size: int | None = typer.Option(
+        None, "--detect-size", help="Long side the Haar detector sees (default 160)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+) -> None:
+    """Serve the HTTP API (POST /v1/predict, GET /healthz, /docs) and an upload page at /."""
+    from agegender.serve import ServeSettings, serve
+
+    predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads)
+    settings = ServeSettings(
+        max_file_bytes=int(max_file_mb * 1024 * 1024), max_files=max_files, timeout_s=timeout
+    )
+    console.print(f"serving {predictor.name} ({predictor.runtime}) on http://{host}:{port}/")
+    serve(predictor, settings, host=host, port=port)
+
+
+@bench_app.command("predict")
+def bench_predict_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model file, bundled name or registered architecture."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    seconds: float = typer.Option(2.0, "--seconds", help="Time per measurement."),
+    photos: int = typer.Option(200, "--photos", help="Photos for the end-to-end figure."),
+) -> None:
+    """Faces/s of the classifier (batch 1 and 64, torch and ONNX) and photos/s end to end."""
+    import json
+
+    from agegender.infer import NoModelError
+    from agegender.infer.bench import bench_predict
+
+    try:
+        res = bench_predict(model, seconds=seconds, photos=photos)
+    except (NoModelError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for k, v in res.items():
+        typer.echo(f"{k:32s} {v}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -100,9 +100,7 @@ def open_image(
         raise ImageError(f"cannot decode image: {exc}") from exc
 
 
-def load_rgb(
-    path: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+def load_rgb(path: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image to an ``(H, W, 3)`` uint8 RGB array (see :func:`open_image`)."""
     return np.asarray(open_image(path, max_pixels=max_pixels))
 
