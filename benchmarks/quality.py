@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = (
+    str(REPO / "configs" / "default.yaml"),  # the bundled model: small_resnet, 64 px
     "levi_hassner",
     "levi_hassner_reduced",
     "small_cnn",
