@@ -139,6 +139,41 @@ def test_cli_export(tmp_path: Path, faces: list[Path]) -> None:
     assert res.exit_code == 2 and "no such checkpoint" in res.output
 
 
+def test_cli_export_pt_and_bundled_runtime_choice(
+    monkeypatch, tmp_path: Path, faces: list[Path]
+) -> None:
+    """--pt writes a torch file that reloads to the same probabilities; a bundle holding
+    both files runs ONNX by default and the .pt under --runtime torch."""
+    import agegender.infer.predictor as predictor_mod
+
+    model, meta = make_model("small_cnn", "dex", seed=5)
+    src = save_torch_model(model, meta, tmp_path / "src.pt")
+    bundle = tmp_path / "weights"
+    bundle.mkdir()
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(src),
+            "--pt",
+            str(bundle / "default.pt"),
+            "--onnx",
+            str(bundle / "default.onnx"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    monkeypatch.setattr(predictor_mod, "WEIGHTS_DIR", bundle)
+    onnx_p = Predictor.load(detector="none")
+    torch_p = Predictor.load(runtime="torch", detector="none")
+    assert (onnx_p.runtime, torch_p.runtime) == ("onnxruntime", "torch")
+    a, b = onnx_p.predict(faces[1]).faces[0], torch_p.predict(faces[1]).faces[0]
+    assert abs(a.p_female - b.p_female) < 1e-4 and abs(a.age - b.age) < 1e-2
+    res = CliRunner().invoke(app, ["export", str(src)])
+    assert res.exit_code == 2 and "--onnx" in res.output
+    res = CliRunner().invoke(app, ["export", str(src), "--pt", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2 and "must end in .pt" in res.output
+
+
 def test_checkpoint_goes_through_train_load_model(
     monkeypatch, tmp_path: Path, faces: list[Path]
 ) -> None:

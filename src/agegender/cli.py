@@ -229,6 +229,94 @@ def train_cmd(
     )
 
 
+@app.command("sweep")
+def sweep_cmd(
+    config: Path | None = typer.Argument(
+        None, help="Base run config (YAML) every trial starts from."
+    ),
+    space: Path | None = typer.Option(
+        None, "--space", "-s", help="Search space (YAML), e.g. configs/sweeps/batch_lr_fc.yaml."
+    ),
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        "-n",
+        min=1,
+        help="Finished trials the study should hold, over all workers (default: the space's "
+        "trials; a grid: its size).",
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL (default sqlite:///OUT/study.db); a shared database, e.g. "
+        "postgresql://..., lets workers on several machines run one study.",
+    ),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default CONFIGNAME-SPACESTEM)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Sweep dir for trial runs and plots (default runs/sweeps/STUDY)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a base config key for every trial: --set train.epochs=3"
+    ),
+    summary: bool = typer.Option(
+        False, "--summary", help="Print the best trials, write summary.json and PNG plots."
+    ),
+    top: int = typer.Option(10, "--top", min=1, help="Rows in the --summary table."),
+) -> None:
+    """Hyperparameter sweep on Optuna (grid or TPE, pruning, resumable, several workers).
+
+    Re-running the same command resumes: finished trials are kept.
+    """
+    from agegender import sweep as sw
+    from agegender.config import ConfigError
+    from agegender.data.records import DatasetError
+
+    if summary:
+        name = study
+        if name is None and config is not None and space is not None:
+            name = sw.default_study_name(config, space)
+        sweep_dir = out or (Path("runs") / "sweeps" / name if name else None)
+        if storage is None and sweep_dir is None:
+            fail("sweep --summary: give --study, --storage or --out (or CONFIG and --space)")
+        try:
+            st = sw.load_study(storage or sw.default_storage(sweep_dir), name)
+        except ConfigError as exc:
+            fail(str(exc))
+        if sweep_dir is None:
+            stored = st.user_attrs.get("out")
+            sweep_dir = Path(stored) if stored else Path("runs") / "sweeps" / st.study_name
+        sw.summarize(st, sweep_dir, top=top, console=Console(), printer=console.print)
+        return
+    if config is None or space is None:
+        fail("sweep: give CONFIG and --space SPACE.yaml (or --summary)")
+    try:
+        res = sw.run_sweep(
+            config,
+            space,
+            trials=trials,
+            storage=storage,
+            study_name=study,
+            out=out,
+            overrides=overrides,
+            printer=lambda s: console.print(s, highlight=False, soft_wrap=True),
+        )
+    except (ConfigError, DatasetError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: run the same command to resume", code=130)
+    best = res.best
+    shown = f"best trial {best['number']}: {best['value']:.4f}" if best else "no complete trial"
+    console.print(
+        f"done: {res.finished} of {res.n_trials} trials finished in study {res.study_name}, "
+        f"{len(res.ran)} run by this worker; {shown}; "
+        f"agegender sweep --summary --study {res.study_name} --out {res.out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # ---------------------------------------------------------------- evaluate / cv / report
 
 
@@ -522,17 +610,26 @@ def predict_cmd(
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A Lightning .ckpt (or a .pt model)."),
-    onnx: Path = typer.Option(..., "--onnx", help="The .onnx file to write."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="The .onnx file to write."),
+    pt: Path | None = typer.Option(
+        None, "--pt", help="Also (or only) write a PyTorch .pt (state dict + meta)."
+    ),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
 ) -> None:
     """Export a checkpoint to a self-describing ONNX file (probabilities, dynamic batch)."""
     import numpy as np
 
-    from agegender.infer import Predictor
+    from agegender.infer import Predictor, save_torch_model
     from agegender.infer.onnx import export_onnx
 
     if not checkpoint.is_file():
         fail(f"no such checkpoint: {checkpoint}")
+    if onnx is None and pt is None:
+        fail("export: give --onnx FILE.onnx and/or --pt FILE.pt")
+    if onnx is not None and onnx.suffix != ".onnx":
+        fail(f"--onnx {onnx}: the file name must end in .onnx")
+    if pt is not None and pt.suffix not in (".pt", ".pth"):
+        fail(f"--pt {pt}: the file name must end in .pt")
     try:
         if checkpoint.suffix == ".ckpt":
             from agegender.train import load_model
@@ -546,6 +643,11 @@ def export_cmd(
         fail(f"{checkpoint}: cannot load model: {str(exc).splitlines()[0]}")
     meta = dict(meta)
     meta.setdefault("name", checkpoint.stem)
+    if pt is not None:
+        save_torch_model(module, meta, pt)
+        console.print(f"wrote {pt} ({pt.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    if onnx is None:
+        return
     export_onnx(module, meta, onnx, opset=opset)
     # check the exported graph against PyTorch on a random batch
     torch_p = Predictor.from_module(module, meta, runtime="torch", detector="none")

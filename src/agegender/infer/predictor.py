@@ -438,7 +438,7 @@ class Predictor:
         """
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnxruntime")
-        path = _resolve_model(model)
+        path = _resolve_model(model, runtime)
         kwargs.setdefault("source", str(model) if model is not None else DEFAULT_MODEL_NAME)
         if path.suffix == ".onnx":
             if runtime == "torch":
@@ -660,7 +660,7 @@ class Predictor:
 # ------------------------------------------------------------------- model files/bundle
 
 
-def _resolve_model(model: str | os.PathLike | None) -> Path:
+def _resolve_model(model: str | os.PathLike | None, runtime: str = "auto") -> Path:
     if model is None:
         name = DEFAULT_MODEL_NAME
     else:
@@ -672,7 +672,9 @@ def _resolve_model(model: str | os.PathLike | None) -> Path:
         if path.exists():
             raise ValueError(f"{path}: not a model file (expected .ckpt, .onnx or .pt)")
         name = str(model)
-    for suffix in (".onnx", ".pt"):
+    # a bundled model may ship both files: torch runtime -> .pt, otherwise ONNX first
+    order = (".pt", ".onnx") if runtime == "torch" else (".onnx", ".pt")
+    for suffix in order:
         candidate = WEIGHTS_DIR / f"{name}{suffix}"
         if candidate.is_file():
             return candidate
