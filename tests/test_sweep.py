@@ -162,11 +162,21 @@ def test_direction_inference() -> None:
 @pytest.mark.parametrize(
     ("params", "metric", "overrides", "message"),
     [
-        ({"optim.lrr": {"grid": [0.1]}}, "val/gender_acc", [], "params.optim.lrr: 0.1 is not"),
+        (
+            {"optim.lrr": {"grid": [0.1]}},
+            "val/gender_acc",
+            [],
+            "params.optim.lrr: not a key of the config",
+        ),
         ({"optim.lr": {"range": [-1.0, 1.0]}}, "val/gender_acc", [], "must be > 0"),
-        ({"model.dropout": {"grid": [0.2, 1.5]}}, "val/gender_acc", [], "params.model.dropout: 1.5"),
-        ({"model.head_hidden.3": {"grid": [8]}}, "val/gender_acc", [], "model.head_hidden.3"),
-        ({"train.epochs": {"range": [2, 8]}}, "val/gender_acc", [], "must be an integer"),
+        (
+            {"model.dropout": {"grid": [0.2, 1.5]}},
+            "val/gender_acc",
+            [],
+            "params.model.dropout: 1.5",
+        ),
+        ({"model.head_hidden.3": {"grid": [8]}}, "val/gender_acc", [], "no list item 3"),
+        ({"train.epochs": {"range": [2, 8]}}, "val/gender_acc", [], "write step: 1"),
         ({"optim.lr": {"grid": [0.1]}}, "val/age_mae", [], "metric: 'val/age_mae' is not logged"),
         ({"optim.lr": {"grid": [0.1]}}, "val/gender_acc", ["optim.lr=0.2"], "--set optim.lr"),
         # a valid value for the key, but the model cannot be built with it
@@ -242,7 +252,7 @@ def test_tpe_sweep_and_summary(tmp_path: Path, utkface_dir: Path) -> None:
         """\
         metric: val/loss
         trials: 3
-        pruner: {name: median, warmup_epochs: 0, startup_trials: 1}
+        pruner: none
         params:
           optim.lr: {log_range: [1.0e-4, 1.0e-2]}
           model.dropout: {range: [0.0, 0.5]}

@@ -296,6 +296,8 @@ def test_resume_continues_epochs_via_cli(utkface_dir: Path, tmp_path: Path) -> N
     )
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(out / "metrics.csv")
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header.count("epoch") == 1 and header[:2] == ["epoch", "step"]
     assert rows["epoch"].tolist() == [0, 1, 2]
     assert rows["step"].tolist()[:2] == steps and rows["step"].iloc[2] > steps[1]
     summary = json.loads((out / "summary.json").read_text())

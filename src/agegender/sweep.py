@@ -525,6 +525,10 @@ def check_space(
                 cfg = _validated(raw, [*overrides, text], base_dir)
             except ConfigError as exc:
                 msg = str(exc).removeprefix(f"--set {key}: ")
+                if "unknown key" in msg or "not an item" in msg or "no list item" in msg:
+                    raise SpaceError(f"params.{key}: not a key of the config: {msg}") from None
+                if "integer" in msg and param.step is None and not param.values:
+                    msg += " (write step: 1 for an integer range)"
                 raise SpaceError(
                     f"params.{key}: {format_value(value)} is not a valid value for the config: "
                     f"{msg}"
@@ -888,6 +892,15 @@ def run_sweep(
     space = read_space(space_path)
     base = check_space(space, config_path, overrides)
     check_files(base)
+    devices = base.trainer.devices
+    many = isinstance(devices, list) and len(devices) > 1 or devices == -1
+    many = many or (isinstance(devices, int) and devices > 1) or base.trainer.num_nodes > 1
+    one_id = isinstance(devices, str) and devices.endswith(",") and devices.count(",") == 1
+    if many or (isinstance(devices, str) and devices not in ("auto", "1") and not one_id):
+        raise SpaceError(
+            "trainer.devices: a sweep trains each trial in one process; set trainer.devices=1 "
+            "and run one worker per device instead"
+        )
     n_trials = trials if trials is not None else space.default_trials()
     if n_trials < 1:
         raise SpaceError(f"--trials: must be >= 1 (got {n_trials})")

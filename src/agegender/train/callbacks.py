@@ -172,7 +172,9 @@ class EpochCSVLogger(Logger):
                         epoch = int(row["epoch"])
                     except (KeyError, ValueError):
                         continue
-                    self.rows[epoch] = {k: v for k, v in row.items() if v not in ("", None)}
+                    self.rows[epoch] = {
+                        k: v for k, v in row.items() if k != "epoch" and v not in ("", None)
+                    }
 
     @property
     def name(self) -> str:
@@ -205,7 +207,7 @@ class EpochCSVLogger(Logger):
         self._write()
 
     def _write(self) -> None:
-        keys = sorted({k for row in self.rows.values() for k in row} - {"step"})
+        keys = sorted({k for row in self.rows.values() for k in row} - {"step", "epoch"})
         fields = ["epoch", "step", *keys]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
