@@ -1,0 +1,70 @@
+"""The bundled default model: installed, loads offline with both runtimes, agrees across
+them, and classifies faces from a dataset it never saw (Adience) well above chance."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from agegender import Predictor
+from agegender.cli import app
+from agegender.data.readers import read_dataset
+from agegender.infer.predictor import WEIGHTS_DIR
+
+
+@pytest.fixture(scope="module")
+def adience_faces(adience_dir: Path) -> list[tuple[Path, int]]:
+    table = read_dataset(adience_dir).table
+    table = table[table["gender"].notna()]
+    return [(Path(p), int(g)) for p, g in zip(table["path"], table["gender"], strict=True)]
+
+
+def test_bundle_is_installed_with_card() -> None:
+    for name in ("default.onnx", "default.pt", "MODEL_CARD.md"):
+        assert (WEIGHTS_DIR / name).is_file(), name
+    assert (WEIGHTS_DIR / "default.onnx").stat().st_size < 20e6  # a few MB, in the package
+    card = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+    assert "non-commercial" in card and "Fairness" in card
+
+
+def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]]) -> None:
+    onnx = Predictor.load(threads=1)
+    torch_p = Predictor.load(runtime="torch", threads=1)
+    assert (onnx.runtime, torch_p.runtime) == ("onnxruntime", "torch")
+    paths = [p for p, _ in adience_faces]
+    a, b = onnx.predict_paths(paths), torch_p.predict_paths(paths)
+    pa = np.array([f.p_female for r in a for f in r.faces])
+    pb = np.array([f.p_female for r in b for f in r.faces])
+    assert len(pa) == len(pb) >= len(paths) - 2
+    assert np.abs(pa - pb).max() < 1e-4
+
+
+def test_gender_beats_chance_on_adience(adience_faces: list[tuple[Path, int]]) -> None:
+    """19 real Adience photos (another dataset, camera and framing): Haar + the model."""
+    p = Predictor.load(threads=1)
+    right = n = 0
+    for (_path, gender), res in zip(
+        adience_faces, p.predict_paths([q for q, _ in adience_faces]), strict=True
+    ):
+        if not res.faces:
+            continue
+        face = max(res.faces, key=lambda f: f.box[2] * f.box[3])
+        assert abs(face.p_female + face.p_male - 1) < 1e-5 and 0 <= face.age <= 100
+        n += 1
+        right += (face.gender == "female") == (gender == 1)
+    assert n >= 16 and right / n >= 0.7, (right, n)  # measured 16/17 photos with a face
+
+
+def test_cli_predict_with_the_bundled_model(adience_faces: list[tuple[Path, int]]) -> None:
+    path = str(adience_faces[0][0])
+    res = CliRunner().invoke(app, ["predict", path, "--out", "-", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output[res.output.index("path,") :])))
+    rows = [r for r in rows if r.get("path") == path]
+    assert rows and rows[0]["gender"] in ("female", "male") and rows[0]["error"] == ""
+    assert abs(float(rows[0]["p_female"]) + float(rows[0]["p_male"]) - 1) < 1e-4
