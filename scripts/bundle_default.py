@@ -100,7 +100,7 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",
         f"- Shipped weights: the best-validation checkpoint of cross-validation fold {fold} "
-        f"(epoch {summary.get('best', {}).get('epoch', '?')}; trained on "
+        f"(epoch {int(summary.get('best', {}).get('epoch', -1)) + 1}; trained on "
         f"{fold_res.get('n_train')} faces, validated on {fold_res.get('n_val')}, never saw "
         f"its {fold_res.get('n_test')} test faces). The fold was fixed in advance, not "
         "chosen by test score.",
@@ -116,12 +116,14 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "commercial products, unless you retrain on data you may use commercially "
         "(`agegender train configs/default.yaml --set data.path=...`).",
         "",
-        "## Cross-validated quality (UTKFace, 5 grouped stratified folds)",
+        f"## Cross-validated quality (UTKFace, {results.get('folds')} grouped stratified folds)",
         "",
         "Each fold trains a model on the other four folds (minus a validation share) with "
-        "the same recipe and tests on its own fold; mean ± sample std over the five folds:",
+        "the same recipe and tests on its own fold; mean ± sample std over the folds"
+        + (f" ({results['partial']})" if results.get("partial") else "")
+        + ":",
         "",
-        "| metric | 5-fold mean ± std | shipped fold |",
+        "| metric | cross-validated mean ± std | shipped fold (its test fold) |",
         "| --- | ---: | ---: |",
     ]
     fm = fold_res.get("metrics", {})
@@ -131,10 +133,10 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "",
         "### Fairness: every metric by gender, age group and race",
         "",
-        "Pooled over the test predictions of all five folds (each face tested once, by a "
+        "Pooled over the test predictions of the folds above (each face tested once, by a "
         "model that never trained on it):",
         "",
-        fairness_table(results.get("fairness") or []),
+        fairness_table((results.get("pooled") or {}).get("fairness") or []),
         "",
     ]
     if extra:
@@ -156,21 +158,24 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "- Gender is a binary label annotated from appearance; people who are non-binary "
         "or whose appearance differs from the annotation are misclassified by design.",
         "- Age is apparent age; errors grow for the old (60+) and the age groups and races "
-        "with few training faces (see the counts above). Children's gender is close to "
-        "chance for any appearance-based model; the table shows how close for this one.",
+        "with few training faces (see the counts above). Young children's gender is hard "
+        "to tell from a face: see the 0-2, 4-6 and 8-13 rows.",
         "- UTKFace's mix: mostly White faces (about 42 %), then Black, Indian, Asian, "
         "Others; ages 0-116 with many faces aged 20-35. Groups with few faces get larger "
         "errors; check the fairness table before relying on a subgroup.",
         "- Trained on tight, centred, upright colour crops (with augmentation for framing, "
-        "tilt, lighting, grayscale and noise). Profiles, heavy occlusion, very small faces "
-        "(< 40 px) and faces the Haar detector misses or mis-frames degrade results.",
+        "tilt, lighting, grayscale and noise). Profiles, heavy occlusion, small or blurred "
+        "faces and faces the Haar detector misses or mis-frames degrade results.",
         "- Probabilities are reported for every face; the expected calibration error above "
         "says how far to trust them as frequencies.",
         "",
         "## Reproduce",
         "```bash",
         "agegender cv configs/default.yaml --folds 5 --out runs/default_cv --set trainer.threads=1",
-        f"python scripts/bundle_default.py runs/default_cv --fold {fold}",
+        "agegender evaluate runs/default_cv/fold_0/checkpoints/best.ckpt "
+        "--data ../shared/data/adience-sample --detector haar --out runs/adience_haar.json",
+        f"python scripts/bundle_default.py runs/default_cv --fold {fold} "
+        '--extra "Adience sample ...=runs/adience_haar.json"',
         "```",
         "",
         "Training recipe (`configs/default.yaml`):",
@@ -181,6 +186,30 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "",
     ]
     return "\n".join(lines)
+
+
+def partial_results(cv_dir: Path) -> dict:
+    """``results.json``'s layout from the folds that have finished (cv still running)."""
+    import pandas as pd
+
+    from agegender.evaluate.cv import aggregate
+    from agegender.evaluate.evaluation import summarise_predictions, to_jsonable
+
+    done = sorted(cv_dir.glob("fold_*/results.json"))
+    per_fold = [json.loads(p.read_text()) for p in done]
+    if not per_fold:
+        raise SystemExit(f"error: {cv_dir}: no finished fold")
+    pooled = pd.concat([pd.read_csv(p.parent / "predictions.csv") for p in done])
+    info = json.loads((cv_dir / "folds.json").read_text())
+    return to_jsonable(
+        {
+            "folds": info.get("folds"),
+            "partial": f"{len(per_fold)} of {info.get('folds')} folds finished",
+            "dataset": info,
+            **aggregate(per_fold),
+            "pooled": summarise_predictions(pooled.reset_index(drop=True)),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         print(f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB) and {pt}")
-    if not res_path.is_file():
-        print(f"{res_path}: cross-validation not finished; model card not written")
-        return 0
-    results = json.loads(res_path.read_text())
+    if res_path.is_file():
+        results = json.loads(res_path.read_text())
+    else:
+        results = partial_results(args.cv_dir)
+        print(f"{res_path}: cross-validation not finished; card from {results['partial']}")
     extra = {}
     for item in args.extra:
         name, _, path = item.partition("=")
