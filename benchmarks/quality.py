@@ -164,6 +164,20 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown_args(argv: list[str] | None) -> list[str]:
+    """The command line for quality.md, without the free-text ``--note``."""
+    args, out = list(argv if argv is not None else sys.argv[1:]), []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -216,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(entry(results, run_dir, cfg))
         print(f"== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
     meta = {
-        "command": "python benchmarks/quality.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
         "torch": torch.__version__,
