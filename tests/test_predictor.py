@@ -376,6 +376,14 @@ def test_cli_predict_argument_errors(model_file: Path, tmp_path: Path) -> None:
     Image.new("RGB", (32, 32)).save(img)
     res = runner.invoke(app, ["predict", str(img), "--model", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "model file not found" in res.output
+    # one missing argument among real ones: its own row, the others still predicted
+    gone = tmp_path / "gone.jpg"
+    args = ["predict", str(img), str(gone), "--model", str(model_file), "--detector", "none"]
+    res = runner.invoke(app, [*args, "--out", "-"])
+    assert res.exit_code == 0, res.output
+    text = res.output[res.output.index("path,") :]
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows[str(gone)]["error"] == "file not found" and rows[str(img)]["error"] == ""
 
 
 def test_cli_bench_predict_json(utkface_dir: Path) -> None:

@@ -753,12 +753,15 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     """Expand image files, folders (recursive, image names only) and ``.csv``/``.txt``
     lists of paths into one list, in the order given (folders sorted).
 
-    Raises ``ValueError`` naming the first argument that does not exist. Paths listed
-    inside a list file are kept even when missing: they become per-image errors.
+    A missing argument is kept, like a missing path inside a list file: it becomes a
+    per-image error row and the other inputs are still predicted. Raises ``ValueError``
+    only when none of the arguments exists (most likely a typo in the command).
     """
     from agegender.data.imageio import is_image_name
 
     out: list[str] = []
+    missing: list[str] = []
+    inputs = list(inputs)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -768,7 +771,10 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
         elif p.is_file():
             out.append(str(p))
         else:
-            raise ValueError(f"no such file or folder: {p}")
+            missing.append(str(p))
+            out.append(str(p))  # predicted as a per-image "file not found" result
+    if missing and len(missing) == len(inputs):
+        raise ValueError(f"no such file or folder: {missing[0]}")
     return out
 
 
