@@ -33,13 +33,7 @@ def make_model(arch: str, age: str, seed: int = 0, **kw):
     return model, meta
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: CI shares its 2 cores, and torch's spinning threads then crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,7 @@ def photos(utkface_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
     return make_photos(utkface_dir, tmp_path_factory.mktemp("photos"), n=24, seed=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the decode threads use the other core (and CI shares the CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -228,18 +228,6 @@ def _check_same_config(config: Config, out: Path, k: int) -> None:
         saved.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
 
 
-def _epochs_run(run_dir: Path, summary: dict) -> int | None:
-    """Training epochs in ``metrics.csv`` (rows with training metrics; a test row is not
-    an epoch), else the summary's count."""
-    path = run_dir / "metrics.csv"
-    if path.is_file():
-        df = pd.read_csv(path)
-        cols = [c for c in df.columns if c.startswith("train/")]
-        if cols:
-            return int(df[cols].notna().any(axis=1).sum())
-    return summary.get("epochs_run")
-
-
 def run_fold(
     config: Config,
     out: Path,
@@ -300,7 +288,7 @@ def run_fold(
         "n_val": splits.get("val"),
         "n_test": res["n_evaluated"],
         "n_failed": res["n_failed"],
-        "epochs_run": _epochs_run(fold_dir, summary),
+        "epochs_run": summary.get("epochs_run"),
         "best_epoch": (summary.get("best") or {}).get("epoch"),
         "train_seconds": summary.get("train_time_total_s", summary.get("train_time_s")),
         "train_images_per_second": summary.get("train_images_per_sec"),
