@@ -4,6 +4,9 @@ tiny generated UTKFace-style dataset whose two genders differ visibly (red vs bl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +178,53 @@ def test_cv_resume_skips_finished_folds_and_resumes_an_interrupted_one(
 
     with pytest.raises(ConfigError, match="different config"):
         run_cv(tiny_config, 2, cv_run, ["optim.lr=0.5"], printer=lines.append)
+
+
+def test_cv_folds_run_in_two_processes_then_combine(tiny_config: Path, tmp_path: Path):
+    """``--fold k`` in two processes at once over one --out: no clash on the shared files,
+    each trains only its fold, and the combined results equal a plain aggregate."""
+    out = tmp_path / "split-cv"
+    cmd = [sys.executable, "-m", "agegender", "cv", str(tiny_config), "--folds", "2"]
+    cmd += ["--out", str(out)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--fold", str(k)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for k in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for k, text in enumerate(outputs):  # each process trained its own fold only
+        assert f"fold {k + 1}/2: training" in text and f"fold {2 - k}/2: training" not in text
+    assert not list(out.rglob("*.tmp"))
+    res = json.loads((out / "results.json").read_text())  # written by the last to finish
+    assert res["complete"] and [f["fold"] for f in res["per_fold"]] == [0, 1]
+    from agegender.evaluate.cv import run_cv
+
+    lines: list[str] = []
+    again = run_cv(tiny_config, 2, out, printer=lines.append)  # nothing left to train
+    assert sum("skipped" in line for line in lines) == 2
+    assert again["metrics"]["gender_accuracy"] == res["metrics"]["gender_accuracy"]
+    from agegender.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--fold: no fold 2"):
+        run_cv(tiny_config, 2, out, only=[2], printer=lines.append)
+
+
+def test_cv_one_fold_alone_is_partial(tiny_config: Path, tmp_path: Path):
+    from agegender.evaluate.cv import run_cv
+
+    lines: list[str] = []
+    res = run_cv(tiny_config, 2, tmp_path / "one", only=[1], printer=lines.append)
+    assert res["complete"] is False and [f["fold"] for f in res["per_fold"]] == [1]
+    assert not (tmp_path / "one" / "results.json").exists()
+    assert not (tmp_path / "one" / "fold_0").exists()
+    assert any("1 of 2 folds have results" in line for line in lines)
 
 
 # --------------------------------------------------------------------------- evaluate

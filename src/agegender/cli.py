@@ -407,6 +407,13 @@ def cv_cmd(
     overrides: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=5"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run dir (default runs/NAME-cv)."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none|flip|oversample."),
+    only: list[int] = typer.Option(
+        [],
+        "--fold",
+        min=0,
+        help="Run only this fold (0-based; repeatable): spread folds over processes or "
+        "machines that share --out; results.json comes when all folds are done.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """k-fold cross-validation (grouped, stratified): mean ± std of every metric.
@@ -426,10 +433,18 @@ def cv_cmd(
     out_dir = out or Path("runs") / f"{cfg.name or config.stem}-cv"
     try:
         res = run_cv(
-            cfg, folds, out_dir, tta=tta, printer=console.print, progress=console.is_terminal
+            cfg,
+            folds,
+            out_dir,
+            tta=tta,
+            only=only or None,
+            printer=console.print,
+            progress=console.is_terminal,
         )
     except (ConfigError, DatasetError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
+    if not res.get("complete", True):
+        return
     if as_json:
         typer.echo(json.dumps(res, indent=2))
     else:

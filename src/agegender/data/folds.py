@@ -13,6 +13,7 @@ Conflicting labels (copies of one photo labelled differently) follow ``conflicts
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +114,14 @@ def make_folds(
 
 
 def write_folds(result: FoldResult, out: str | Path) -> Path:
-    """Write ``path,fold,split_group,gender,age,age_group,subject`` as CSV."""
+    """Write ``path,fold,split_group,gender,age,age_group,subject`` as CSV (atomically:
+    processes running different folds of one CV may write it at the same time)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cols = ["path", "fold", "split_group", "gender", "age", "age_group", "race", "subject"]
-    result.table[cols].to_csv(out, index=False)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    result.table[cols].to_csv(tmp, index=False)
+    tmp.replace(out)
     return out
 
 

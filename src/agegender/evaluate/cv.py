@@ -36,6 +36,7 @@ refused.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,7 +226,9 @@ def _check_same_config(config: Config, out: Path, k: int) -> None:
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
+        tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")  # --fold runs write together
+        tmp.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
+        tmp.replace(saved)
 
 
 def run_fold(
@@ -311,6 +314,7 @@ def run_cv(
     overrides: Sequence[str] = (),
     *,
     tta: str = "none",
+    only: Sequence[int] | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = False,
@@ -318,6 +322,11 @@ def run_cv(
 ) -> dict[str, Any]:
     """Cross-validate ``config`` over ``folds`` grouped stratified folds into ``out_dir``
     (see the module docstring). Returns the dict written to ``out_dir/results.json``.
+
+    ``only``: run just these folds (0-based), e.g. to spread the folds over several
+    processes or machines sharing ``out_dir``; the others are left alone. ``results.json``
+    is written once every fold has its results; until then the return value has
+    ``"complete": False`` and the finished folds' results under ``per_fold``.
     Raises ConfigError / DatasetError (one line) on bad input."""
     from agegender.config import check_files
     from agegender.data.folds import read_folds
@@ -351,9 +360,17 @@ def run_cv(
             printer("warning: agegender.data.audit unavailable: duplicates are not grouped")
     table = read_folds(folds_csv)
     ks = sorted(int(x) for x in table["fold"].unique())
+    if only is not None:
+        bad = sorted(set(only) - set(ks))
+        if bad:
+            raise ConfigError(f"--fold: no fold {bad[0]} (folds are {ks[0]}..{ks[-1]})")
     per_fold = []
     for k in ks:
         res_path = out / f"fold_{k}" / "results.json"
+        if only is not None and k not in only:
+            if res_path.is_file():
+                per_fold.append(json.loads(res_path.read_text(encoding="utf-8")))
+            continue
         if res_path.is_file():
             printer(f"fold {k + 1}/{len(ks)}: done (results in {res_path}), skipped")
             per_fold.append(json.loads(res_path.read_text(encoding="utf-8")))
@@ -370,12 +387,20 @@ def run_cv(
                 printer=printer,
             )
         )
+    if len(per_fold) < len(ks):
+        done = [f["fold"] for f in per_fold]
+        printer(
+            f"{len(done)} of {len(ks)} folds have results ({done}); results.json is written "
+            "when all are done (run the other folds, or run without --fold)"
+        )
+        return to_jsonable({"complete": False, "folds": len(ks), "per_fold": per_fold})
     preds = [pd.read_csv(out / f"fold_{f['fold']}" / "predictions.csv") for f in per_fold]
     pooled = pd.concat(preds, ignore_index=True)
     pooled.to_csv(out / "predictions.csv", index=False)
     agg = aggregate(per_fold)
     first = per_fold[0]
     results = {
+        "complete": True,
         "name": config.name or config.model.name,
         "config": config_path,
         "model": config.model.name,

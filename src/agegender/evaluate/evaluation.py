@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def to_jsonable(obj: Any) -> Any:
 def write_json(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several writers: no clash
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2), encoding="utf-8")
     tmp.replace(path)
     return path
