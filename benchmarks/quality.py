@@ -154,6 +154,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         hw = all(o.startswith("trainer.") for o in meta["overrides"])
         what = "hardware only, results unchanged" if hw else "not the full benchmark"
         lines += [f"**Overrides** ({what}): `{' '.join(meta['overrides'])}`.", ""]
+    if meta.get("kept"):
+        lines += [
+            f"Rows kept from the previous run of this benchmark: {', '.join(meta['kept'])}.",
+            "",
+        ]
     if meta.get("note"):
         lines += [f"**Note:** {meta['note']}", ""]
     if meta.get("missing"):
@@ -162,6 +167,27 @@ def markdown(rows: list[dict], meta: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def merge_rows(previous: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """``rows`` plus the rows of ``previous`` (quality.json) for other runs, in the default
+    model order; returns the rows and the names kept from the previous file."""
+    if not previous.is_file():
+        return rows, []
+    try:
+        old = json.loads(previous.read_text())
+    except ValueError:
+        print(f"warning: {previous}: not JSON, not merged", file=sys.stderr)
+        return rows, []
+    new_dirs = {r["run_dir"] for r in rows}
+    kept = [r for r in old if isinstance(r, dict) and r.get("run_dir") not in new_dirs]
+    order = [Path(m).stem for m in DEFAULT_MODELS]
+
+    def rank(r: dict) -> tuple[int, str]:
+        stem = Path(r.get("run_dir", "")).name
+        return (order.index(stem) if stem in order else len(order), stem)
+
+    return sorted(rows + kept, key=rank), [str(r.get("name") or r.get("model")) for r in kept]
 
 
 def _shown_args(argv: list[str] | None) -> list[str]:
@@ -200,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="a line of context for quality.md")
     ap.add_argument(
         "--collect", action="store_true", help="do not train: collect the results of finished runs"
+    )
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="write only this command's models (default: keep the other models' rows of the "
+        "existing quality.json)",
     )
     args = ap.parse_args(argv)
 
@@ -241,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.replace:
+        rows, kept = merge_rows(args.out_dir / "quality.json", rows)
+        if kept:
+            meta["kept"] = kept
     (args.out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out_dir / "quality.md").write_text(markdown(rows, meta))
     print(f"wrote {args.out_dir / 'quality.json'} and {args.out_dir / 'quality.md'}")

@@ -337,6 +337,18 @@ def test_crash_mid_epoch_then_resume_completes(utkface_dir: Path, tmp_path: Path
     assert len(before.rows) == 3 * 32 and len(after.rows) == (per_epoch - 3) * 32
     assert not set(before.rows) & set(after.rows)
     assert len(set(before.rows) | set(after.rows)) == per_epoch * 32
+    # the time trained before the crash counts; the resumed epoch's rate is a real rate
+    s = done.summary
+    assert s["train_time_total_s"] > s["train_time_s"] + 0.05
+    assert ckpt_seconds(out) <= s["train_time_total_s"]
+    rates = s["images_per_sec_by_epoch"]
+    assert len(rates) == 3 and min(rates) > 0.1 * max(rates), rates
+
+
+def ckpt_seconds(out: Path) -> float:
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("Throughput")]
+    return state["train_seconds"]
 
 
 def test_same_seed_same_run(utkface_dir: Path, tmp_path: Path) -> None:

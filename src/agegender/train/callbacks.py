@@ -91,17 +91,45 @@ class BackboneFreeze(BaseFinetuning):
 
 class Throughput(Callback):
     """Training images per second over the training batches of each epoch (validation and
-    checkpointing excluded), summed over ranks; logged as ``train/images_per_sec``."""
+    checkpointing excluded), summed over ranks; logged as ``train/images_per_sec``.
+
+    Also keeps the run's wall time across interruptions: ``total_seconds()`` is the time
+    of every ``fit`` of this run up to now, the part before a resume coming from the
+    checkpoint. A run resumed mid-epoch counts that epoch's rate over the batches trained
+    after the resume."""
 
     def __init__(self) -> None:
         self.history: list[float] = []
-        self._start = 0.0
+        self.prior_seconds = 0.0  # fit time before the last resume (from the checkpoint)
+        self._fit_start: float | None = None
+        self._fit_end: float | None = None
+        self._start: float | None = None
         self._last = 0.0
         self._images = 0
+
+    def total_seconds(self) -> float:
+        """Wall time of this run's fits so far, including those before a resume."""
+        if self._fit_start is None:
+            return self.prior_seconds
+        end = self._fit_end if self._fit_end is not None else time.perf_counter()
+        return self.prior_seconds + end - self._fit_start
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start, self._fit_end = time.perf_counter(), None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_end = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
         self._images = 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        if self._start is None:  # restored mid-epoch without an epoch start
+            self._start = self._last = time.perf_counter()
+            self._images = 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -112,17 +140,19 @@ class Throughput(Callback):
         self._last = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        elapsed = self._last - self._start
+        elapsed = self._last - (self._start or self._last)
         if self._images and elapsed > 0:
             rate = self._images * trainer.world_size / elapsed
             self.history.append(rate)
             pl_module.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True)
+        self._start = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "train_seconds": self.total_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.prior_seconds = float(state_dict.get("train_seconds", 0.0))
 
 
 class LastCheckpoint(Callback):

@@ -245,6 +245,14 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     return PreparedData(table, images, cache_rows, splits, info)
 
 
+def _total_train_time(throughput: Any, this_run: float, previous: dict[str, Any]) -> float:
+    """Training wall time over every session of the run: the time before a resume comes
+    from the checkpoint (older checkpoints without it: from the previous summary.json)."""
+    if throughput.prior_seconds > 0:
+        return max(this_run, throughput.total_seconds())
+    return this_run + float(previous.get("train_time_total_s", 0.0))
+
+
 # --------------------------------------------------------------------------- trainer
 def _loggers(config: Config, out: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -536,7 +544,7 @@ def train(
         "test": test_metrics or None,
         **_model_stats(module.model),
         "train_time_s": round(train_time, 2),
-        "train_time_total_s": round(train_time + float(previous.get("train_time_total_s", 0)), 2),
+        "train_time_total_s": round(_total_train_time(cbs["throughput"], train_time, previous), 2),
         "train_images_per_sec": round(float(np.median(steady)), 1) if steady else None,
         "images_per_sec_by_epoch": [round(x, 1) for x in throughput],
         "dataset": data.info,
