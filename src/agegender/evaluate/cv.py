@@ -71,21 +71,14 @@ def build_folds(
 ) -> dict[str, Any]:
     """Read, sample, audit and split the dataset of ``config``; write ``out/folds.csv``."""
     from agegender.data.folds import make_folds, write_folds
-    from agegender.data.readers import read_dataset
+    from agegender.data.readers import read_table, sample_rows
     from agegender.data.records import ReadResult
 
     d = config.data
-    result = read_dataset(d.path, d.format)
-    table = result.table.reset_index(drop=True)
-    info: dict[str, Any] = {
-        "data": d.path,
-        "format": result.format,
-        "read": len(table),
-        "label_problems": len(result.problems),
-    }
+    result, table, info = read_table(d.path, d.format)
     if d.limit is not None and d.limit < len(table):
-        table = table.sample(n=d.limit, random_state=d.seed).sort_index().reset_index(drop=True)
         info["limit"] = d.limit
+    table = sample_rows(table, d.limit, d.seed)
     dup_group = conflict = None
     try:
         from agegender.data.audit import audit_dataset
@@ -366,11 +359,9 @@ def run_cv(
             raise ConfigError(f"--fold: no fold {bad[0]} (folds are {ks[0]}..{ks[-1]})")
     per_fold = []
     for k in ks:
-        res_path = out / f"fold_{k}" / "results.json"
         if only is not None and k not in only:
-            if res_path.is_file():
-                per_fold.append(json.loads(res_path.read_text(encoding="utf-8")))
             continue
+        res_path = out / f"fold_{k}" / "results.json"
         if res_path.is_file():
             printer(f"fold {k + 1}/{len(ks)}: done (results in {res_path}), skipped")
             per_fold.append(json.loads(res_path.read_text(encoding="utf-8")))
@@ -387,6 +378,10 @@ def run_cv(
                 printer=printer,
             )
         )
+    if only is not None:  # the other folds' results as they are now (other processes)
+        others = [out / f"fold_{k}" / "results.json" for k in ks if k not in only]
+        per_fold += [json.loads(p.read_text(encoding="utf-8")) for p in others if p.is_file()]
+        per_fold.sort(key=lambda f: f["fold"])
     if len(per_fold) < len(ks):
         done = [f["fold"] for f in per_fold]
         printer(

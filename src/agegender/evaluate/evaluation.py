@@ -181,7 +181,7 @@ def evaluate_checkpoint(
     ``confusion``, ``timing``, counts, ``predictions_csv``).
     Raises ``ValueError``/``FileNotFoundError`` (one line, naming the file) on bad input.
     """
-    from agegender.data.readers import read_dataset
+    from agegender.data.readers import read_dataset, sample_rows
     from agegender.evaluate.tta import check_mode
     from agegender.train import load_model
 
@@ -190,10 +190,7 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown detector {detector!r}; choose one of none, haar")
     model, meta = load_model(ckpt)
     result = read_dataset(data, format)
-    table = result.table
-    if limit is not None and limit < len(table):
-        table = table.sample(n=limit, random_state=seed).sort_index()
-    table = table.reset_index(drop=True)
+    table = sample_rows(result.table, limit, seed)
     started = time.perf_counter()
     results, pred = evaluate_model(
         model,

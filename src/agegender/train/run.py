@@ -191,17 +191,10 @@ def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
 
 def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     """Read, filter, split and cache the dataset described by ``config.data``."""
-    from agegender.data.readers import read_dataset
+    from agegender.data.readers import read_table, sample_rows
 
     d = config.data
-    result = read_dataset(d.path, d.format)
-    table = result.table.reset_index(drop=True)
-    info: dict[str, Any] = {
-        "path": d.path,
-        "format": result.format,
-        "read": len(table),
-        "label_problems": len(result.problems),
-    }
+    result, table, info = read_table(d.path, d.format)
     if d.audit:
         from agegender.data.audit import audit_dataset
 
@@ -223,9 +216,8 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
         )
     table = _check_labels(config, table)
     if d.limit is not None and d.limit < len(table):
-        table = table.sample(n=d.limit, random_state=d.seed).sort_index()
         info["limit"] = d.limit
-    table = table.reset_index(drop=True)
+    table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
     images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress)
     if not ok.all():

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from agegender.data.readers.adience import read_adience
 from agegender.data.readers.celeba import read_celeba
@@ -41,6 +44,28 @@ def read_dataset(path: str | Path, format: str = "auto") -> ReadResult:
     return result
 
 
+def read_table(path: str | Path, format: str = "auto") -> tuple[ReadResult, pd.DataFrame, dict]:
+    """:func:`read_dataset`, its table with a fresh index, and a summary for run records:
+    ``{"path", "format", "read", "label_problems"}``."""
+    result = read_dataset(path, format)
+    table = result.table.reset_index(drop=True)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": result.format,
+        "read": len(table),
+        "label_problems": len(result.problems),
+    }
+    return result, table, info
+
+
+def sample_rows(table: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random sample of ``limit`` rows kept in file order (all rows when ``limit``
+    is None or not smaller), re-indexed 0..n-1."""
+    if limit is not None and limit < len(table):
+        table = table.sample(n=limit, random_state=seed).sort_index()
+    return table.reset_index(drop=True)
+
+
 __all__ = [
     "FORMATS",
     "READERS",
@@ -49,4 +74,6 @@ __all__ = [
     "detect_format",
     "parse_utkface_name",
     "read_dataset",
+    "read_table",
+    "sample_rows",
 ]
