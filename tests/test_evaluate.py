@@ -225,6 +225,11 @@ def test_cv_one_fold_alone_is_partial(tiny_config: Path, tmp_path: Path):
     assert not (tmp_path / "one" / "results.json").exists()
     assert not (tmp_path / "one" / "fold_0").exists()
     assert any("1 of 2 folds have results" in line for line in lines)
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "one"), "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert "cross-validation not finished (1 of the 1 started folds have results)" in " ".join(
+        res.output.split()
+    )
 
 
 # --------------------------------------------------------------------------- evaluate

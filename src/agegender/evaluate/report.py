@@ -83,6 +83,13 @@ def load_run(path: str | Path) -> RunInfo:
     if not run.is_dir():
         raise FileNotFoundError(f"{path}: run directory not found")
     results = _read_json(run / "results.json")
+    if results is None and (run / "cv_config.yaml").is_file():  # a CV still running
+        done = len(list(run.glob("fold_*/results.json")))
+        folds = len(list(run.glob("fold_*")))
+        raise FileNotFoundError(
+            f"{path}: cross-validation not finished ({done} of the {folds} started folds "
+            "have results); finish it with the same `agegender cv` command"
+        )
     if results is None and (run / "eval" / "results.json").is_file():
         results = _read_json(run / "eval" / "results.json")
     summary = _read_json(run / "summary.json")
