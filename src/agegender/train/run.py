@@ -237,6 +237,16 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     return PreparedData(table, images, cache_rows, splits, info)
 
 
+def resume_summary(out: Path, resume: bool) -> dict[str, Any]:
+    """The summary.json of a finished run being resumed (more epochs), else {}."""
+    if not resume or not (out / "summary.json").is_file():
+        return {}
+    try:
+        return json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _total_train_time(throughput: Any, this_run: float, previous: dict[str, Any]) -> float:
     """Training wall time over every session of the run: the time before a resume comes
     from the checkpoint (older checkpoints without it: from the previous summary.json)."""
@@ -501,6 +511,9 @@ def train(
             module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True
         )
         train_time = time.perf_counter() - started
+        # read before trainer.test, which restores the callbacks' states from best.ckpt
+        train_total = _total_train_time(cbs["throughput"], train_time, resume_summary(out, resume))
+        throughput = list(cbs["throughput"].history)
         best_path = cbs["best"].best_model_path or None
         test_metrics: dict[str, float] = {}
         if data.splits.test is not None:
@@ -511,14 +524,7 @@ def train(
 
     rows = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else pd.DataFrame()
     es = config.train.early_stopping
-    throughput = cbs["throughput"].history
     steady = throughput[1:] if len(throughput) > 1 else throughput
-    previous = {}
-    if resume and (out / "summary.json").is_file():
-        try:
-            previous = json.loads((out / "summary.json").read_text())
-        except (OSError, ValueError):
-            previous = {}
     es_cb = cbs.get("early_stopping")
     summary = {
         "name": config.name,
@@ -536,7 +542,7 @@ def train(
         "test": test_metrics or None,
         **_model_stats(module.model),
         "train_time_s": round(train_time, 2),
-        "train_time_total_s": round(_total_train_time(cbs["throughput"], train_time, previous), 2),
+        "train_time_total_s": round(train_total, 2),
         "train_images_per_sec": round(float(np.median(steady)), 1) if steady else None,
         "images_per_sec_by_epoch": [round(x, 1) for x in throughput],
         "dataset": data.info,
