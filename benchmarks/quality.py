@@ -114,7 +114,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             "| "
             + " | ".join(
                 [
-                    str(r["model"]),
+                    str(r["model"])
+                    if r.get("name") in (None, r["model"])
+                    else f"{r['model']} ({r['name']})",
                     f"{r['input_size']} of {r['size']}"
                     if r["size"] != r["input_size"]
                     else str(r["input_size"]),

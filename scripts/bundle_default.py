@@ -174,8 +174,8 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "agegender cv configs/default.yaml --folds 5 --out runs/default_cv --set trainer.threads=1",
         "agegender evaluate runs/default_cv/fold_0/checkpoints/best.ckpt "
         "--data ../shared/data/adience-sample --detector haar --out runs/adience_haar.json",
-        f"python scripts/bundle_default.py runs/default_cv --fold {fold} "
-        '--extra "Adience sample ...=runs/adience_haar.json"',
+        f"python scripts/bundle_default.py runs/default_cv --fold {fold}"
+        + "".join(f' --extra "{name}=runs/adience_haar.json"' for name in extra),
         "```",
         "",
         "Training recipe (`configs/default.yaml`):",
@@ -227,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {fold_path}: fold {args.fold} has not finished", file=sys.stderr)
         return 2
     fold_res = json.loads(fold_path.read_text())
+    ckpt = args.cv_dir / f"fold_{args.fold}" / "checkpoints" / "best.ckpt"  # the run may move
     if not args.card_only:
+        if not ckpt.is_file():
+            print(f"error: {ckpt}: no best checkpoint for fold {args.fold}", file=sys.stderr)
+            return 2
         onnx, pt = export(
-            Path(fold_res["checkpoint"]),
+            ckpt,
             args.name,
             {
                 "trained_on": "UTKFace (non-commercial research licence)",
