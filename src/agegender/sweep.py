@@ -639,13 +639,21 @@ def make_storage(
         )
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, cb: retry}
     engine = {"connect_args": {"timeout": 120}} if file is not None else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine, **kwargs)
-    except Exception as exc:  # sqlalchemy / driver errors: one line
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpaceError(f"--storage {masked(url)}: cannot open: {first}") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except Exception as exc:  # sqlalchemy / driver errors: one line
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            # workers starting together race to create a new database's tables
+            racing = type(exc).__name__ == "IntegrityError" or any(
+                w in first for w in ("locked", "already exists")
+            )
+            if not racing or attempt == 4:
+                raise SpaceError(f"--storage {masked(url)}: cannot open: {first}") from None
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def load_study(storage: str, study_name: str | None = None) -> Any:
