@@ -13,7 +13,6 @@ Conflicting labels (copies of one photo labelled differently) follow ``conflicts
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from agegender.data.records import DatasetError
+from agegender.fileio import atomic_path
 
 CONFLICT_POLICIES = ("drop", "keep")
 
@@ -117,11 +117,9 @@ def write_folds(result: FoldResult, out: str | Path) -> Path:
     """Write ``path,fold,split_group,gender,age,age_group,subject`` as CSV (atomically:
     processes running different folds of one CV may write it at the same time)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     cols = ["path", "fold", "split_group", "gender", "age", "age_group", "race", "subject"]
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    result.table[cols].to_csv(tmp, index=False)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        result.table[cols].to_csv(tmp, index=False)
     return out
 
 

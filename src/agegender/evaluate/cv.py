@@ -36,7 +36,6 @@ refused.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ import yaml
 from agegender.config import Config, ConfigError, load_config, validate_config
 from agegender.data.records import DatasetError
 from agegender.evaluate.evaluation import summarise_predictions, to_jsonable, write_json
+from agegender.fileio import atomic_path
 
 TRAIN, VAL, TEST = 0, 1, 2
 #: Config sections that may differ when a cross-validation run is resumed.
@@ -218,10 +218,8 @@ def _check_same_config(config: Config, out: Path, k: int) -> None:
                 f"{', '.join(diff) or 'details'}); choose another --out"
             )
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")  # --fold runs write together
-        tmp.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
-        tmp.replace(saved)
+        with atomic_path(saved) as tmp:  # --fold runs may write it together
+            tmp.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
 
 
 def run_fold(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from agegender.evaluate.metrics import (
     gender_reliability,
     prediction_metrics,
 )
+from agegender.fileio import atomic_path
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -55,10 +55,8 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json(obj: Any, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several writers: no clash
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=2), encoding="utf-8")
     return path
 
 

@@ -27,6 +27,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.optim import Optimizer
 
+from agegender.fileio import atomic_path
+
 
 class BackboneFreeze(BaseFinetuning):
     """Freeze ``pl_module.model.backbone``; at ``unfreeze_at_epoch`` (None: never) unfreeze
@@ -239,14 +241,11 @@ class EpochCSVLogger(Logger):
     def _write(self) -> None:
         keys = sorted({k for row in self.rows.values() for k in row} - {"step", "epoch"})
         fields = ["epoch", "step", *keys]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for epoch in sorted(self.rows):
                 writer.writerow({"epoch": epoch, **self.rows[epoch]})
-        os.replace(tmp, self.path)
 
     @rank_zero_only
     def save(self) -> None:

@@ -237,7 +237,7 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     return PreparedData(table, images, cache_rows, splits, info)
 
 
-def resume_summary(out: Path, resume: bool) -> dict[str, Any]:
+def _resume_summary(out: Path, resume: bool) -> dict[str, Any]:
     """The summary.json of a finished run being resumed (more epochs), else {}."""
     if not resume or not (out / "summary.json").is_file():
         return {}
@@ -512,7 +512,7 @@ def train(
         )
         train_time = time.perf_counter() - started
         # read before trainer.test, which restores the callbacks' states from best.ckpt
-        train_total = _total_train_time(cbs["throughput"], train_time, resume_summary(out, resume))
+        train_total = _total_train_time(cbs["throughput"], train_time, _resume_summary(out, resume))
         throughput = list(cbs["throughput"].history)
         best_path = cbs["best"].best_model_path or None
         test_metrics: dict[str, float] = {}
