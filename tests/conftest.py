@@ -30,6 +30,22 @@ def adience_dir() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def celeba_dir() -> Path:
+    p = data_root() / "celeba-10k"
+    if not p.is_dir():
+        pytest.skip(f"CelebA-10k not found at {p} (set AGEGENDER_DATA)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def fairface_dir() -> Path:
+    p = data_root() / "fairface-540"
+    if not p.is_dir():
+        pytest.skip(f"FairFace-540 not found at {p} (set AGEGENDER_DATA)")
+    return p
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep every test's image cache out of the user's home."""

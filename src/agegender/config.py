@@ -4,8 +4,9 @@ A run is described by one YAML file with the sections below (every key optional 
 ``data.path``); unknown keys are errors that name the key::
 
     data:      {path, format, size, input_size, folds_file, fold, val_fold, split, limit,
-                audit, drop_conflicts, seed, cache_dir}
-    model:     {name, pretrained_file, init_from, head, head_hidden, dropout, options,
+                audit, drop_conflicts, seed, cache_dir, crop,
+                extra: [{path, format, name, crop, weight, val_fraction, limit}]}
+    model:     {name, pretrained, pretrained_file, init_from, head, head_hidden, dropout, options,
                 freeze_backbone, unfreeze_at_epoch, unfreeze_last_n, backbone_lr_factor}
     task:      {gender, age: none|groups|regression|dex, gamma}
     optim:     {name: adam|adamw|sgd, lr, weight_decay, momentum, nesterov}
@@ -119,11 +120,50 @@ def _pair_within(lo: float, hi: float, *, ordered: bool = True):
 
 
 # --------------------------------------------------------------------------- data
+def _check_format(v: str) -> str:
+    from agegender.data.readers import FORMATS
+
+    if v not in FORMATS:
+        raise ValueError(f"unknown format {v!r}; choose one of {', '.join(FORMATS)}")
+    return v
+
+
+def _check_crop(v: list[float] | None) -> list[float] | None:
+    if v is None:
+        return v
+    if len(v) != 4:
+        raise ValueError("must be 4 fractions [x0, y0, x1, y1]")
+    x0, y0, x1, y1 = v
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError("must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    return v
+
+
+class ExtraDataConfig(_Section):
+    """One more dataset trained on beside ``data.path`` (e.g. CelebA next to UTKFace): all
+    of it joins the training split except a grouped ``val_fraction`` (its own subjects /
+    duplicate groups), which joins validation. Its missing labels are masked in the loss."""
+
+    path: str = Field(description="dataset folder or label file")
+    format: str = Field("auto", description="reader, as data.format")
+    name: str | None = Field(None, description="name in logs and summaries (default: folder)")
+    crop: list[float] | None = Field(
+        None, description="face box [x0, y0, x1, y1] as fractions (default: the reader's)"
+    )
+    weight: float = Field(1.0, gt=0, le=10, description="times each face is drawn per epoch")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="grouped validation share")
+    limit: int | None = Field(None, ge=10, description="use at most this many faces")
+
+    _paths = field_validator("path")(_resolve)
+    _fmt = field_validator("format")(_check_format)
+    _crop = field_validator("crop")(_check_crop)
+
+
 class DataConfig(_Section):
     """Where the faces come from and how they are split."""
 
     path: str = Field(description="dataset folder or label file")
-    format: str = Field("auto", description="reader: auto, utkface, adience, celeba, folders, csv")
+    format: str = Field("auto", description="reader: auto or one of agegender.data.readers")
     size: int | None = Field(None, ge=16, le=1024, description="cache image size (px)")
     input_size: int | None = Field(None, ge=16, le=1024, description="network input (px)")
     folds_file: str | None = Field(None, description="CSV with path,fold (agegender data folds)")
@@ -137,16 +177,17 @@ class DataConfig(_Section):
     drop_conflicts: bool = True
     seed: int = 0
     cache_dir: str | None = None
+    crop: list[float] | None = Field(
+        None, description="face box [x0, y0, x1, y1] as fractions (default: the reader's)"
+    )
+    extra: list[ExtraDataConfig] = Field(
+        [], description="more datasets for training and validation (not test)"
+    )
 
     _paths = field_validator("path", "folds_file", "cache_dir")(_resolve)
 
-    @field_validator("format")
-    @classmethod
-    def _format(cls, v: str) -> str:
-        formats = ("auto", "utkface", "adience", "celeba", "folders", "csv")
-        if v not in formats:
-            raise ValueError(f"unknown format {v!r}; choose one of {', '.join(formats)}")
-        return v
+    _fmt = field_validator("format")(_check_format)
+    _crop = field_validator("crop")(_check_crop)
 
     @field_validator("split")
     @classmethod
@@ -173,6 +214,11 @@ class ModelConfig(_Section):
     """Architecture, weights and the freeze/unfreeze schedule."""
 
     name: str = "small_resnet"
+    pretrained: Literal["imagenet", "hub"] | None = Field(
+        None,
+        description="imagenet: weights from an installed package (offline); hub: timm's "
+        "download (opt-in)",
+    )
     pretrained_file: str | None = Field(None, description="local backbone weights")
     init_from: str | None = Field(None, description="checkpoint of an earlier run to start from")
     head: str | None = Field(None, description="head type, passed to create_model")
@@ -222,14 +268,22 @@ class ModelConfig(_Section):
         except ValueError:
             return self  # unknown name: reported by the name validator
         given = [k for k in ("head", "head_hidden", "dropout") if getattr(self, k) is not None]
-        shown = ", ".join(o for o in accepted if o != "pretrained_file")
+        shown = ", ".join(o for o in accepted if o not in ("pretrained_file", "pretrained"))
+        if self.pretrained is not None:
+            if "pretrained" not in accepted:
+                raise ValueError(
+                    f"model.pretrained: model {self.name!r} has no pretrained weights "
+                    "(use model.pretrained_file)"
+                )
+            if self.pretrained_file is not None:
+                raise ValueError("model.pretrained: set pretrained or pretrained_file, not both")
         for key in (*given, *self.options):
             if key not in accepted:
                 where = f"model.{key}" if key in given else f"model.options.{key}"
                 raise ValueError(
                     f"{where}: model {self.name!r} does not take this option (it takes: {shown})"
                 )
-        for key in ("pretrained_file", "freeze_backbone", "input_size"):
+        for key in ("pretrained", "pretrained_file", "freeze_backbone", "input_size"):
             if key in self.options:
                 raise ValueError(f"model.options.{key}: set it with its own key, not in options")
         return self

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from agegender.data.imageio import ImageError, load_resized
+from agegender.data.imageio import Crop, ImageError, load_resized
 from agegender.data.parallel import parallel_map
 from agegender.data.records import Problem
 
@@ -64,9 +64,19 @@ def file_stats(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return sizes, mtimes
 
 
-def cache_key(paths: list[str], sizes: np.ndarray, mtimes: np.ndarray, size: int) -> str:
-    """20 hex digits of SHA-256 over the files (in order), their sizes and mtimes, ``size``."""
-    h = hashlib.sha256(f"agegender-cache v{CACHE_VERSION} size={size} n={len(paths)}\n".encode())
+def cache_key(
+    paths: list[str],
+    sizes: np.ndarray,
+    mtimes: np.ndarray,
+    size: int,
+    crop: Crop | None = None,
+) -> str:
+    """20 hex digits of SHA-256 over the files (in order), their sizes and mtimes, ``size``
+    and the ``crop`` box (caches made before crops existed keep their key)."""
+    head = f"agegender-cache v{CACHE_VERSION} size={size} n={len(paths)}\n"
+    if crop is not None:
+        head += f"crop={','.join(f'{c:.4f}' for c in crop)}\n"
+    h = hashlib.sha256(head.encode())
     for p, s, m in zip(paths, sizes.tolist(), mtimes.tolist(), strict=True):
         h.update(f"{p}\t{s}\t{m}\n".encode())
     return h.hexdigest()[:20]
@@ -170,11 +180,13 @@ def _writer(npy: str) -> np.ndarray:
     return mm
 
 
-def _decode_into(item: tuple[int, str], npy: str, size: int) -> str | None:
+def _decode_into(
+    item: tuple[int, str], npy: str, size: int, crop: Crop | None = None
+) -> str | None:
     """Decode ``item = (row, path)`` into row ``row`` of ``npy``; the error or None."""
     row, path = item
     try:
-        _writer(npy)[row] = load_resized(path, size)
+        _writer(npy)[row] = load_resized(path, size, crop=crop)
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the build
@@ -225,8 +237,10 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
     console: Console | None = None,
+    crop: Crop | None = None,
 ) -> ImageCache:
-    """Decode every image of ``table`` once into a ``(N, size, size, 3)`` uint8 cache.
+    """Decode every image of ``table`` once into a ``(N, size, size, 3)`` uint8 cache
+    (``crop``: the face box of every image, as fractions; see ``load_resized``).
 
     Returns the existing cache when the files (paths, sizes, mtimes) and ``size`` match,
     without decoding anything. Images that fail are zero-filled, flagged in ``ok`` and
@@ -238,7 +252,7 @@ def build_cache(
         raise ValueError("cannot cache an empty table")
     paths = table["path"].astype(str).tolist()
     sizes, mtimes = file_stats(paths)
-    key = cache_key(paths, sizes, mtimes, size)
+    key = cache_key(paths, sizes, mtimes, size, crop)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     folder = root / cache_name(size, key)
     found = _try_load(folder)
@@ -257,7 +271,7 @@ def build_cache(
         )
         del mm  # zero-filled; workers open it read-write themselves
         errors = parallel_map(
-            partial(_decode_into, npy=npy, size=size),
+            partial(_decode_into, npy=npy, size=size, crop=crop),
             list(enumerate(paths)),
             workers=workers,
             progress=progress,
@@ -278,6 +292,7 @@ def build_cache(
         index = {
             "version": CACHE_VERSION,
             "size": size,
+            "crop": None if crop is None else list(crop),
             "key": key,
             "count": len(paths),
             "failed": len(problems),

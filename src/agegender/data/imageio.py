@@ -105,11 +105,24 @@ def load_rgb(path: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return np.asarray(open_image(path, max_pixels=max_pixels))
 
 
+Crop = tuple[float, float, float, float]
+
+
 def load_resized(
-    path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path,
+    size: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    crop: Crop | None = None,
 ) -> np.ndarray:
-    """Decode and resize (bilinear, antialiased) to ``(size, size, 3)`` uint8 RGB."""
-    img = open_image(path, max_pixels=max_pixels, draft_size=size)
+    """Decode, cut ``crop`` (``x0, y0, x1, y1`` as fractions of the width and height, e.g.
+    the face box of an aligned dataset whose crops are looser than the training framing)
+    and resize (bilinear, antialiased) to ``(size, size, 3)`` uint8 RGB."""
+    img = open_image(path, max_pixels=max_pixels, draft_size=None if crop else size)
+    if crop is not None:
+        w, h = img.size
+        x0, y0, x1, y1 = crop
+        img = img.crop((round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h)))
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.asarray(img)

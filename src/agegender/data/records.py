@@ -12,6 +12,8 @@ A *FaceTable* is a :class:`pandas.DataFrame` with one row per face and these col
 - ``source``    reader that produced the row: utkface, adience, celeba, folders, csv (str)
 - ``fold``      the dataset's own fold or partition when it has one (nullable Int8)
 - ``line``      1-based line of the label file the row came from, when there is one
+- ``age_min``, ``age_max``  the true age bin in years when the dataset labels bins
+  (FairFace: ``0-2 ... 60-69, more than 70``; the last is ``(70, inf)``), else NaN
 
 Readers never drop a row silently: what they cannot read becomes a :class:`Problem`.
 """
@@ -35,6 +37,8 @@ COLUMNS: tuple[str, ...] = (
     "source",
     "fold",
     "line",
+    "age_min",
+    "age_max",
 )
 
 GENDERS: tuple[str, str] = ("male", "female")  # index = code
@@ -187,4 +191,6 @@ def make_table(rows: list[dict] | None = None) -> pd.DataFrame:
     df["source"] = df["source"].astype(str)
     df["fold"] = pd.array(df["fold"], dtype="Int8")
     df["line"] = pd.array(df["line"], dtype="Int32")
+    df["age_min"] = pd.to_numeric(df["age_min"], errors="coerce").astype(float)
+    df["age_max"] = pd.to_numeric(df["age_max"], errors="coerce").astype(float)
     return df.reset_index(drop=True)

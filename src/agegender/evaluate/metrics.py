@@ -230,6 +230,31 @@ def age_metrics(
     return out
 
 
+def age_bin_metrics(
+    age_min: Sequence | np.ndarray, age_max: Sequence | np.ndarray, pred_age: Sequence | np.ndarray
+) -> dict[str, float]:
+    """Metrics for datasets whose ages are bins (FairFace): ``age_bin_exact`` (the predicted
+    age in years falls in the true bin ``[min, max + 1)``), ``age_bin_one_off`` (in the true
+    bin or a neighbour, the bins being the distinct ones in the data) and ``age_bin_error``
+    (mean years from the prediction to the nearest edge of the true bin; 0 inside)."""
+    lo, hi, p = _floats(age_min), _floats(age_max), _floats(pred_age)
+    keep = np.isfinite(lo) & np.isfinite(p)
+    lo, hi, p = lo[keep], hi[keep] + 1.0, p[keep]
+    out: dict[str, float] = {"n_age_bin": int(len(p))}
+    if not len(p):
+        return out | {"age_bin_exact": NAN, "age_bin_one_off": NAN, "age_bin_error": NAN}
+    edges = np.unique(lo)  # bin starts, ascending
+    true_bin = np.searchsorted(edges, lo, side="right") - 1
+    pred_bin = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 1)
+    inside = (p >= lo) & (p < hi)
+    out["age_bin_exact"] = float(inside.mean())
+    out["age_bin_one_off"] = float(np.mean(inside | (np.abs(pred_bin - true_bin) <= 1)))
+    out["age_bin_error"] = float(
+        np.mean(np.where(inside, 0.0, np.minimum(abs(p - lo), abs(p - hi))))
+    )
+    return out
+
+
 # --------------------------------------------------------------------------- frames
 def tasks_of(pred: pd.DataFrame) -> dict[str, object]:
     """Which predictions a frame holds: ``{"gender": bool, "age": none|groups|years}``."""
@@ -281,6 +306,22 @@ def prediction_metrics(pred: pd.DataFrame) -> dict[str, float]:
     if tasks["age"] == "years":
         true_age = pred["age"] if "age" in pred.columns else np.full(len(pred), np.nan)
         out |= age_metrics(true_age, pred["pred_age"])
+        if has_age_bins(pred):
+            out |= age_bin_metrics(pred["age_min"], pred["age_max"], pred["pred_age"])
+    return out
+
+
+def has_age_bins(pred: pd.DataFrame) -> bool:
+    """Whether a frame has binned true ages (``age_min``/``age_max``, e.g. FairFace)."""
+    return "age_min" in pred.columns and bool(np.isfinite(_floats(pred["age_min"])).any())
+
+
+def age_bin_names(pred: pd.DataFrame) -> list[tuple[str, float]]:
+    """``(name, age_min)`` of each distinct true bin, youngest first (``70+`` when open)."""
+    bins = pred[["age_min", "age_max"]].astype(float).dropna().drop_duplicates()
+    out = []
+    for lo, hi in sorted(bins.itertuples(index=False)):
+        out.append((f"{lo:g}+" if not np.isfinite(hi) else f"{lo:g}-{hi:g}", lo))
     return out
 
 
@@ -315,9 +356,12 @@ def _breakdowns(pred: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
     if "gender" in pred.columns:
         g = _labels(pred["gender"], 2)
         cells += [("gender", name, g == i) for i, name in enumerate(GENDERS)]
-    if "age_group" in pred.columns:
+    if "age_group" in pred.columns and not has_age_bins(pred):
         a = _labels(pred["age_group"], N_GROUPS)
         cells += [("age_group", name, a == i) for i, name in enumerate(AGE_GROUP_NAMES)]
+    if has_age_bins(pred):
+        lo = _floats(pred["age_min"])
+        cells += [("age_bin", name, lo == start) for name, start in age_bin_names(pred)]
     if "race" in pred.columns:
         r = _labels(pred["race"], len(RACES))
         if (r >= 0).any():

@@ -35,7 +35,17 @@ from agegender.evaluate.metrics import P_AGE, P_GENDER
 from agegender.evaluate.tta import average_views, check_mode, tta_views
 
 DETECTORS = ("none", "haar")
-LABEL_COLUMNS = ("path", "gender", "age", "age_group", "race", "subject", "fold")
+LABEL_COLUMNS = (
+    "path",
+    "gender",
+    "age",
+    "age_group",
+    "race",
+    "subject",
+    "fold",
+    "age_min",
+    "age_max",
+)
 
 
 @dataclass

@@ -9,7 +9,9 @@ model runs its ``forward_features`` (the last spatial map), then one of two head
   -> global average pool -> 2x dense 2048 (``head_hidden`` overrides the dense part).
 
 ``pretrained_file`` loads local weights through timm
-(``pretrained_cfg_overlay=dict(file=...)``); nothing is downloaded.
+(``pretrained_cfg_overlay=dict(file=...)``); ``pretrained="imagenet"`` loads ImageNet weights
+from an installed package (:mod:`agegender.models.pretrained`); nothing is downloaded unless
+``pretrained="hub"`` asks timm for its hub weights.
 VGG keeps only its conv ``features`` (like Keras ``include_top=False``): timm's 4096-d
 fc6/fc7 ``pre_logits`` (~120M parameters) are dropped.
 """
@@ -28,6 +30,7 @@ from torch import nn
 
 from agegender.models.heads import TaskSpec, conv5_neck, make_task_heads, mlp_neck
 from agegender.models.levi_hassner import lh_conv_neck
+from agegender.models.pretrained import load_pretrained, packaged_for
 from agegender.models.registry import FaceModel, read_state_dict, register_model
 
 HEADS = ("mlp", "conv5")
@@ -60,20 +63,27 @@ def _resolve_timm_name(*candidates: str) -> str:
 
 
 def create_backbone(
-    timm_name: str, pretrained_file: str | Path | None = None, **timm_kwargs: Any
-) -> tuple[nn.Module, dict[str, list[str]] | None]:
-    """``timm.create_model(timm_name, num_classes=0)``, weights from a local file if given.
+    timm_name: str,
+    pretrained_file: str | Path | None = None,
+    pretrained: str | None = None,
+    **timm_kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``timm.create_model(timm_name, num_classes=0)``, weights from a local file if given,
+    else from ``pretrained`` (``imagenet``: an installed package; ``hub``: timm's download).
 
     VGG's unused fc6/fc7 ``pre_logits`` are replaced by an identity.
 
     Returns ``(backbone, report)``; ``report`` lists missing/unexpected keys of the file
-    (None without a file). Raises ``ValueError`` if nothing in the file matches.
+    or what ``pretrained`` loaded (None without either). Raises ``ValueError`` if nothing in
+    the file matches or the pretrained weights are not installed / do not fit.
     """
     kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
     if pretrained_file is None:
         backbone = timm.create_model(timm_name, pretrained=False, **kwargs)
         _strip_pre_logits(backbone)
-        return backbone, None
+        if pretrained is None:
+            return backbone, None
+        return backbone, {"weights": load_pretrained(backbone, timm_name, pretrained)}
     file_state = read_state_dict(pretrained_file)
     backbone = timm.create_model(
         timm_name,
@@ -118,6 +128,7 @@ def _timm_face_model(
     tasks: TaskSpec,
     *,
     pretrained_file: str | None,
+    pretrained: str | None,
     head: str,
     head_hidden: Sequence[int] | None,
     dropout: float | Sequence[float] | None,
@@ -127,10 +138,10 @@ def _timm_face_model(
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     timm_kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
-    if timm_name.startswith("vgg") and pretrained_file is None:
+    if timm_name.startswith("vgg") and pretrained_file is None and pretrained is None:
         # pre_logits is dropped below: build it 1 unit wide instead of 4096 (saves ~3 s)
         timm_kwargs["mlp_ratio"] = 1 / 4096
-    backbone, report = create_backbone(timm_name, pretrained_file, **timm_kwargs)
+    backbone, report = create_backbone(timm_name, pretrained_file, pretrained, **timm_kwargs)
     channels = backbone.num_features
     if head == "mlp":
         hidden = [512] if head_hidden is None else head_hidden
@@ -168,6 +179,21 @@ _TIMM_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
         "Xception (Keras original); min 71 px, CPU-friendly at 128-160 px",
     ),
     "inception_v3": (("inception_v3",), "Inception-v3; min 75 px, CPU-friendly at 128-160 px"),
+    "efficientnet_lite0": (
+        ("efficientnet_lite0",),
+        "EfficientNet-Lite0 (ImageNet weights offline: pretrained=imagenet); CPU-friendly at "
+        "80-112 px",
+    ),
+    "efficientnet_lite1": (
+        ("efficientnet_lite1",),
+        "EfficientNet-Lite1 (ImageNet weights offline: pretrained=imagenet); CPU-friendly at "
+        "96-128 px",
+    ),
+    "efficientnet_lite2": (
+        ("efficientnet_lite2",),
+        "EfficientNet-Lite2 (ImageNet weights offline: pretrained=imagenet); CPU-friendly at "
+        "112-144 px",
+    ),
 }
 _MIN_SIZE = {"legacy_xception": 71, "inception_v3": 75}
 
@@ -178,11 +204,15 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
     size = int(pcfg.input_size[-1]) if pcfg is not None else 224
     mean = tuple(pcfg.mean) if pcfg is not None else (0.485, 0.456, 0.406)
     std = tuple(pcfg.std) if pcfg is not None else (0.229, 0.224, 0.225)
+    packaged = packaged_for(timm_name)
+    if packaged is not None:  # normalise as the offline ImageNet weights expect
+        mean, std = packaged.mean, packaged.std
 
     def build(
         tasks: TaskSpec,
         *,
         pretrained_file: str | None = None,
+        pretrained: str | None = None,
         head: str = "mlp",
         head_hidden: Sequence[int] | None = None,
         dropout: float | Sequence[float] | None = None,
@@ -193,6 +223,7 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
             timm_name,
             tasks,
             pretrained_file=pretrained_file,
+            pretrained=pretrained,
             head=head,
             head_hidden=head_hidden,
             dropout=dropout,
@@ -201,6 +232,7 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
         )
 
     build.__name__ = build.__qualname__ = name
+    build.timm_name = timm_name  # type: ignore[attr-defined]
     build.__doc__ = f"timm ``{timm_name}`` backbone + MLP or conv5 head. {note}."
     register_model(
         name,
@@ -229,6 +261,7 @@ def resnet50_lh_head(
     tasks: TaskSpec,
     *,
     pretrained_file: str | None = None,
+    pretrained: str | None = None,
     freeze_backbone: bool = True,
     head_hidden: Sequence[int] = (512, 512),
     dropout: float | Sequence[float] = 0.5,
@@ -238,7 +271,7 @@ def resnet50_lh_head(
     See :func:`~agegender.models.levi_hassner.lh_conv_neck` for how the stack is adapted to
     the 2048 x 7 x 7 map.
     """
-    backbone, report = create_backbone("resnet50", pretrained_file)
+    backbone, report = create_backbone("resnet50", pretrained_file, pretrained)
     neck, width = lh_conv_neck(backbone.num_features, hidden=head_hidden, dropout=dropout)
     model = TimmFaceModel(backbone, neck, make_task_heads(width, tasks), tasks)
     model.load_report = report

@@ -68,7 +68,10 @@ def _builder_defaults(name: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, param in inspect.signature(_entry(name).fn).parameters.items():
-        if key in ("tasks", "pretrained_file") or param.default is inspect.Parameter.empty:
+        if (
+            key in ("tasks", "pretrained_file", "pretrained")
+            or param.default is inspect.Parameter.empty
+        ):
             continue
         value = param.default
         if isinstance(value, tuple):
@@ -107,19 +110,48 @@ def make_meta(config: Config, *, size: int, input_size: int, code_version: str) 
             "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
             "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
         },
+        "weights": weights_origin(config),
         "code_version": code_version,
     }
 
 
-def build_model(meta: dict, pretrained_file: str | None = None) -> FaceModel:
-    """The FaceModel described by a checkpoint's ``meta`` (weights: ``pretrained_file``)."""
+def weights_origin(config: Config) -> dict[str, Any]:
+    """Where the starting weights came from (the model card and ``summary.json`` say it)."""
+    from agegender.models.pretrained import packaged_for
+    from agegender.models.registry import _entry
+
+    m = config.model
+    out: dict[str, Any] = {
+        "init": "init_from" if m.init_from else "file" if m.pretrained_file else m.pretrained,
+        "pretrained": m.pretrained,
+        "pretrained_file": m.pretrained_file,
+        "init_from": m.init_from,
+    }
+    if m.pretrained == "imagenet":
+        timm_name = getattr(_entry(m.name).fn, "timm_name", m.name)
+        packaged = packaged_for(timm_name)
+        if packaged is not None:
+            out["source"] = packaged.source()
+            out["license"] = packaged.license
+    if out["init"] is None:
+        out["init"] = "random"
+    return out
+
+
+def build_model(
+    meta: dict, pretrained_file: str | None = None, pretrained: str | None = None
+) -> FaceModel:
+    """The FaceModel described by a checkpoint's ``meta``; starting weights from
+    ``pretrained_file`` or ``pretrained`` (``imagenet``/``hub``) for a fresh run only."""
     pre = meta["preprocessing"]
+    extra = {} if pretrained is None else {"pretrained": pretrained}
     return create_model(
         meta["arch"],
         TaskSpec(**meta["tasks"]),
         pretrained_file=pretrained_file,
         input_size=pre["input_size"],
         **meta["model_options"],
+        **extra,
     )
 
 
@@ -209,15 +241,21 @@ class FaceModule(L.LightningModule):
     """Trains a :class:`~agegender.models.FaceModel` from a validated :class:`Config`.
 
     ``config``: the resolved config as a dict; ``meta``: :func:`make_meta`'s dict.
-    ``pretrained_file``: backbone weights to start from (fresh runs only).
+    ``pretrained_file`` / ``pretrained``: backbone weights to start from (fresh runs only).
     """
 
-    def __init__(self, config: dict, meta: dict, pretrained_file: str | None = None) -> None:
+    def __init__(
+        self,
+        config: dict,
+        meta: dict,
+        pretrained_file: str | None = None,
+        pretrained: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config, "meta": meta})
         self.cfg = Config.model_validate(config)
         self.meta = meta
-        self.model = build_model(meta, pretrained_file)
+        self.model = build_model(meta, pretrained_file, pretrained)
         pre = meta["preprocessing"]
         self.preprocess = Preprocess(
             size=pre["resize"],

@@ -129,18 +129,29 @@ def resolve_precision(config: Config) -> str:
 
 
 # --------------------------------------------------------------------------- data
+def _label_masks(config: Config, table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """``(has_gender, has_age)`` per row, age meaning what ``task.age`` trains on."""
+    exact = config.task.age in ("regression", "dex")
+    return table["gender"].notna(), table["age" if exact else "age_group"].notna()
+
+
+def _useful(config: Config, table: pd.DataFrame) -> pd.Series:
+    """Rows with at least one label the task uses."""
+    t = config.task
+    has_gender, has_age = _label_masks(config, table)
+    return (has_gender if t.gender else False) | (has_age if t.age != "none" else False)
+
+
 def _check_labels(config: Config, table: pd.DataFrame) -> pd.DataFrame:
     """Task vs labels, then keep rows with at least one label the task uses."""
     t = config.task
-    has_gender = table["gender"].notna()
-    has_age = table["age"].notna() if t.age in ("regression", "dex") else table["age_group"].notna()
+    has_gender, has_age = _label_masks(config, table)
     if t.gender and not has_gender.any():
         raise ConfigError("task.gender: dataset has no gender labels")
     if t.age != "none" and not has_age.any():
         what = "exact ages" if t.age in ("regression", "dex") else "age labels"
         raise ConfigError(f"task.age: dataset has no age labels ({what} needed for {t.age!r})")
-    useful = (has_gender if t.gender else False) | (has_age if t.age != "none" else False)
-    return table[useful]
+    return table[_useful(config, table)]
 
 
 def _merge_folds(config: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -160,12 +171,17 @@ def _merge_folds(config: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, int
 
 
 def _load_images(
-    table: pd.DataFrame, size: int, cache_dir: str | None, progress: bool
+    table: pd.DataFrame,
+    size: int,
+    cache_dir: str | None,
+    progress: bool,
+    crop: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(images, cache_rows, ok)`` for the rows of ``table`` through the image cache."""
     from agegender.data.cache import build_cache
 
-    cache = build_cache(table, size, cache_dir=cache_dir, progress=progress)
+    box = None if crop is None else tuple(float(c) for c in crop)
+    cache = build_cache(table, size, cache_dir=cache_dir, progress=progress, crop=box)
     ok = np.asarray(cache.ok, dtype=bool)
     rows = np.arange(len(table), dtype=np.int64)
     if len(ok) != len(table):
@@ -191,7 +207,7 @@ def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
 
 def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     """Read, filter, split and cache the dataset described by ``config.data``."""
-    from agegender.data.readers import read_table, sample_rows
+    from agegender.data.readers import default_crop, read_table, sample_rows
 
     d = config.data
     result, table, info = read_table(d.path, d.format)
@@ -219,7 +235,8 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
         info["limit"] = d.limit
     table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
-    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress)
+    crop = d.crop if d.crop is not None else default_crop(result.format)
+    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress, crop)
     if not ok.all():
         info["undecodable"] = int((~ok).sum())
         table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
@@ -230,11 +247,90 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     for name, idx in splits.as_dict().items():
         if len(idx) == 0:
             raise ConfigError(f"data: the {name} split is empty ({splits.how})")
+    if d.extra:
+        info["sources"] = {_source_name(d.path): dict(splits.sizes())}
+        table, images, cache_rows, splits = _add_extra(
+            config, table, images, cache_rows, splits, info, size, progress
+        )
     info["used"] = len(table)
     info["splits"] = splits.sizes()
     info["split"] = splits.how
     info["baselines"] = baselines(table, splits)
     return PreparedData(table, images, cache_rows, splits, info)
+
+
+def _source_name(path: str) -> str:
+    return Path(path).name or str(path)
+
+
+def _add_extra(
+    config: Config,
+    table: pd.DataFrame,
+    images: np.ndarray,
+    cache_rows: np.ndarray,
+    splits: Splits,
+    info: dict,
+    size: int,
+    progress: bool,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, Splits]:
+    """Append ``data.extra`` datasets: each is read, cached at ``size`` through its own
+    face box and split by its own groups into training (drawn ``weight`` times per epoch)
+    and validation rows; the test split stays the main dataset's. Rows get a ``source``."""
+    from agegender.data.readers import default_crop, read_table, sample_rows
+
+    d = config.data
+    tables = [table.assign(source=_source_name(d.path))]
+    arrays = [np.asarray(images[cache_rows])]
+    train, val = [splits.train], [splits.val]
+    offset = len(table)
+    rng = np.random.default_rng(d.seed)
+    for k, extra in enumerate(d.extra):
+        key = f"data.extra[{k}]"
+        name = extra.name or _source_name(extra.path)
+        try:
+            result, xt, _ = read_table(extra.path, extra.format)
+        except DatasetError as exc:
+            raise ConfigError(f"{key}.path: {exc}") from None
+        xt = sample_rows(xt[_useful(config, xt)], extra.limit, d.seed)
+        if xt.empty:
+            raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
+        crop = extra.crop if extra.crop is not None else default_crop(result.format)
+        x_images, x_rows, ok = _load_images(xt, size, d.cache_dir, progress, crop)
+        xt, x_rows = xt[ok].reset_index(drop=True), x_rows[ok]
+        if extra.val_fraction > 0:
+            xs = split_by_fractions(xt, [1 - extra.val_fraction, extra.val_fraction], d.seed)
+            x_train, x_val = xs.train, xs.val
+        else:
+            x_train, x_val = np.arange(len(xt)), np.array([], dtype=np.int64)
+        whole, part = divmod(extra.weight, 1.0)
+        drawn = [x_train] * int(whole)
+        if part > 0:
+            drawn.append(rng.choice(x_train, round(part * len(x_train)), replace=False))
+        x_train = np.sort(np.concatenate(drawn)) if drawn else x_train[:0]
+        tables.append(xt.assign(source=name))
+        arrays.append(np.asarray(x_images[x_rows]))
+        train.append(x_train + offset)
+        val.append(x_val + offset)
+        info["sources"][name] = {
+            "read": int(len(result.table)),
+            "used": int(len(xt)),
+            "train": int(len(x_train)),
+            "val": int(len(x_val)),
+            "undecodable": int((~ok).sum()),
+            "crop": None if crop is None else [float(c) for c in crop],
+        }
+        offset += len(xt)
+    merged = pd.concat(tables, ignore_index=True)
+    all_images = np.concatenate(arrays)
+    new_splits = Splits(
+        train=np.concatenate(train),
+        val=np.concatenate(val),
+        test=splits.test,
+        how=splits.how + f" + {len(d.extra)} extra dataset(s) in train/val",
+        groups=splits.groups,
+        notes=list(splits.notes),
+    )
+    return merged, all_images, np.arange(len(merged), dtype=np.int64), new_splits
 
 
 def _resume_summary(out: Path, resume: bool) -> dict[str, Any]:
@@ -448,6 +544,7 @@ def train(
         config_dict,
         meta,
         pretrained_file=None if resume else config.model.pretrained_file,
+        pretrained=None if resume else config.model.pretrained,
     )
     init_report = None
     if config.model.init_from and not resume:
@@ -546,6 +643,7 @@ def train(
         "train_images_per_sec": round(float(np.median(steady)), 1) if steady else None,
         "images_per_sec_by_epoch": [round(x, 1) for x in throughput],
         "dataset": data.info,
+        "weights": meta["weights"],
         "init_from": config.model.init_from,
         "init_report": {k: len(v) for k, v in init_report.items()} if init_report else None,
         "precision": precision,

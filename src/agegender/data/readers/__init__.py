@@ -17,6 +17,7 @@ from agegender.data.readers.adience import read_adience
 from agegender.data.readers.celeba import read_celeba
 from agegender.data.readers.csv_manifest import read_csv_manifest
 from agegender.data.readers.detect import detect_format
+from agegender.data.readers.fairface import read_fairface
 from agegender.data.readers.folders import read_folders
 from agegender.data.readers.utkface import parse_utkface_name, read_utkface
 from agegender.data.records import DatasetError, ReadResult
@@ -27,6 +28,7 @@ READERS: dict[str, Callable[[str | Path], ReadResult]] = {
     "celeba": read_celeba,
     "folders": read_folders,
     "csv": read_csv_manifest,
+    "fairface": read_fairface,
 }
 FORMATS: tuple[str, ...] = ("auto", *READERS)
 
@@ -42,6 +44,13 @@ def read_dataset(path: str | Path, format: str = "auto") -> ReadResult:
     result = READERS[fmt](path)
     result.format = fmt
     return result
+
+
+def default_crop(format: str) -> tuple[float, float, float, float] | None:
+    """The face box a format's images need to match the training framing (or None)."""
+    from agegender.data.readers.celeba import ALIGNED_FACE_CROP
+
+    return {"celeba": ALIGNED_FACE_CROP}.get(format)
 
 
 def read_table(path: str | Path, format: str = "auto") -> tuple[ReadResult, pd.DataFrame, dict]:
@@ -71,6 +80,7 @@ __all__ = [
     "READERS",
     "DatasetError",
     "ReadResult",
+    "default_crop",
     "detect_format",
     "parse_utkface_name",
     "read_dataset",

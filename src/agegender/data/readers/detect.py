@@ -8,6 +8,7 @@ from pathlib import Path
 from agegender.data.readers.adience import FOLD_FILE
 from agegender.data.readers.celeba import ATTR_NAMES
 from agegender.data.readers.common import iter_images, require_path
+from agegender.data.readers.fairface import looks_like_fairface
 from agegender.data.readers.folders import gender_dirs_under
 from agegender.data.readers.utkface import looks_like_utkface
 from agegender.data.records import DatasetError
@@ -21,6 +22,8 @@ def detect_format(path: str | Path) -> str:
             return "adience"
         if p.name in ATTR_NAMES:
             return "celeba"
+        if looks_like_fairface(p):
+            return "fairface"
         if p.suffix.lower() in (".csv", ".tsv", ".txt"):
             return "csv"
         if looks_like_utkface(p.name):
@@ -33,6 +36,8 @@ def detect_format(path: str | Path) -> str:
         return "adience"
     if names & set(ATTR_NAMES) or (p / "Anno" / "list_attr_celeba.txt").is_file():
         return "celeba"
+    if looks_like_fairface(p):
+        return "fairface"
     if gender_dirs_under(p):
         return "folders"
     sample = list(itertools.islice(iter_images(p), 200))

@@ -1,0 +1,160 @@
+"""Several datasets in one run (data.extra), face boxes for loose crops, FairFace bins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.config import ConfigError, load_config
+from agegender.data.cache import build_cache
+from agegender.data.imageio import load_resized
+from agegender.data.readers import default_crop, read_dataset
+from agegender.data.readers.celeba import ALIGNED_FACE_CROP
+from agegender.evaluate.metrics import age_bin_metrics, fairness_table, prediction_metrics
+from test_train import FAST, write_config
+
+
+def test_crop_cuts_the_box_before_resizing(tmp_path: Path) -> None:
+    img = np.zeros((100, 80, 3), np.uint8)
+    img[50:, :, 0] = 255  # bottom half red
+    path = tmp_path / "a.png"
+    Image.fromarray(img).save(path)
+    whole = load_resized(path, 10)
+    bottom = load_resized(path, 10, crop=(0.0, 0.5, 1.0, 1.0))
+    assert whole[:4, :, 0].max() == 0 and bottom[..., 0].min() == 255
+
+
+def test_cache_key_depends_on_the_crop(tmp_path: Path) -> None:
+    from agegender.data.records import make_table
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 30, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    table = make_table([{"path": str(tmp_path / f"{i}.png"), "gender": 0} for i in range(3)])
+    a = build_cache(table, 16, cache_dir=tmp_path / "c", progress=False)
+    b = build_cache(table, 16, cache_dir=tmp_path / "c", progress=False, crop=(0, 0, 0.5, 0.5))
+    assert a.key != b.key and b.meta.get("crop", [0, 0, 0.5, 0.5]) == [0, 0, 0.5, 0.5]
+    again = build_cache(table, 16, cache_dir=tmp_path / "c", progress=False, crop=(0, 0, 0.5, 0.5))
+    assert again.reused and again.key == b.key
+
+
+def test_celeba_reader_brings_its_face_box(celeba_dir: Path) -> None:
+    assert default_crop("celeba") == ALIGNED_FACE_CROP
+    assert default_crop("utkface") is None
+
+
+def test_extra_config_is_validated(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {path: ., extra: [{path: ., weight: 0}]}\n")
+    with pytest.raises(ConfigError, match=r"data.extra\[0\].weight: must be > 0"):
+        load_config(cfg)
+    cfg.write_text("data: {path: ., extra: [{path: ., crop: [0.5, 0, 0.2, 1]}]}\n")
+    with pytest.raises(ConfigError, match=r"data.extra\[0\].crop"):
+        load_config(cfg)
+    cfg.write_text("data: {path: ., extra: [{path: ., format: celebb}]}\n")
+    with pytest.raises(ConfigError, match=r"data.extra\[0\].format: .*unknown format 'celebb'"):
+        load_config(cfg)
+
+
+@pytest.mark.realdata
+def test_utkface_plus_celeba_trains_with_masked_age(
+    utkface_dir: Path, celeba_dir: Path, tmp_path: Path
+) -> None:
+    """CelebA (gender only) joins UTKFace's training and validation splits; its missing ages
+    are masked in the loss, the test split stays UTKFace's, and the summary counts both."""
+    from agegender.train import train
+
+    cfg = write_config(tmp_path, utkface_dir)
+    extra = f"[{{path: '{celeba_dir}', limit: 200, weight: 0.5, val_fraction: 0.2}}]"
+    res = train(
+        cfg,
+        tmp_path / "run",
+        overrides=[
+            *FAST,
+            "task.age=dex",
+            "data.split=[0.7, 0.15, 0.15]",
+            "train.epochs=1",
+            f"data.extra={extra}",
+        ],
+        printer=lambda s: None,
+    )
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    src = s["dataset"]["sources"]
+    assert set(src) == {"utkface", "celeba-10k"}
+    cel = src["celeba-10k"]
+    assert cel["used"] == 200 and cel["crop"] == list(ALIGNED_FACE_CROP)
+    assert cel["val"] > 0 and cel["train"] == round(0.5 * (200 - cel["val"]))
+    utk = src["utkface"]
+    assert s["dataset"]["splits"]["train"] == utk["train"] + cel["train"]
+    assert s["dataset"]["splits"]["val"] == utk["val"] + cel["val"]
+    assert s["dataset"]["splits"]["test"] == utk["test"]
+    assert np.isfinite(s["best"]["val/loss"]) and np.isfinite(s["test"]["test/age_mae"])
+    assert res.best_checkpoint is not None
+
+
+# --------------------------------------------------------------------------- FairFace
+def test_fairface_reader(fairface_dir: Path) -> None:
+    r = read_dataset(fairface_dir)
+    assert r.format == "fairface" and not r.problems
+    t = r.table
+    assert len(t) == 540 and t["age"].isna().all()
+    counts = t.groupby(["age_min", "gender"]).size()
+    assert len(counts) == 18 and (counts == 30).all()
+    assert t["age_max"].max() == np.inf
+
+
+def test_fairface_bad_rows_are_reported_with_their_line(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "fairface_label_val.csv").write_text(
+        "file,age,gender,race\n"
+        "images/a.jpg,20-29,Female,East Asian\n"
+        "images/a.jpg,20-30,Male,White\n"
+        "images/missing.jpg,3-9,Male,White\n"
+        "images/a.jpg,more than 70,Robot,White\n"
+        "images/a.jpg,0-2\n"
+    )
+    r = read_dataset(tmp_path)
+    assert r.format == "fairface" and len(r.table) == 1
+    row = r.table.iloc[0]
+    assert row["gender"] == 1 and row["race"] == 2 and (row["age_min"], row["age_max"]) == (20, 29)
+    lines = {p.line: p.reason for p in r.problems}
+    assert set(lines) == {3, 4, 5, 6}
+    assert "age bin" in lines[3] and "missing image" in lines[4] and "gender" in lines[5]
+
+
+def test_age_bin_metrics() -> None:
+    lo = np.array([0, 20, 20, 70, 3.0])
+    hi = np.array([2, 29, 29, np.inf, 9.0])
+    pred = np.array([2.5, 29.9, 35.0, 71.0, np.nan])
+    m = age_bin_metrics(lo, hi, pred)
+    assert m["n_age_bin"] == 4
+    assert m["age_bin_exact"] == pytest.approx(3 / 4)  # 2.5 in [0, 3), 29.9 in [20, 30)
+    assert m["age_bin_error"] == pytest.approx(5 / 4)  # 35 is 5 years past 30
+    assert m["age_bin_one_off"] == 1.0  # 35 falls in the next bin start (edges 0, 20, 70)
+
+
+def test_fairness_table_breaks_down_by_bin() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "gender": [0, 1, 1, 0],
+            "age": [np.nan] * 4,
+            "age_group": pd.array([None] * 4, dtype="Int8"),
+            "age_min": [0, 0, 70, 70.0],
+            "age_max": [2, 2, np.inf, np.inf],
+            "p_female": [0.1, 0.9, 0.2, 0.3],
+            "pred_age": [1.0, 10.0, 75.0, 60.0],
+        }
+    )
+    m = prediction_metrics(frame)
+    assert m["gender_accuracy"] == 0.75 and m["age_bin_exact"] == 0.5
+    f = fairness_table(frame)
+    bins = f[f["by"] == "age_bin"].set_index("group")
+    assert list(bins.index) == ["0-2", "70+"]
+    assert bins.loc["70+", "gender_accuracy"] == 0.5 and bins.loc["0-2", "age_bin_exact"] == 0.5
+    assert "age_group" not in set(f["by"])
