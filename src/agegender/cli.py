@@ -345,7 +345,12 @@ def evaluate_cmd(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (.ckpt)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or label file."),
     format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
-    detector: str = typer.Option("none", "--detector", help="none (face crops) | haar."),
+    detector: str = typer.Option(
+        "none",
+        "--detector",
+        help="none (face crops, from the image cache) | blazeface | haar (the predictor's "
+        "face path: detect, align, crop).",
+    ),
     tta: str = typer.Option("none", "--tta", help="none | flip | oversample (10 views)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate a random sample."),
@@ -364,8 +369,10 @@ def evaluate_cmd(
         fail(f"{checkpoint}: checkpoint not found")
     if tta not in ("none", "flip", "oversample"):
         fail(f"--tta: unknown mode {tta!r}; choose none, flip or oversample")
-    if detector not in ("none", "haar"):
-        fail(f"--detector: unknown detector {detector!r}; choose none or haar")
+    from agegender.infer.detector import DETECTORS
+
+    if detector not in DETECTORS:
+        fail(f"--detector: unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     out = out or run_dir_of(checkpoint) / "eval" / "results.json"
     if out.suffix.lower() != ".json":
         fail(f"--out must end in .json, got {out}")
@@ -508,7 +515,9 @@ def predict_cmd(
     model: str | None = typer.Option(
         None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
     ),
-    detector: str = typer.Option("haar", "--detector", help="haar | none (pre-cropped faces)."),
+    detector: str = typer.Option(
+        "blazeface", "--detector", help="blazeface | haar | none (pre-cropped faces)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
     out: str = typer.Option("-", "--out", "-o", help="FILE.csv, FILE.json or - (CSV, stdout)."),
     annotate: Path | None = typer.Option(
@@ -687,7 +696,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     runtime: str = typer.Option("auto", "--runtime", help="torch | onnxruntime."),
-    detector: str = typer.Option("haar", "--detector", help="haar | none."),
+    detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
     max_file_mb: float = typer.Option(10.0, "--max-file-mb", help="Largest upload per file."),
     max_files: int = typer.Option(16, "--max-files", help="Most files per request."),
     timeout: float = typer.Option(30.0, "--timeout", help="Inference timeout per request (s)."),

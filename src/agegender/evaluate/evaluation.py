@@ -184,8 +184,10 @@ def evaluate_checkpoint(
     from agegender.train import load_model
 
     check_mode(tta)
-    if detector not in ("none", "haar"):
-        raise ValueError(f"unknown detector {detector!r}; choose one of none, haar")
+    from agegender.infer.detector import DETECTORS
+
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     model, meta = load_model(ckpt)
     result = read_dataset(data, format)
     table = sample_rows(result.table, limit, seed)

@@ -5,10 +5,11 @@ is resized to ``resize`` x ``resize`` (through the decode-once uint8 cache at th
 :mod:`agegender.data.cache`), the centre ``input_size`` window is taken (or the views of
 :mod:`agegender.evaluate.tta`), scaled to [0, 1] and normalised by ``mean``/``std``.
 
-With ``detector="haar"`` each full image is decoded, OpenCV's bundled frontal-face Haar
-cascade finds the faces (:class:`agegender.infer.detector.HaarDetector`), the largest one
-is cut out square with the detector's margin and resized; when no face is found the whole
-image is used and ``face_found`` is false for that row (counted in the results).
+With a detector (``blazeface``, ``haar``) each full image goes through the predictor's
+face path (:func:`agegender.infer.faces.find_faces`: detect, retry on a padded copy, align
+on landmarks or crop with the detector's framing) and the largest face is kept, exactly as
+``predict`` would see it; when no face is found the whole image is used and ``face_found``
+is false for that row (counted in the results).
 
 The frame :func:`predict_table` returns has one row per table row, in order: the true
 labels (``path, gender, age, age_group, race, subject`` and ``fold`` when present), an
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -33,8 +35,8 @@ import torch
 from agegender.data.records import ages_to_groups
 from agegender.evaluate.metrics import P_AGE, P_GENDER
 from agegender.evaluate.tta import average_views, check_mode, tta_views
+from agegender.infer.detector import DETECTORS
 
-DETECTORS = ("none", "haar")
 LABEL_COLUMNS = (
     "path",
     "gender",
@@ -106,34 +108,31 @@ def _load_whole(path: str, size: int) -> tuple[np.ndarray | None, str]:
         return None, str(exc)
 
 
-@functools.lru_cache(maxsize=1)
-def _haar():
-    from agegender.infer.detector import HaarDetector
+@functools.lru_cache(maxsize=4)
+def _detector(name: str):
+    from agegender.infer.detector import make_detector
 
-    return HaarDetector()
+    return make_detector(name)
 
 
-def _load_detected(path: str, size: int) -> tuple[np.ndarray | None, str, bool]:
-    """Decode, detect the largest face, crop it with the detector's margin, resize."""
-    from PIL import Image
-
+def _load_detected(path: str, size: int, detector: str) -> tuple[np.ndarray | None, str, bool]:
+    """Decode and run the predictor's face path (:func:`agegender.infer.faces.find_faces`:
+    detect, retry padded, align or crop); the largest face at ``size`` px, or the whole
+    image resized when none is found (``found`` False)."""
     from agegender.data.imageio import ImageError, load_rgb
-    from agegender.infer.detector import crop_face
+    from agegender.infer.faces import find_faces
 
     try:
         rgb = load_rgb(path)
     except ImageError as exc:
         return None, str(exc), False
-    det = _haar()
-    boxes = det.detect(rgb)
-    found = bool(boxes)
-    if found:
-        box = max(boxes, key=lambda b: (b.w * b.h, b.score))
-        rgb = crop_face(rgb, box, det.margin)
-    img = Image.fromarray(rgb)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(img), "", found
+    det = _detector(detector)
+    faces = find_faces(rgb, det, size, margin=det.margin, shift=det.shift)
+    if faces:
+        best = max(faces, key=lambda f: (f.box.w * f.box.h, f.box.score))
+        return best.crop, "", True
+    interp = cv2.INTER_AREA if max(rgb.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp), "", False
 
 
 def load_faces(
@@ -146,7 +145,7 @@ def load_faces(
     progress: bool = False,
 ) -> FaceImages:
     """The faces of ``table`` at ``size`` px: from the image cache (``detector="none"``) or
-    detected and cropped by the Haar cascade (``"haar"``). Bad images get an error, not an
+    through the predictor's face path with that detector. Bad images get an error, not an
     exception."""
     from agegender.data.parallel import parallel_map
 
@@ -175,7 +174,7 @@ def load_faces(
         found = None
     else:
         results3 = parallel_map(
-            functools.partial(_load_detected, size=size),
+            functools.partial(_load_detected, size=size, detector=detector),
             paths,
             workers=workers,
             progress=progress,

@@ -109,7 +109,7 @@ def bench_predict(
     face_dir: str | os.PathLike | None = None,
     photos: int = 200,
     seconds: float = 2.0,
-    detector: str = "haar",
+    detector: str = "blazeface",
 ) -> dict[str, Any]:
     """Measure classifier and end-to-end speed; returns a flat dict of figures."""
     import torch

@@ -41,7 +41,8 @@ from PIL import Image, ImageOps
 
 from agegender.data.imageio import DEFAULT_MAX_PIXELS, ImageError, open_image
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group, ages_to_groups
-from agegender.infer.detector import Box, Detector, crop_face, make_detector
+from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
+from agegender.infer.faces import FoundFace, find_faces
 
 #: Where the bundled default model lives: ``<name>.onnx`` (meta inside) or ``<name>.pt``.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -80,6 +81,9 @@ class FaceResult:
     age_group: str | None = None  # Adience group name, e.g. "25-32"
     age_group_probs: dict[str, float] | None = None
     age_probs: list[float] | None = None  # DEX only: P(age = k) for k = 0..100
+    face_source: str = "detected"  # detected | padded (found on a padded copy) | whole_image
+    landmarks: list[list[float]] | None = None  # detector key points (x, y), if any
+    aligned: bool = False  # crop aligned on the landmarks (else a square around the box)
 
     def to_dict(self, ndigits: int = 6) -> dict[str, Any]:
         d = asdict(self)
@@ -91,6 +95,8 @@ class FaceResult:
             d["age_group_probs"] = {k: round(v, ndigits) for k, v in d["age_group_probs"].items()}
         if d["age_probs"] is not None:
             d["age_probs"] = [round(v, ndigits) for v in d["age_probs"]]
+        if d["landmarks"] is not None:
+            d["landmarks"] = [[round(v, 2) for v in pt] for pt in d["landmarks"]]
         return d
 
 
@@ -331,7 +337,7 @@ class _Prepared:
     """An image after decode + detection + preprocessing (made in a worker thread)."""
 
     source: str
-    boxes: list[Box] = field(default_factory=list)
+    found: list[FoundFace] = field(default_factory=list)
     faces: np.ndarray | None = None  # (n, 3, S, S) float32, normalised
     error: str | None = None
     width: int | None = None
@@ -350,10 +356,11 @@ class Predictor:
         spec: ModelSpec,
         meta: Mapping[str, Any] | None = None,
         *,
-        detector: str | Detector = "haar",
+        detector: str | Detector = DEFAULT_DETECTOR,
         runtime: str = "torch",
         margin: float | None = None,
         shift: float | None = None,
+        align: bool = True,
         batch_size: int = 64,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -372,6 +379,7 @@ class Predictor:
         if shift is None:
             shift = self.detector.shift if none or spec.shift is None else spec.shift
         self.margin, self.shift = float(margin), float(shift)
+        self.align = bool(align)
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, workers or min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
@@ -424,7 +432,7 @@ class Predictor:
         model: str | os.PathLike | None = None,
         *,
         runtime: str = "auto",
-        detector: str | Detector = "haar",
+        detector: str | Detector = DEFAULT_DETECTOR,
         device: str = "cpu",
         **kwargs: Any,
     ) -> Predictor:
@@ -487,24 +495,35 @@ class Predictor:
             return _Prepared(source, error=_one_line(exc))
         h, w = rgb.shape[:2]
         try:
-            boxes = self.detector.detect(rgb)
-            if not boxes:
+            found = find_faces(
+                rgb,
+                self.detector,
+                self.spec.resize,
+                margin=self.margin,
+                shift=self.shift,
+                align=self.align,
+            )
+            if not found:
                 return _Prepared(source, error="no face found", width=w, height=h)
-            faces = self.preprocess([crop_face(rgb, b, self.margin, self.shift) for b in boxes])
+            faces = self.preprocess([f.crop for f in found])
         except Exception as exc:  # noqa: BLE001
             return _Prepared(source, error=_one_line(exc), width=w, height=h)
-        return _Prepared(source, boxes, faces, width=w, height=h)
+        return _Prepared(source, found, faces, width=w, height=h)
 
     # ---------------------------------------------------------------------- inference
     def classify(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the classifier on a preprocessed batch ``(B, 3, S, S)`` float32."""
         return self.backend(batch)
 
-    def _faces(self, probs: dict[str, np.ndarray], boxes: Sequence[Box]) -> list[FaceResult]:
+    def _faces(self, probs: dict[str, np.ndarray], found: Sequence[FoundFace]) -> list[FaceResult]:
         out = []
         g = probs.get(GENDER_OUTPUT)
-        for i, box in enumerate(boxes):
+        for i, face in enumerate(found):
+            box = face.box
             f = FaceResult(face_index=i, box=box.as_tuple(), detector_score=box.score)
+            f.face_source, f.aligned = face.source, face.aligned
+            if box.landmarks is not None:
+                f.landmarks = [[float(x), float(y)] for x, y in box.landmarks]
             if g is not None:
                 f.p_male, f.p_female = float(g[i, 0]), float(g[i, 1])
                 f.gender = "female" if f.p_female > 0.5 else "male"
@@ -584,7 +603,7 @@ class Predictor:
             r = ImageResult(prep.source, error=prep.error, width=prep.width, height=prep.height)
             if prep.faces is not None and len(prep.faces):
                 probs = {k: np.stack(v) for k, v in acc.items()}
-                r.faces = self._faces(probs, prep.boxes)
+                r.faces = self._faces(probs, prep.found)
             return r
 
         try:
@@ -658,6 +677,12 @@ class Predictor:
 
 
 # ------------------------------------------------------------------- model files/bundle
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped in the package (``default`` first)."""
+    names = {p.stem for p in WEIGHTS_DIR.glob("*") if p.suffix in (".onnx", ".pt")}
+    return sorted(names, key=lambda n: (n != DEFAULT_MODEL_NAME, n))
 
 
 def _resolve_model(model: str | os.PathLike | None, runtime: str = "auto") -> Path:

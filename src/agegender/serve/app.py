@@ -76,7 +76,7 @@ class ServeSettings:
     batch_size: int = 64
     model: str | None = None  # for create_app(predictor=None): Predictor.load(model)
     runtime: str = "auto"
-    detector: str = "haar"
+    detector: str = "blazeface"
 
     @property
     def max_request_bytes(self) -> int:

@@ -1,0 +1,193 @@
+"""Cross-dataset benchmark: bundled (or given) models on photos they never trained on,
+through the predictor's face path (detector -> crop -> classifier), one command.
+
+    python benchmarks/crossdata.py                              # bundled models, every detector
+    python benchmarks/crossdata.py --models default accurate --detectors haar
+    python benchmarks/crossdata.py --models runs/x/fold_0/checkpoints/best.ckpt --sets fairface
+    python benchmarks/crossdata.py --utk-folds runs/lite0_cv/folds.csv --utk-fold 0
+
+Sets (from ``AGEGENDER_DATA``, default ``../shared/data``): ``fairface`` (FairFace-540:
+balanced over 9 age bins x 2 genders, uncropped photos), ``celeba`` (all 10,000 CelebA-10k
+aligned crops; gender only), ``adience`` (the 19 Adience sample photos) and ``utkface``
+(UTKFace crops of one CV test fold with ``--utk-folds``, else every 10th face).
+A photo's prediction is its largest face; a photo with no face found counts as an error
+in the ``*_all`` figures. Writes ``benchmarks/crossdata.json`` and ``crossdata.md``
+(``--out-dir``). FairFace is a test set: never train or tune on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = ("fairface", "celeba", "adience", "utkface")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
+
+
+def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
+    from agegender.data.readers import read_table
+
+    root = data_root()
+    folder = {
+        "fairface": "fairface-540",
+        "celeba": "celeba-10k",
+        "adience": "adience-sample",
+        "utkface": "utkface",
+    }[name]
+    _, table, _ = read_table(root / folder)
+    if name == "utkface":
+        if args.utk_folds:
+            folds = pd.read_csv(args.utk_folds)[["path", "fold"]]
+            table = table.drop(columns=["fold"]).merge(folds, on="path")
+            table = table[table["fold"] == args.utk_fold]
+        else:
+            table = table.iloc[::10]
+    if args.limit:
+        table = table.iloc[: args.limit]
+    return table.reset_index(drop=True)
+
+
+def summarise(metrics: dict, fairness: pd.DataFrame, info: dict) -> dict:
+    keep = (
+        "n_photos",
+        "faces_found",
+        "gender_accuracy_all",
+        "gender_balanced_accuracy_all",
+        "gender_recall_female_all",
+        "gender_recall_male_all",
+        "gender_accuracy",
+        "age_bin_exact_all",
+        "age_bin_exact",
+        "age_bin_one_off",
+        "age_bin_error",
+        "age_mae",
+        "age_group_exact",
+        "age_group_one_off",
+    )
+    out = {k: metrics.get(k) for k in keep if metrics.get(k) is not None}
+    out["seconds_per_photo"] = info["seconds_per_photo"]
+    by_bin = fairness[fairness["by"] == "age_bin"]
+    if len(by_bin):
+        out["by_age_bin"] = {
+            r["group"]: {
+                "n": int(r["n"]),
+                "gender_accuracy": r.get("gender_accuracy"),
+                "age_bin_exact": r.get("age_bin_exact"),
+            }
+            for _, r in by_bin.iterrows()
+        }
+    return out
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [
+        "# Cross-dataset benchmark",
+        "",
+        "Models on photos they never trained on, through the predictor's face path; a photo "
+        "with no face found counts as an error in *all* columns. "
+        f"Machine: {meta['machine']}; command: `{meta['command']}`.",
+        "",
+        "| model | detector | set | photos | faces found | gender acc (all) | balanced (all) "
+        "| female recall | male recall | gender acc (found) | age bin exact (all) "
+        "| age MAE | s/photo |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        m = r["metrics"]
+        mae = m.get("age_mae")
+        lines.append(
+            f"| {r['model']} | {r['detector']} | {r['set']} | {m['n_photos']} "
+            f"| {pct(m.get('faces_found'))} | {pct(m.get('gender_accuracy_all'))} "
+            f"| {pct(m.get('gender_balanced_accuracy_all'))} "
+            f"| {pct(m.get('gender_recall_female_all'))} | {pct(m.get('gender_recall_male_all'))} "
+            f"| {pct(m.get('gender_accuracy'))} | {pct(m.get('age_bin_exact_all'))} "
+            f"| {'–' if mae is None else f'{mae:.2f}'} | {m['seconds_per_photo']:.4f} |"
+        )
+    bins = [r for r in results if "by_age_bin" in r["metrics"]]
+    if bins:
+        names = list(bins[0]["metrics"]["by_age_bin"])
+        lines += [
+            "",
+            "## FairFace per age bin (found faces): gender accuracy / age bin exact",
+            "",
+            "| model | detector | " + " | ".join(names) + " |",
+            "|---|---|" + "---:|" * len(names),
+        ]
+        for r in bins:
+            cells = r["metrics"]["by_age_bin"]
+            row = [
+                f"{pct(cells[n]['gender_accuracy'])} / {pct(cells[n]['age_bin_exact'])}"
+                for n in names
+            ]
+            lines.append(f"| {r['model']} | {r['detector']} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agegender.evaluate.photos import evaluate_photos
+    from agegender.infer import Predictor
+    from agegender.infer.detector import DETECTORS
+    from agegender.infer.predictor import bundled_models
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=None, help="bundled names or model files")
+    ap.add_argument("--detectors", nargs="+", default=None, help=f"of {', '.join(DETECTORS)}")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    ap.add_argument("--utk-folds", default=None, help="folds.csv of a CV run")
+    ap.add_argument("--utk-fold", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="at most this many photos per set")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out-dir", default=str(REPO / "benchmarks"))
+    args = ap.parse_args(argv)
+    models = args.models or bundled_models()
+    detectors = args.detectors or [d for d in DETECTORS if d != "none"]
+    tables = {s: load_set(s, args) for s in args.sets}
+    results = []
+    for model in models:
+        for det in detectors:
+            predictor = Predictor.load(model, detector=det, threads=args.threads)
+            for name, table in tables.items():
+                r = evaluate_photos(predictor, table)
+                m = summarise(r["metrics"], r["fairness"], r["info"])
+                results.append({"model": model, "detector": det, "set": name, "metrics": m})
+                print(
+                    f"{model:>10} {det:>9} {name:>8}: found {pct(m['faces_found'])}, gender "
+                    f"{pct(m.get('gender_accuracy_all'))} (all), "
+                    f"{pct(m.get('gender_accuracy'))} (found), "
+                    f"age bin {pct(m.get('age_bin_exact_all'))}, "
+                    f"{m['seconds_per_photo'] * 1000:.1f} ms/photo",
+                    flush=True,
+                )
+            predictor.close()
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "command": "python benchmarks/crossdata.py " + " ".join(argv or sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from agegender.evaluate.evaluation import write_json
+
+    write_json({"meta": meta, "results": results}, out / "crossdata.json")
+    (out / "crossdata.md").write_text(markdown(results, meta), encoding="utf-8")
+    print(f"wrote {out / 'crossdata.md'} and crossdata.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
