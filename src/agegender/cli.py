@@ -192,6 +192,31 @@ def models_list(
     Console().print(table)
 
 
+@app.command("detectors")
+def detectors_list(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List the face detectors: what each returns and how fast it is (default first)."""
+    import json
+
+    from rich.table import Table
+
+    from agegender.infer.detector import DEFAULT_DETECTOR, DETECTOR_INFO, DETECTORS
+
+    names = sorted(DETECTORS, key=lambda n: n != DEFAULT_DETECTOR)
+    rows = [{"name": n, "default": n == DEFAULT_DETECTOR, **DETECTOR_INFO[n]} for n in names]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="agegender face detectors (--detector NAME)")
+    for col in ("name", "returns", "speed per photo", "notes"):
+        table.add_column(col, ratio=1 if col == "notes" else None)
+    for r in rows:
+        name = r["name"] + (" (default)" if r["default"] else "")
+        table.add_row(name, r["returns"], r["speed"], r["notes"])
+    Console().print(table)
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/default.yaml."),
@@ -331,6 +356,13 @@ def _metric_lines(metrics: dict) -> list[str]:
         ("age_group_one_off", "age group one-off", True),
         ("age_mae", "age MAE (years)", False),
         ("age_cs5", "age CS@5", True),
+        ("age_bin_exact", "age bin exact", True),
+        ("age_bin_one_off", "age bin one-off", True),
+        ("age_bin_error", "age bin error (years)", False),
+        ("faces_found", "photos with a face", True),
+        ("gender_accuracy_all", "gender accuracy, all", True),
+        ("gender_balanced_accuracy_all", "gender balanced acc., all", True),
+        ("age_bin_exact_all", "age bin exact, all", True),
     )
     out = []
     for key, label, pct in keys:
@@ -340,9 +372,55 @@ def _metric_lines(metrics: dict) -> list[str]:
     return out
 
 
+def _evaluate_photos(
+    model: str,
+    data: Path,
+    format: str,
+    detector: str,
+    limit: int | None,
+    as_json: bool,
+    out: Path | None,
+    tta: str,
+) -> None:
+    import json
+
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.evaluation import to_jsonable
+    from agegender.evaluate.photos import evaluate_model_file
+    from agegender.infer import NoModelError
+
+    if tta != "none":
+        fail("--tta: test-time augmentation needs a training checkpoint (.ckpt)")
+    detector = "blazeface" if detector == "none" else detector
+    stem = Path(model).stem if Path(model).suffix else model
+    out = out or Path("runs") / "eval" / stem / "results.json"
+    if out.suffix.lower() != ".json":
+        fail(f"--out must end in .json, got {out}")
+    try:
+        res = evaluate_model_file(model, data, format, detector=detector, out=out, limit=limit)
+    except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "fairness"})))
+    else:
+        for line in _metric_lines(res["metrics"]):
+            typer.echo(line)
+    console.print(
+        f"{res['n_evaluated']} of {res['n_images']} photos with a face ({detector}); "
+        f"{1000 * (res['info']['seconds_per_photo'] or 0):.1f} ms/photo; wrote {out} and "
+        f"{res['predictions_csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Path = typer.Argument(..., help="A training checkpoint (.ckpt)."),
+    checkpoint: Path = typer.Argument(
+        ...,
+        help="A training checkpoint (.ckpt), or any model predict loads: a bundled name "
+        "(default), an .onnx or a .pt (evaluated photo by photo through the face path).",
+    ),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or label file."),
     format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
     detector: str = typer.Option(
@@ -365,6 +443,9 @@ def evaluate_cmd(
     from agegender.data.records import DatasetError
     from agegender.evaluate.evaluation import evaluate_checkpoint, run_dir_of, to_jsonable
 
+    if checkpoint.suffix != ".ckpt":  # a bundled name, .onnx or .pt: the predictor's path
+        _evaluate_photos(str(checkpoint), data, format, detector, limit, as_json, out, tta)
+        return
     if not checkpoint.is_file():
         fail(f"{checkpoint}: checkpoint not found")
     if tta not in ("none", "flip", "oversample"):
@@ -572,7 +653,7 @@ def predict_cmd(
         threads=threads,
     )
     columns = ["path", "face_index", "x", "y", "w", "h", "detector_score", "p_female", "p_male"]
-    columns += ["gender", "age", "age_group", "error"]
+    columns += ["gender", "age", "age_group", "face_source", "error"]
     if predictor.spec.age in ("groups", "dex"):
         columns += [f"p_age_{g}" for g in AGE_GROUP_NAMES]
     as_json = out != "-" and out.lower().endswith(".json")

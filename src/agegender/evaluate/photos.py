@@ -15,6 +15,7 @@ not flattered. The found faces alone are scored by :func:`prediction_metrics`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from agegender.evaluate.metrics import (
 )
 from agegender.evaluate.predict_batch import LABEL_COLUMNS
 
-__all__ = ["evaluate_photos", "photo_metrics", "predict_photos"]
+__all__ = ["evaluate_model_file", "evaluate_photos", "photo_metrics", "predict_photos"]
 
 
 def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -121,3 +122,53 @@ def evaluate_photos(predictor: Any, table: pd.DataFrame) -> dict[str, Any]:
         "info": info,
         "predictions": frame,
     }
+
+
+def evaluate_model_file(
+    model: str,
+    data: str | Path,
+    format: str = "auto",
+    *,
+    detector: str = "blazeface",
+    out: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate any model ``predict`` loads (a bundled name, ``.onnx``, ``.pt``, ``.ckpt``)
+    on a labelled dataset through the predictor's face path, one row per photo. Writes
+    ``out`` (results JSON) and the per-photo predictions CSV beside it when given."""
+    from agegender.data.readers import read_dataset, sample_rows
+    from agegender.evaluate.evaluation import predictions_path, write_json
+    from agegender.infer import Predictor
+
+    predictor = Predictor.load(model, detector=detector, threads=threads)
+    result = read_dataset(data, format)
+    table = sample_rows(result.table, limit, seed)
+    try:
+        res = evaluate_photos(predictor, table)
+    finally:
+        predictor.close()
+    frame = res.pop("predictions")
+    found = frame["face_found"].to_numpy(bool)
+    failed = (frame["error"].astype(str) != "") & ~found
+    results = {
+        "model": model,
+        "detector": detector,
+        "data": str(data),
+        "format": result.format,
+        "label_problems": len(result.problems),
+        "n_images": len(frame),
+        "n_evaluated": int(found.sum()),
+        "n_failed": int(failed.sum()),
+        **res,
+        "predictions_csv": None,
+    }
+    if out is not None:
+        out = Path(out)
+        csv_path = predictions_path(out)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv_path, index=False)
+        results["predictions_csv"] = str(csv_path)
+        write_json(results, out)
+    return results

@@ -20,9 +20,12 @@ members' boxes and key points are averaged weighted by score, the score is the b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
 import queue
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +141,23 @@ def _model_dir() -> Path:
     )
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C++ runtime's stderr lines (file descriptor 2) for a moment."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _interpreter_class() -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -204,8 +224,9 @@ class BlazeFaceDetector:
         self._pool.put(self._load())  # fail early on a broken install or a wrong file
 
     def _load(self) -> Any:
-        it = self._interpreter(model_path=str(self.model_path), num_threads=1)
-        it.allocate_tensors()
+        with _quiet_stderr():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK ..."
+            it = self._interpreter(model_path=str(self.model_path), num_threads=1)
+            it.allocate_tensors()
         inp = it.get_input_details()[0]
         size = self._spec.size
         if tuple(inp["shape"]) != (1, size, size, 3):

@@ -824,6 +824,8 @@ def draw_results(rgb: np.ndarray, result: ImageResult) -> np.ndarray:
         x, y, bw, bh = face.box
         color = colors[face.face_index % len(colors)]
         cv2.rectangle(img, (x, y), (x + bw, y + bh), color, thick)
+        for px, py in face.landmarks or []:
+            cv2.circle(img, (round(px), round(py)), max(2, 2 * thick), color, -1, cv2.LINE_AA)
         text = f"{face.face_index}: {face_label(face)}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - base - 4 >= 0 else min(h - 1, y + bh + th + 4)
@@ -860,6 +862,7 @@ def result_rows(result: ImageResult) -> list[dict[str, Any]]:
                 "gender": None,
                 "age": None,
                 "age_group": None,
+                "face_source": None,
                 "error": result.error,
             }
         ]
@@ -880,6 +883,7 @@ def result_rows(result: ImageResult) -> list[dict[str, Any]]:
             "gender": f.gender,
             "age": d["age"],
             "age_group": f.age_group,
+            "face_source": f.face_source,
             "error": None,
         }
         for name, prob in (d["age_group_probs"] or {}).items():
