@@ -154,3 +154,28 @@ def test_fairface_photos_through_the_default_path(fairface_dir: Path) -> None:
     assert 0 <= m["age_bin_exact_all"] <= m["age_bin_one_off"] <= 1
     bins = r["fairness"][r["fairness"]["by"] == "age_bin"]
     assert len(bins) == 9 and bins["n"].sum() == r["predictions"]["face_found"].sum()
+
+
+def test_cache_align_keeps_faces_and_reports_photos_without_one(tmp_path: Path, utk_face) -> None:
+    from agegender.data.cache import build_cache
+    from agegender.data.records import make_table
+
+    canvas = np.full((300, 400, 3), 120, np.uint8)
+    canvas[60:260, 120:320] = utk_face
+    Image.fromarray(canvas).save(tmp_path / "photo.jpg")
+    Image.fromarray(np.full((300, 400, 3), 30, np.uint8)).save(tmp_path / "empty.jpg")
+    table = make_table(
+        [
+            {"path": str(tmp_path / n), "gender": 0, "line": i}
+            for i, n in enumerate(["photo.jpg", "empty.jpg"], 1)
+        ]
+    )
+    plain = build_cache(table, 48, cache_dir=tmp_path / "c", progress=False)
+    aligned = build_cache(table, 48, cache_dir=tmp_path / "c", progress=False, align="blazeface")
+    assert aligned.key != plain.key and aligned.meta["align"] == "blazeface"
+    assert list(aligned.ok) == [True, False]
+    assert [(p.path, p.line, p.reason) for p in aligned.problems] == [
+        (str(tmp_path / "empty.jpg"), 2, "no face found")
+    ]
+    ref = cv2.resize(utk_face, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.corrcoef(aligned.images[0].astype(float).ravel(), ref.ravel())[0, 1] > 0.85

@@ -150,6 +150,7 @@ class ExtraDataConfig(_Section):
     crop: list[float] | None = Field(
         None, description="face box [x0, y0, x1, y1] as fractions (default: the reader's)"
     )
+    align: bool = Field(False, description="photos: detect and align the largest face")
     weight: float = Field(1.0, gt=0, le=10, description="times each face is drawn per epoch")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="grouped validation share")
     limit: int | None = Field(None, ge=10, description="use at most this many faces")
@@ -179,6 +180,9 @@ class DataConfig(_Section):
     cache_dir: str | None = None
     crop: list[float] | None = Field(
         None, description="face box [x0, y0, x1, y1] as fractions (default: the reader's)"
+    )
+    align: bool = Field(
+        False, description="photos, not face crops: cache each photo's aligned largest face"
     )
     extra: list[ExtraDataConfig] = Field(
         [], description="more datasets for training and validation (not test)"

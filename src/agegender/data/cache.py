@@ -22,6 +22,7 @@ A cache built on a whole dataset serves any subset or fold through
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,12 +71,18 @@ def cache_key(
     mtimes: np.ndarray,
     size: int,
     crop: Crop | None = None,
+    align: str | None = None,
 ) -> str:
-    """20 hex digits of SHA-256 over the files (in order), their sizes and mtimes, ``size``
-    and the ``crop`` box (caches made before crops existed keep their key)."""
+    """20 hex digits of SHA-256 over the files (in order), their sizes and mtimes, ``size``,
+    the ``crop`` box and the ``align`` detector (caches made before those existed keep
+    their key)."""
     head = f"agegender-cache v{CACHE_VERSION} size={size} n={len(paths)}\n"
     if crop is not None:
         head += f"crop={','.join(f'{c:.4f}' for c in crop)}\n"
+    if align is not None:
+        from agegender.infer.align import UTKFACE_TEMPLATE
+
+        head += f"align={align} template={UTKFACE_TEMPLATE}\n"
     h = hashlib.sha256(head.encode())
     for p, s, m in zip(paths, sizes.tolist(), mtimes.tolist(), strict=True):
         h.update(f"{p}\t{s}\t{m}\n".encode())
@@ -180,13 +187,40 @@ def _writer(npy: str) -> np.ndarray:
     return mm
 
 
+@functools.lru_cache(maxsize=2)
+def _detector(name: str):  # one per worker process
+    from agegender.infer.detector import make_detector
+
+    return make_detector(name)
+
+
+def load_aligned(path: str, size: int, detector: str) -> np.ndarray:
+    """The largest face of a photo through the predictor's face path (detect, padded
+    retry, align on landmarks or crop) at ``size`` px; ``ImageError`` when none is found."""
+    from agegender.data.imageio import load_rgb
+    from agegender.infer.faces import find_faces
+
+    det = _detector(detector)
+    faces = find_faces(load_rgb(path), det, size, margin=det.margin, shift=det.shift)
+    if not faces:
+        raise ImageError("no face found")
+    return max(faces, key=lambda f: (f.box.w * f.box.h, f.box.score)).crop
+
+
 def _decode_into(
-    item: tuple[int, str], npy: str, size: int, crop: Crop | None = None
+    item: tuple[int, str],
+    npy: str,
+    size: int,
+    crop: Crop | None = None,
+    align: str | None = None,
 ) -> str | None:
     """Decode ``item = (row, path)`` into row ``row`` of ``npy``; the error or None."""
     row, path = item
     try:
-        _writer(npy)[row] = load_resized(path, size, crop=crop)
+        if align is not None:
+            _writer(npy)[row] = load_aligned(path, size, align)
+        else:
+            _writer(npy)[row] = load_resized(path, size, crop=crop)
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the build
@@ -238,9 +272,12 @@ def build_cache(
     progress: bool = True,
     console: Console | None = None,
     crop: Crop | None = None,
+    align: str | None = None,
 ) -> ImageCache:
     """Decode every image of ``table`` once into a ``(N, size, size, 3)`` uint8 cache
-    (``crop``: the face box of every image, as fractions; see ``load_resized``).
+    (``crop``: the face box of every image, as fractions; see ``load_resized``; ``align``:
+    a detector name: photos go through the predictor's face path and keep their largest
+    face, and a photo without one is a problem ``no face found``, never silently dropped).
 
     Returns the existing cache when the files (paths, sizes, mtimes) and ``size`` match,
     without decoding anything. Images that fail are zero-filled, flagged in ``ok`` and
@@ -252,7 +289,7 @@ def build_cache(
         raise ValueError("cannot cache an empty table")
     paths = table["path"].astype(str).tolist()
     sizes, mtimes = file_stats(paths)
-    key = cache_key(paths, sizes, mtimes, size, crop)
+    key = cache_key(paths, sizes, mtimes, size, crop, align)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     folder = root / cache_name(size, key)
     found = _try_load(folder)
@@ -271,7 +308,7 @@ def build_cache(
         )
         del mm  # zero-filled; workers open it read-write themselves
         errors = parallel_map(
-            partial(_decode_into, npy=npy, size=size, crop=crop),
+            partial(_decode_into, npy=npy, size=size, crop=crop, align=align),
             list(enumerate(paths)),
             workers=workers,
             progress=progress,
@@ -293,6 +330,7 @@ def build_cache(
             "version": CACHE_VERSION,
             "size": size,
             "crop": None if crop is None else list(crop),
+            "align": align,
             "key": key,
             "count": len(paths),
             "failed": len(problems),

@@ -4,10 +4,13 @@
 
 - ``faces_per_s_batch{1,64}_{torch,onnx}``: the classifier alone on preprocessed faces;
 - ``photos_per_s_end_to_end`` (ONNX Runtime) and ``photos_per_s_end_to_end_torch``: file
-  decode + Haar detection + crop + classification through :meth:`Predictor.predict_paths`,
+  decode + detection (BlazeFace by default) + alignment + classification through
+  :meth:`Predictor.predict_paths`,
   on 250x250 JPEG photos made from real UTKFace faces (resized to 90-160 px) pasted on a
   blurred background made from another UTKFace photo;
 - ``detected_fraction``: photos where the detector found at least one face;
+- ``photos_per_s_end_to_end_real`` and ``detected_fraction_real``: the same on real photos
+  (FairFace-540's 448x448 JPEGs from ``AGEGENDER_DATA``, faces of every size and pose);
 - ``cpu_ms_per_*``: CPU time of this process (all threads) per item, which stays
   meaningful when other processes share the cores (``load_average_1min``): divide
   ``1000 * cores`` by it for the rate on an otherwise idle machine.
@@ -110,6 +113,7 @@ def bench_predict(
     photos: int = 200,
     seconds: float = 2.0,
     detector: str = "blazeface",
+    real_photos: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Measure classifier and end-to-end speed; returns a flat dict of figures."""
     import torch
@@ -157,4 +161,23 @@ def bench_predict(
                 res["detected_fraction"] = round(found / len(paths), 3)
     res["photos"] = photos
     res["photo_size"] = 250
+    res["detector"] = onnx_p.detector.name
+    if real_photos is None:
+        from agegender.config import default_data_root
+
+        real_photos = default_data_root() / "fairface-540" / "images"
+    real = sorted(Path(real_photos).glob("*.jpg"))
+    if real:  # real photos (FairFace-540: 448x448 JPEGs, faces of every size and pose)
+        found = 0
+
+        def run_real() -> int:
+            nonlocal found
+            found = sum(1 for r in onnx_p.predict_paths(real) if r.faces)
+            return len(real)
+
+        rate, cpu_ms = _rate(run_real, seconds, min_runs=1)
+        res["photos_per_s_end_to_end_real"] = round(rate, 1)
+        res["cpu_ms_per_photo_end_to_end_real"] = round(cpu_ms, 2)
+        res["detected_fraction_real"] = round(found / len(real), 3)
+        res["real_photos"] = f"{len(real)} from {real_photos}"
     return res

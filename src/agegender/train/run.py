@@ -176,12 +176,22 @@ def _load_images(
     cache_dir: str | None,
     progress: bool,
     crop: Sequence[float] | None = None,
+    align: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(images, cache_rows, ok)`` for the rows of ``table`` through the image cache."""
+    """``(images, cache_rows, ok)`` for the rows of ``table`` through the image cache
+    (``align``: photos through the predictor's face path with the default detector)."""
     from agegender.data.cache import build_cache
+    from agegender.infer.detector import DEFAULT_DETECTOR
 
     box = None if crop is None else tuple(float(c) for c in crop)
-    cache = build_cache(table, size, cache_dir=cache_dir, progress=progress, crop=box)
+    cache = build_cache(
+        table,
+        size,
+        cache_dir=cache_dir,
+        progress=progress,
+        crop=box,
+        align=DEFAULT_DETECTOR if align else None,
+    )
     ok = np.asarray(cache.ok, dtype=bool)
     rows = np.arange(len(table), dtype=np.int64)
     if len(ok) != len(table):
@@ -236,7 +246,7 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
     crop = d.crop if d.crop is not None else default_crop(result.format)
-    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress, crop)
+    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress, crop, d.align)
     if not ok.all():
         info["undecodable"] = int((~ok).sum())
         table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
@@ -295,7 +305,7 @@ def _add_extra(
         if xt.empty:
             raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
         crop = extra.crop if extra.crop is not None else default_crop(result.format)
-        x_images, x_rows, ok = _load_images(xt, size, d.cache_dir, progress, crop)
+        x_images, x_rows, ok = _load_images(xt, size, d.cache_dir, progress, crop, extra.align)
         xt, x_rows = xt[ok].reset_index(drop=True), x_rows[ok]
         if extra.val_fraction > 0:
             xs = split_by_fractions(xt, [1 - extra.val_fraction, extra.val_fraction], d.seed)
