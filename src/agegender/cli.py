@@ -598,6 +598,44 @@ def _load_predictor(
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def _age_range(face: object) -> str:
+    """The age in years with its likely range: the middle half of a DEX distribution."""
+    age, probs = getattr(face, "age", None), getattr(face, "age_probs", None)
+    if age is None:
+        return getattr(face, "age_group", None) or "-"
+    if not probs:
+        return f"{age:.0f} ({face.age_group})"  # type: ignore[attr-defined]
+    import numpy as np
+
+    cdf = np.cumsum(probs)
+    lo, hi = int(np.searchsorted(cdf, 0.25)), int(np.searchsorted(cdf, 0.75))
+    return f"{age:.0f} ({lo}-{hi})"
+
+
+def _face_table_rows(result: object) -> list[tuple[str, ...]]:
+    name = Path(result.source).name  # type: ignore[attr-defined]
+    if not result.faces:  # type: ignore[attr-defined]
+        return [(name, "-", "-", "-", result.error or "no face")]  # type: ignore[attr-defined]
+    rows = []
+    for f in result.faces:  # type: ignore[attr-defined]
+        p = max(f.p_female or 0.0, f.p_male or 0.0)
+        gender = f"{f.gender} ({100 * p:.0f} %)" if f.gender else "-"
+        how = f.face_source + (", aligned" if f.aligned else "")
+        rows.append((name, str(f.face_index), gender, _age_range(f), how))
+    return rows
+
+
+def _print_face_table(rows: list[tuple[str, ...]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="faces (age: years, likely range = middle half of the distribution)")
+    for col in ("file", "face", "gender", "age", "found"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
 @app.command("predict")
 def predict_cmd(
     paths: list[Path] = typer.Argument(
@@ -667,14 +705,16 @@ def predict_cmd(
     if predictor.spec.age in ("groups", "dex"):
         columns += [f"p_age_{g}" for g in AGE_GROUP_NAMES]
     as_json = out != "-" and out.lower().endswith(".json")
+    as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
     stream = sys.stdout if out == "-" else open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    writer = None if as_json else csv.DictWriter(stream, columns, restval="")
+    writer = None if as_json or as_table else csv.DictWriter(stream, columns, restval="")
     if writer:
         writer.writeheader()
     rows_json: list[dict] = []
     if annotate is not None:
         annotate.mkdir(parents=True, exist_ok=True)
     used_names: set[str] = set()
+    table_rows: list[tuple[str, ...]] = []
     n_faces = n_failed = 0
     progress = Progress(
         "[progress.description]{task.description}",
@@ -690,6 +730,8 @@ def predict_cmd(
             for result in predictor.predict_paths(files, batch_size=batch_size):
                 n_faces += len(result.faces)
                 n_failed += result.error is not None
+                if as_table:
+                    table_rows.extend(_face_table_rows(result))
                 for row in result_rows(result):
                     if writer:
                         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
@@ -710,10 +752,12 @@ def predict_cmd(
         if as_json:
             json.dump(rows_json, stream, indent=1)
             stream.write("\n")
+        if as_table:
+            _print_face_table(table_rows)
     finally:
         if stream is not sys.stdout:
             stream.close()
-    where = "stdout" if out == "-" else out
+    where = "the table above" if as_table else "stdout" if out == "-" else out
     console.print(
         f"{len(files)} images: {n_faces} faces, {n_failed} without a result "
         f"(see the error column); wrote {where}",
