@@ -179,3 +179,26 @@ def test_cache_align_keeps_faces_and_reports_photos_without_one(tmp_path: Path, 
     ]
     ref = cv2.resize(utk_face, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
     assert np.corrcoef(aligned.images[0].astype(float).ravel(), ref.ravel())[0, 1] > 0.85
+
+
+def test_service_returns_the_aligned_crop_on_request(utk_face) -> None:
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from agegender.serve import create_app
+
+    canvas = np.full((300, 400, 3), 120, np.uint8)
+    canvas[50:250, 100:300] = utk_face
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    client = TestClient(create_app(Predictor.load(threads=1)))
+    files = {"files": ("p.png", buf.getvalue(), "image/png")}
+    plain = client.post("/v1/predict", files=files).json()["results"][0]["faces"][0]
+    assert "crop" not in plain and len(plain["landmarks"]) == 6 and plain["aligned"]
+    face = client.post("/v1/predict?crops=1", files=files).json()["results"][0]["faces"][0]
+    head, data = face["crop"].split(",", 1)
+    assert head == "data:image/png;base64"
+    crop = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+    assert crop.shape[2] == 3 and crop.shape[0] == crop.shape[1] >= 32

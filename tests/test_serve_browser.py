@@ -68,14 +68,18 @@ def test_upload_page_shows_boxes_and_table(
     assert len(rows) >= 1
     cells = [c.inner_text() for c in rows[0].query_selector_all("td")]
     assert cells[0] == photos[0].name or cells[0] == photos[1].name
-    assert cells[2] in ("female", "male")
-    assert 0.0 <= float(cells[3]) <= 1.0 and float(cells[4]) > 0
-    assert cells[5] in ("0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60+")
+    assert cells[3] in ("female", "male")
+    assert 0.0 <= float(cells[4]) <= 1.0 and float(cells[5]) > 0
+    assert cells[6] in ("0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60+")
+    # the aligned face the model saw is shown beside the result, as a decoded image
+    crop = rows[0].query_selector("img.crop")
+    assert crop is not None
+    assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", crop)
     # the photo is drawn on a canvas at its own size, with a box over the face
     canvases = page.query_selector_all("canvas.result-canvas")
     assert len(canvases) == 2
     assert canvases[0].get_attribute("width") == "250"
-    x, y, w, h = (int(v) for v in cells[6].split(", "))
+    x, y, w, h = (int(v) for v in cells[7].split(", "))
     idx = 0 if cells[0] == photos[0].name else 1
     # the box's top edge has the drawn colour, the same pixels of the photo do not
     edge = page.evaluate(

@@ -84,9 +84,15 @@ class FaceResult:
     face_source: str = "detected"  # detected | padded (found on a padded copy) | whole_image
     landmarks: list[list[float]] | None = None  # detector key points (x, y), if any
     aligned: bool = False  # crop aligned on the landmarks (else a square around the box)
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # keep_crops
 
     def to_dict(self, ndigits: int = 6) -> dict[str, Any]:
-        d = asdict(self)
+        crop, self.crop = self.crop, None  # an array, not JSON: see crop_data_url
+        try:
+            d = asdict(self)
+        finally:
+            self.crop = crop
+        d.pop("crop")
         d["box"] = list(self.box)
         for k in ("detector_score", "p_female", "p_male", "age"):
             if d[k] is not None:
@@ -361,6 +367,7 @@ class Predictor:
         margin: float | None = None,
         shift: float | None = None,
         align: bool = True,
+        keep_crops: bool = False,
         batch_size: int = 64,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -380,6 +387,7 @@ class Predictor:
             shift = self.detector.shift if none or spec.shift is None else spec.shift
         self.margin, self.shift = float(margin), float(shift)
         self.align = bool(align)
+        self.keep_crops = bool(keep_crops)  # FaceResult.crop: the face the model saw
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, workers or min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
@@ -522,6 +530,8 @@ class Predictor:
             box = face.box
             f = FaceResult(face_index=i, box=box.as_tuple(), detector_score=box.score)
             f.face_source, f.aligned = face.source, face.aligned
+            if self.keep_crops:
+                f.crop = face.crop
             if box.landmarks is not None:
                 f.landmarks = [[float(x), float(y)] for x, y in box.landmarks]
             if g is not None:
@@ -801,6 +811,16 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     if missing and len(missing) == len(inputs):
         raise ValueError(f"no such file or folder: {missing[0]}")
     return out
+
+
+def crop_data_url(crop: np.ndarray) -> str:
+    """A face crop as a ``data:image/png;base64,...`` URL (for the web page)."""
+    import base64
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("cannot encode the face crop")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
 def face_label(face: FaceResult) -> str:

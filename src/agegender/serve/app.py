@@ -173,6 +173,18 @@ _OPENAPI_BODY = {
 }
 
 
+def _result_dict(result: Any, crops: bool) -> dict[str, Any]:
+    """An ImageResult as JSON; with ``crops`` each face carries the aligned crop the model
+    saw as a PNG data URL (``crop``)."""
+    from agegender.infer.predictor import crop_data_url
+
+    d = result.to_dict()
+    if crops:
+        for face, fd in zip(result.faces, d["faces"], strict=True):
+            fd["crop"] = None if face.crop is None else crop_data_url(face.crop)
+    return d
+
+
 def create_app(
     predictor: Predictor | None = None, settings: ServeSettings | None = None
 ) -> FastAPI:
@@ -183,6 +195,7 @@ def create_app(
             settings.model, runtime=settings.runtime, detector=settings.detector
         )
     predictor.max_pixels = min(predictor.max_pixels, settings.max_pixels)
+    predictor.keep_crops = True  # ?crops=1 returns the aligned face the model saw
     limiter = anyio.CapacityLimiter(max(1, settings.max_concurrency))
 
     app = FastAPI(
@@ -264,6 +277,7 @@ def create_app(
     async def predict(request: Request) -> JSONResponse:
         """Detect faces and predict gender and age for each uploaded image."""
         start = time.perf_counter()
+        crops = request.query_params.get("crops", "").lower() in ("1", "true", "yes")
         uploads = await _read_form(request)
         blobs = [await _check(u) for u in uploads]
         names = [u.filename or f"file{i}" for i, u in enumerate(uploads)]
@@ -300,7 +314,7 @@ def create_app(
                 "model": predictor.name,
                 "runtime": predictor.runtime,
                 "elapsed_ms": round((time.perf_counter() - start) * 1000, 2),
-                "results": [r.to_dict() for r in results],
+                "results": [_result_dict(r, crops) for r in results],
             }
         )
 
