@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 
 from agegender.data.imageio import DEFAULT_MAX_PIXELS, ImageError, open_image
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group, ages_to_groups
+from agegender.infer.align import UTKFACE_TEMPLATE
 from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
 from agegender.infer.faces import FoundFace, find_faces
 
@@ -147,6 +148,7 @@ class ModelSpec:
     std: tuple[float, float, float]
     margin: float | None = None  # crop framing the model was trained for, if recorded
     shift: float | None = None
+    template: tuple[tuple[float, float], ...] = UTKFACE_TEMPLATE  # landmarks in its crops
 
     @property
     def output_names(self) -> list[str]:
@@ -200,6 +202,10 @@ def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
     arch = str(_first([meta, *pre], "arch", "architecture", "model_name", "model", default="?"))
     margin = _first(pre, "crop_margin", "margin")
     shift = _first(pre, "crop_shift")
+    face = meta.get("face_crop") if isinstance(meta.get("face_crop"), Mapping) else {}
+    template = tuple(tuple(float(v) for v in p) for p in face.get("template", UTKFACE_TEMPLATE))
+    if len(template) < 2 or any(len(p) != 2 for p in template):
+        raise ValueError("model meta face_crop.template must be (x, y) points")
     return ModelSpec(
         name=str(name or meta.get("name") or arch),
         arch=arch,
@@ -211,6 +217,7 @@ def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
         std=std,  # type: ignore[arg-type]
         margin=None if margin is None else float(margin),
         shift=None if shift is None else float(shift),
+        template=template,  # type: ignore[arg-type]
     )
 
 
@@ -510,6 +517,7 @@ class Predictor:
                 margin=self.margin,
                 shift=self.shift,
                 align=self.align,
+                template=self.spec.template,
             )
             if not found:
                 return _Prepared(source, error="no face found", width=w, height=h)

@@ -110,8 +110,21 @@ def make_meta(config: Config, *, size: int, input_size: int, code_version: str) 
             "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
             "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
         },
+        "face_crop": face_crop_meta(),
         "weights": weights_origin(config),
         "code_version": code_version,
+    }
+
+
+def face_crop_meta() -> dict[str, Any]:
+    """The face geometry the model is trained on, for the predictor's alignment: where the
+    eyes, nose tip and mouth fall in a training crop (fractions of its side)."""
+    from agegender.infer.align import UTKFACE_TEMPLATE
+
+    return {
+        "template": [list(p) for p in UTKFACE_TEMPLATE],
+        "landmarks": ["right_eye", "left_eye", "nose_tip", "mouth_center"],
+        "framing": "UTKFace aligned crops (other datasets are cut to match: data crop / align)",
     }
 
 
