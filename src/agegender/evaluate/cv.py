@@ -210,7 +210,16 @@ def _check_same_config(config: Config, out: Path, k: int) -> None:
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
         if previous != current:
             prev_cfg, cur_cfg = previous.get("config", {}), current["config"]
-            diff = [s for s in cur_cfg if prev_cfg.get(s) != cur_cfg.get(s)]
+            diff = []
+            for sec in sorted(set(cur_cfg) | set(prev_cfg)):
+                a, b = prev_cfg.get(sec), cur_cfg.get(sec)
+                if a == b:
+                    continue
+                if isinstance(a, dict) and isinstance(b, dict):
+                    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                    diff += [f"{sec}.{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys]
+                else:
+                    diff.append(sec)
             if previous.get("folds") != k:
                 diff.insert(0, "folds")
             raise ConfigError(
