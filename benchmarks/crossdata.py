@@ -18,6 +18,7 @@ in the ``*_all`` figures. Writes ``benchmarks/crossdata.json`` and ``crossdata.m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -100,7 +101,9 @@ def markdown(results: list[dict], meta: dict) -> str:
         "",
         "Models on photos they never trained on, through the predictor's face path; a photo "
         "with no face found counts as an error in *all* columns. "
-        f"Machine: {meta['machine']}; command: `{meta['command']}`.",
+        f"Machine: {meta['machine']}. Commands: "
+        + "; ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))
+        + ".",
         "",
         "| model | detector | set | photos | faces found | gender acc (all) | balanced (all) "
         "| female recall | male recall | gender acc (found) | age bin exact (all) "
@@ -153,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most this many photos per set")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks"))
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="merge into an existing crossdata.json (rows of the same model, detector and set "
+        "are replaced)",
+    )
     args = ap.parse_args(argv)
     models = args.models or bundled_models()
     detectors = args.detectors or [d for d in DETECTORS if d != "none"]
@@ -183,6 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from agegender.evaluate.evaluation import write_json
 
+    for r in results:
+        r["command"] = meta["command"]
+    if args.append and (out / "crossdata.json").is_file():
+        old = json.loads((out / "crossdata.json").read_text())
+        new_keys = {(r["model"], r["detector"], r["set"]) for r in results}
+        kept = [r for r in old["results"] if (r["model"], r["detector"], r["set"]) not in new_keys]
+        results = kept + results
+        commands = list(dict.fromkeys([*old["meta"].get("commands", []), meta["command"]]))
+        meta = {**meta, "commands": commands}
+    else:
+        meta["commands"] = [meta["command"]]
     write_json({"meta": meta, "results": results}, out / "crossdata.json")
     (out / "crossdata.md").write_text(markdown(results, meta), encoding="utf-8")
     print(f"wrote {out / 'crossdata.md'} and crossdata.json")

@@ -137,7 +137,7 @@ def _photo_rows(crossdata: dict | None, name: str) -> list[str]:
         "## Photos it never trained on (the predictor's face path)",
         "",
         "A photo's prediction is its largest face; a photo with no face found counts as an "
-        f"error in the *all* columns (`{crossdata['meta']['command']}`):",
+        f"error in the *all* columns (`{rows[0].get('command', crossdata['meta']['command'])}`):",
         "",
         "| detector | set | photos | faces found | gender acc (all) | balanced (all) "
         "| female recall | male recall | age bin exact (all) |",
