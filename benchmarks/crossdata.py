@@ -59,7 +59,27 @@ def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def summarise(metrics: dict, fairness: pd.DataFrame, info: dict) -> dict:
+def gender_bin_cells(frame: pd.DataFrame) -> dict[str, dict]:
+    """Gender accuracy (a miss is an error) per true gender x age bin, with counts."""
+    from agegender.evaluate.metrics import age_bin_names
+
+    if "age_min" not in frame or not frame["age_min"].notna().any() or "pred_gender" not in frame:
+        return {}
+    correct = (frame["pred_gender"].astype("Int8") == frame["gender"].astype("Int8")).fillna(False)
+    correct &= frame["face_found"]
+    out = {}
+    for name, lo in age_bin_names(frame):
+        for g, gname in ((0, "male"), (1, "female")):
+            mask = (frame["age_min"] == lo) & (frame["gender"] == g)
+            if mask.any():
+                out[f"{gname} {name}"] = {
+                    "n": int(mask.sum()),
+                    "gender_accuracy_all": float(correct[mask].mean()),
+                }
+    return out
+
+
+def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataFrame) -> dict:
     keep = (
         "n_photos",
         "faces_found",
@@ -88,7 +108,21 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict) -> dict:
             }
             for _, r in by_bin.iterrows()
         }
+    cells = gender_bin_cells(frame)
+    if cells:
+        out["by_gender_bin"] = cells
+        adult = [c["gender_accuracy_all"] for k, c in cells.items() if _adult(k)]
+        if adult:
+            mean = float(np.mean(adult))
+            out["adult_cells_mean"] = mean
+            out["adult_cells_max_gap"] = float(max(abs(a - mean) for a in adult))
     return out
+
+
+def _adult(cell: str) -> bool:
+    """FairFace's adult bins 20-29 .. 60-69 (the issue's fairness rule)."""
+    lo = cell.split()[-1].split("-")[0].rstrip("+")
+    return lo.isdigit() and 20 <= int(lo) <= 60 and not cell.endswith("+")
 
 
 def pct(v: float | None) -> str:
@@ -138,6 +172,24 @@ def markdown(results: list[dict], meta: dict) -> str:
                 for n in names
             ]
             lines.append(f"| {r['model']} | {r['detector']} | " + " | ".join(row) + " |")
+        lines += [
+            "",
+            "## FairFace adults (20-69): gender accuracy per gender x age bin (misses count)",
+            "",
+            "| model | detector | mean of the 10 cells | largest gap to the mean | lowest cell |",
+            "|---|---|---:|---:|---|",
+        ]
+        for r in bins:
+            m = r["metrics"]
+            if "adult_cells_mean" not in m:
+                continue
+            cells = {k: v for k, v in m["by_gender_bin"].items() if _adult(k)}
+            low = min(cells, key=lambda k: cells[k]["gender_accuracy_all"])
+            lines.append(
+                f"| {r['model']} | {r['detector']} | {pct(m['adult_cells_mean'])} "
+                f"| {100 * m['adult_cells_max_gap']:.1f} points "
+                f"| {low}: {pct(cells[low]['gender_accuracy_all'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor = Predictor.load(model, detector=det, threads=args.threads)
             for name, table in tables.items():
                 r = evaluate_photos(predictor, table)
-                m = summarise(r["metrics"], r["fairness"], r["info"])
+                m = summarise(r["metrics"], r["fairness"], r["info"], r["predictions"])
                 results.append({"model": model, "detector": det, "set": name, "metrics": m})
                 print(
                     f"{model:>10} {det:>9} {name:>8}: found {pct(m['faces_found'])}, gender "
