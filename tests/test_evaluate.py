@@ -319,3 +319,22 @@ def test_report_writes_figures_and_comparison(cv_run: Path, tmp_path: Path):
     assert (tmp_path / "two" / "fold_0_learning_curves.png").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_cv_resume_accepts_a_config_saved_before_new_keys(tiny_config: Path, tmp_path: Path):
+    """A run dir written by an older version (no keys added since, e.g. data.align) still
+    resumes; a real change is refused with the key and both values named."""
+    import yaml
+
+    from agegender.config import ConfigError, load_config
+    from agegender.evaluate.cv import _check_same_config
+
+    config = load_config(tiny_config)
+    _check_same_config(config, tmp_path, 2)  # writes cv_config.yaml
+    saved = yaml.safe_load((tmp_path / "cv_config.yaml").read_text())
+    del saved["config"]["data"]["align"], saved["config"]["data"]["extra"]
+    (tmp_path / "cv_config.yaml").write_text(yaml.safe_dump(saved))
+    _check_same_config(config, tmp_path, 2)  # an older file: fine
+    changed = load_config(tiny_config, ["optim.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"optim.lr \(0.01 -> 0.5\)"):
+        _check_same_config(changed, tmp_path, 2)

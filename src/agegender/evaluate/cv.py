@@ -200,6 +200,18 @@ def _fold_config(config: Config, out: Path, k: int) -> Config:
     return validate_config(raw, base_dir=out)
 
 
+def _with_defaults(raw: dict) -> dict:
+    """A saved config with today's defaults filled in, so keys added to the schema since it
+    was written (with defaults that change nothing) do not block resuming it."""
+    try:
+        filled = Config.model_validate(raw).model_dump(mode="json")
+    except ValueError:  # not valid any more: compare as written, the diff says what changed
+        return raw
+    for key in IGNORED_ON_RESUME:
+        filled.pop(key, None)
+    return filled
+
+
 def _check_same_config(config: Config, out: Path, k: int) -> None:
     saved = out / "cv_config.yaml"
     raw = config.model_dump(mode="json")
@@ -208,6 +220,7 @@ def _check_same_config(config: Config, out: Path, k: int) -> None:
     current = {"folds": k, "config": raw}
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        previous["config"] = _with_defaults(previous.get("config") or {})
         if previous != current:
             prev_cfg, cur_cfg = previous.get("config", {}), current["config"]
             diff = []
