@@ -96,7 +96,7 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
         "age_group_exact",
         "age_group_one_off",
     )
-    out = {k: metrics.get(k) for k in keep if metrics.get(k) is not None}
+    out = {k: metrics[k] for k in keep if _number(metrics.get(k))}
     out["seconds_per_photo"] = info["seconds_per_photo"]
     by_bin = fairness[fairness["by"] == "age_bin"]
     if len(by_bin):
@@ -123,6 +123,10 @@ def _adult(cell: str) -> bool:
     """FairFace's adult bins 20-29 .. 60-69 (the issue's fairness rule)."""
     lo = cell.split()[-1].split("-")[0].rstrip("+")
     return lo.isdigit() and 20 <= int(lo) <= 60 and not cell.endswith("+")
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and bool(np.isfinite(v))
 
 
 def pct(v: float | None) -> str:
