@@ -14,36 +14,32 @@ def data_root() -> Path:
     return Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
 
 
+def real_data(folder: str, what: str) -> Path:
+    """``data_root()/folder``, or skip the test with a reason when it is absent."""
+    p = data_root() / folder
+    if not p.is_dir():
+        pytest.skip(f"{what} not found at {p} (set AGEGENDER_DATA)")
+    return p
+
+
 @pytest.fixture(scope="session")
 def utkface_dir() -> Path:
-    p = data_root() / "utkface"
-    if not p.is_dir():
-        pytest.skip(f"real UTKFace data not found at {p} (set AGEGENDER_DATA)")
-    return p
+    return real_data("utkface", "real UTKFace data")
 
 
 @pytest.fixture(scope="session")
 def adience_dir() -> Path:
-    p = data_root() / "adience-sample"
-    if not p.is_dir():
-        pytest.skip(f"Adience sample not found at {p} (set AGEGENDER_DATA)")
-    return p
+    return real_data("adience-sample", "Adience sample")
 
 
 @pytest.fixture(scope="session")
 def celeba_dir() -> Path:
-    p = data_root() / "celeba-10k"
-    if not p.is_dir():
-        pytest.skip(f"CelebA-10k not found at {p} (set AGEGENDER_DATA)")
-    return p
+    return real_data("celeba-10k", "CelebA-10k")
 
 
 @pytest.fixture(scope="session")
 def fairface_dir() -> Path:
-    p = data_root() / "fairface-540"
-    if not p.is_dir():
-        pytest.skip(f"FairFace-540 not found at {p} (set AGEGENDER_DATA)")
-    return p
+    return real_data("fairface-540", "FairFace-540")
 
 
 @pytest.fixture(autouse=True)

@@ -214,13 +214,19 @@ def evaluate_checkpoint(
         "predictions_csv": None,
     }
     if out is not None:
-        out = Path(out)
-        csv_path = predictions_path(out)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        pred.to_csv(csv_path, index=False)
-        results["predictions_csv"] = str(csv_path)
-        write_json(results, out)
+        write_results(results, pred, out)
     return results
+
+
+def write_results(results: dict, predictions: pd.DataFrame, out: str | Path) -> Path:
+    """Write ``results`` to ``out`` (JSON) and the per-image ``predictions`` beside it
+    (:func:`predictions_path`); ``results["predictions_csv"]`` names the CSV."""
+    out = Path(out)
+    csv_path = predictions_path(out)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(csv_path, index=False)
+    results["predictions_csv"] = str(csv_path)
+    return write_json(results, out)
 
 
 __all__ = [
@@ -232,4 +238,5 @@ __all__ = [
     "summarise_predictions",
     "to_jsonable",
     "write_json",
+    "write_results",
 ]

@@ -139,7 +139,7 @@ def evaluate_model_file(
     on a labelled dataset through the predictor's face path, one row per photo. Writes
     ``out`` (results JSON) and the per-photo predictions CSV beside it when given."""
     from agegender.data.readers import read_dataset, sample_rows
-    from agegender.evaluate.evaluation import predictions_path, write_json
+    from agegender.evaluate.evaluation import write_results
     from agegender.infer import Predictor
 
     predictor = Predictor.load(model, detector=detector, threads=threads)
@@ -165,10 +165,5 @@ def evaluate_model_file(
         "predictions_csv": None,
     }
     if out is not None:
-        out = Path(out)
-        csv_path = predictions_path(out)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(csv_path, index=False)
-        results["predictions_csv"] = str(csv_path)
-        write_json(results, out)
+        write_results(results, frame, out)
     return results
