@@ -170,8 +170,10 @@ def card(
     config = config or REPO / "configs" / "default.yaml"
     cfg_text = config.read_text()
     ds = results.get("dataset") or {}
-    run_cfg = json.loads(json.dumps(summary.get("config") or {}))
-    size = (fold_res.get("meta") or {}).get("input_size") or run_cfg.get("input_size") or "?"
+    import yaml
+
+    run_cfg = yaml.safe_load((cv_dir / f"fold_{fold}" / "config.yaml").read_text()) or {}
+    size = (run_cfg.get("data") or {}).get("input_size") or "?"
     load = "Predictor.load()" if name == "default" else f'Predictor.load("{name}")'
     cli = "agegender predict" if name == "default" else f"agegender predict --model {name}"
     lines = [

@@ -1,5 +1,6 @@
-"""The bundled default model: installed, loads offline with both runtimes, agrees across
-them, and classifies faces from a dataset it never saw (Adience) well above chance."""
+"""The bundled models (``default``, ``accurate``): installed, load offline with both
+runtimes, agree across them, and classify faces from a dataset they never saw (Adience)
+well above chance."""
 
 from __future__ import annotations
 
@@ -24,17 +25,26 @@ def adience_faces(adience_dir: Path) -> list[tuple[Path, int]]:
     return [(Path(p), int(g)) for p, g in zip(table["path"], table["gender"], strict=True)]
 
 
-def test_bundle_is_installed_with_card() -> None:
-    for name in ("default.onnx", "default.pt", "MODEL_CARD.md"):
-        assert (WEIGHTS_DIR / name).is_file(), name
-    assert (WEIGHTS_DIR / "default.onnx").stat().st_size < 20e6  # a few MB, in the package
-    card = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+BUNDLED = ("default", "accurate")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundle_is_installed_with_card(name: str) -> None:
+    from agegender.infer.predictor import bundled_models
+
+    card_name = "MODEL_CARD.md" if name == "default" else f"MODEL_CARD_{name}.md"
+    for file in (f"{name}.onnx", f"{name}.pt", card_name):
+        assert (WEIGHTS_DIR / file).is_file(), file
+    assert (WEIGHTS_DIR / f"{name}.onnx").stat().st_size < 20e6  # a few MB, in the package
+    card = (WEIGHTS_DIR / card_name).read_text()
     assert "non-commercial" in card and "Fairness" in card
+    assert bundled_models()[0] == "default" and name in bundled_models()
 
 
-def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]]) -> None:
-    onnx = Predictor.load(threads=1)
-    torch_p = Predictor.load(runtime="torch", threads=1)
+@pytest.mark.parametrize("name", BUNDLED)
+def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]], name: str) -> None:
+    onnx = Predictor.load(name, threads=1)
+    torch_p = Predictor.load(name, runtime="torch", threads=1)
     assert (onnx.runtime, torch_p.runtime) == ("onnxruntime", "torch")
     paths = [p for p, _ in adience_faces]
     a, b = onnx.predict_paths(paths), torch_p.predict_paths(paths)
@@ -44,9 +54,10 @@ def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]]) -
     assert np.abs(pa - pb).max() < 1e-4
 
 
-def test_gender_beats_chance_on_adience(adience_faces: list[tuple[Path, int]]) -> None:
-    """19 real Adience photos (another dataset, camera and framing): Haar + the model."""
-    p = Predictor.load(threads=1)
+@pytest.mark.parametrize("name", BUNDLED)
+def test_gender_beats_chance_on_adience(adience_faces: list[tuple[Path, int]], name: str) -> None:
+    """19 real Adience photos (another dataset, camera and framing): the face path + model."""
+    p = Predictor.load(name, threads=1)
     right = n = 0
     for (_path, gender), res in zip(
         adience_faces, p.predict_paths([q for q, _ in adience_faces]), strict=True
