@@ -86,7 +86,7 @@ def test_registered_and_box_landmarks_optional() -> None:
         pytest.skip(str(e))
     assert isinstance(d, BlazeFaceDetector) and d.name == "blazeface" and d.model == "short"
     assert (d.margin, d.shift) == blazeface.FRAMING["short"]
-    with pytest.raises(ValueError, match="choose one of full, short"):
+    with pytest.raises(ValueError, match="choose one of auto, full, short"):
         BlazeFaceDetector(model="medium")
 
 
@@ -217,3 +217,29 @@ def test_recall_on_real_photos(
             assert recall >= RECALL_FLOOR[(model, name)], (
                 f"BlazeFace {model}: faces found in {n}/{len(paths)} {name} photos"
             )
+
+
+@pytest.mark.realdata
+def test_auto_adds_full_range_faces_for_small_faces(utkface_dir: Path) -> None:
+    """``blazeface_full`` (model auto): both models merged, so a small face in a large photo
+    is found where the short-range model alone misses it (boxes re-framed to short's)."""
+    from agegender.data.imageio import load_rgb
+    from agegender.infer.detector import make_detector
+
+    auto, short_only = make_detector("blazeface_full"), BlazeFaceDetector(model="short")
+    assert auto.name == "blazeface" and (auto.margin, auto.shift) == blazeface.FRAMING["short"]
+    files = sorted(utkface_dir.glob("*.jpg"))[::400][:12]
+    rng = np.random.default_rng(1)
+    found = {"auto": 0, "short": 0}
+    for f in files:
+        img = np.full((480, 640, 3), 110, np.uint8)
+        x, y = (int(v) for v in rng.integers(40, 360, 2))
+        img[y : y + 80, x : x + 80] = cv2.resize(
+            load_rgb(f), (80, 80), interpolation=cv2.INTER_AREA
+        )
+        for name, det in (("auto", auto), ("short", short_only)):
+            boxes = det.detect(img)
+            found[name] += any(
+                abs(b.x + b.w / 2 - x - 40) < 40 and abs(b.y + b.h / 2 - y - 40) < 40 for b in boxes
+            )
+    assert found["auto"] >= found["short"] + 4, found

@@ -91,6 +91,14 @@ def ssd_anchors(size: int, strides: tuple[int, ...], interpolated: bool) -> np.n
     return np.concatenate(out)
 
 
+def _box_iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one ``(x0, y0, x1, y1)`` box with each row of ``boxes``."""
     ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
@@ -198,8 +206,16 @@ class BlazeFaceDetector:
         shift: float | None = None,
         model_path: str | Path | None = None,
     ) -> None:
-        if model not in _MODELS:
-            raise ValueError(f"unknown BlazeFace model {model!r}; choose one of full, short")
+        if model not in (*_MODELS, "auto"):
+            raise ValueError(f"unknown BlazeFace model {model!r}; choose one of auto, full, short")
+        # auto: both models on every photo, the full-range boxes (small and distant faces)
+        # re-framed to the short model's framing and merged with the short model's boxes.
+        self._second: BlazeFaceDetector | None = None
+        if model == "auto":
+            model = "short"
+            self._second = BlazeFaceDetector(
+                model="full", score_threshold=score_threshold, nms_threshold=nms_threshold
+            )
         if not 0.0 < score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
         self.model = model
@@ -258,6 +274,29 @@ class BlazeFaceDetector:
     def detect(self, rgb: np.ndarray) -> list[Box]:
         """Boxes ``(x, y, w, h, score, landmarks)`` in ``rgb``'s pixel coordinates, best score
         first. ``rgb``: uint8 ``(H, W, 3)`` (a 2-D grayscale or RGBA image is converted)."""
+        boxes = self._detect(rgb)
+        if self._second is None:
+            return boxes
+        sec = self._second
+        extra = [self._reframe(b, sec.margin, sec.shift, rgb.shape) for b in sec.detect(rgb)]
+        kept = list(boxes)
+        for b in extra:  # a full-range face that no short-range face overlaps
+            if all(_box_iou(b, k) <= self.nms_threshold for k in kept):
+                kept.append(b)
+        kept.sort(key=lambda b: -b.score)
+        return kept
+
+    def _reframe(self, b: Box, margin: float, shift: float, shape: tuple[int, ...]) -> Box:
+        """A box framed for (``margin``, ``shift``) as the box that gives the same crop with
+        this detector's framing."""
+        side = max(b.w, b.h) * (1 + 2 * margin) / (1 + 2 * self.margin)
+        cx, cy = b.x + b.w / 2, b.y + b.h / 2 + shift * b.h - self.shift * side
+        h, w = shape[:2]
+        x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
+        x1, y1 = min(w, round(cx + side / 2)), min(h, round(cy + side / 2))
+        return Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0), b.score, b.landmarks)
+
+    def _detect(self, rgb: np.ndarray) -> list[Box]:
         if rgb.ndim == 2:
             rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
         elif rgb.ndim == 3 and rgb.shape[2] == 4:
