@@ -321,7 +321,7 @@ def test_cli_predict_csv_json_annotate(
             "2",
         ],
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # two inputs could not be read, the rest written
     rows = list(csv.DictReader(out.open()))
     paths = {r["path"] for r in rows}
     assert len(paths) == 6  # 3 in sub/, broken.jpg, the listed photo, the missing one
@@ -344,7 +344,13 @@ def test_cli_predict_csv_json_annotate(
     res = runner.invoke(
         app, ["predict", str(photos[4]), str(folder / "broken.jpg"), "--model", str(model_file)]
     )
-    assert res.exit_code == 0
+    assert res.exit_code == 1 and "1 could not be read" in res.output
+    both = [str(folder / "broken.jpg"), str(photos[4]), "--model", str(model_file), "--strict"]
+    res = runner.invoke(app, ["predict", *both, "--out", str(tmp_path / "strict.csv")])
+    assert res.exit_code == 1  # stopped at the broken file
+    assert len(list(csv.DictReader((tmp_path / "strict.csv").open()))) == 1
+    res = runner.invoke(app, ["predict", str(photos[4]), "--model", str(model_file)])
+    assert res.exit_code == 0, res.output
     out_json = tmp_path / "out.json"
     res = runner.invoke(
         app, ["predict", str(photos[5]), "--model", str(model_file), "--out", str(out_json)]
@@ -374,7 +380,7 @@ def test_cli_predict_argument_errors(model_file: Path, tmp_path: Path) -> None:
     gone = tmp_path / "gone.jpg"
     args = ["predict", str(img), str(gone), "--model", str(model_file), "--detector", "none"]
     res = runner.invoke(app, [*args, "--out", "-"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # one input missing: exit 1, the other predicted
     text = res.output[res.output.index("path,") :]
     rows = {r["path"]: r for r in csv.DictReader(io.StringIO(text))}
     assert rows[str(gone)]["error"] == "file not found" and rows[str(img)]["error"] == ""

@@ -668,8 +668,15 @@ def predict_cmd(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Decode/detect threads."),
     threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first input that cannot be read (exit 1)."
+    ),
 ) -> None:
-    """Detect faces and predict gender and age; one row per face (or per failed image)."""
+    """Detect faces and predict gender and age; one row per face (or per failed image).
+
+    Exit status: 0 every input was read (a photo without a face is a result, not a
+    failure); 1 some inputs could not be read (their rows say why, the others' results are
+    written); 2 nothing could be done (usage, model, no input)."""
     import csv
     import json
     import sys
@@ -715,7 +722,7 @@ def predict_cmd(
         annotate.mkdir(parents=True, exist_ok=True)
     used_names: set[str] = set()
     table_rows: list[tuple[str, ...]] = []
-    n_faces = n_failed = 0
+    n_faces = n_failed = n_unread = 0
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -730,6 +737,7 @@ def predict_cmd(
             for result in predictor.predict_paths(files, batch_size=batch_size):
                 n_faces += len(result.faces)
                 n_failed += result.error is not None
+                n_unread += result.error is not None and result.error != "no face found"
                 if as_table:
                     table_rows.extend(_face_table_rows(result))
                 for row in result_rows(result):
@@ -749,6 +757,8 @@ def predict_cmd(
                     used_names.add(name)
                     Image.fromarray(draw_results(rgb, result)).save(annotate / name, quality=92)
                 progress.advance(task)
+                if strict and n_unread:
+                    break
         if as_json:
             json.dump(rows_json, stream, indent=1)
             stream.write("\n")
@@ -760,10 +770,12 @@ def predict_cmd(
     where = "the table above" if as_table else "stdout" if out == "-" else out
     console.print(
         f"{len(files)} images: {n_faces} faces, {n_failed} without a result "
-        f"(see the error column); wrote {where}",
+        f"(see the error column; {n_unread} could not be read); wrote {where}",
         highlight=False,
         soft_wrap=True,
     )
+    if n_unread:
+        raise typer.Exit(1)
 
 
 @app.command("export")
