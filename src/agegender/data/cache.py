@@ -22,7 +22,6 @@ A cache built on a whole dataset serves any subset or fold through
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -187,20 +186,14 @@ def _writer(npy: str) -> np.ndarray:
     return mm
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(name: str):  # one per worker process
-    from agegender.infer.detector import make_detector
-
-    return make_detector(name)
-
-
 def load_aligned(path: str, size: int, detector: str) -> np.ndarray:
     """The largest face of a photo through the predictor's face path (detect, padded
     retry, align on landmarks or crop) at ``size`` px; ``ImageError`` when none is found."""
     from agegender.data.imageio import load_rgb
+    from agegender.infer.detector import shared_detector
     from agegender.infer.faces import find_faces
 
-    det = _detector(detector)
+    det = shared_detector(detector)
     faces = find_faces(load_rgb(path), det, size, margin=det.margin, shift=det.shift)
     if not faces:
         raise ImageError("no face found")

@@ -108,25 +108,19 @@ def _load_whole(path: str, size: int) -> tuple[np.ndarray | None, str]:
         return None, str(exc)
 
 
-@functools.lru_cache(maxsize=4)
-def _detector(name: str):
-    from agegender.infer.detector import make_detector
-
-    return make_detector(name)
-
-
 def _load_detected(path: str, size: int, detector: str) -> tuple[np.ndarray | None, str, bool]:
     """Decode and run the predictor's face path (:func:`agegender.infer.faces.find_faces`:
     detect, retry padded, align or crop); the largest face at ``size`` px, or the whole
     image resized when none is found (``found`` False)."""
     from agegender.data.imageio import ImageError, load_rgb
+    from agegender.infer.detector import shared_detector
     from agegender.infer.faces import find_faces
 
     try:
         rgb = load_rgb(path)
     except ImageError as exc:
         return None, str(exc), False
-    det = _detector(detector)
+    det = shared_detector(detector)
     faces = find_faces(rgb, det, size, margin=det.margin, shift=det.shift)
     if faces:
         best = max(faces, key=lambda f: (f.box.w * f.box.h, f.box.score))

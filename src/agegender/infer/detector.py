@@ -16,6 +16,7 @@ image where it fits and padded (edge pixels repeated) where it does not.
 
 from __future__ import annotations
 
+import functools
 import queue
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,13 @@ def make_detector(name: str | Detector = "haar", **kwargs: object) -> Detector:
     if name == "none":
         return NoneDetector()
     raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+@functools.lru_cache(maxsize=8)
+def shared_detector(name: str) -> Detector:
+    """One detector per name in this process (detectors are thread-safe), for batch jobs
+    such as evaluation and caching that call the face path image by image."""
+    return make_detector(name)
 
 
 def crop_face(
