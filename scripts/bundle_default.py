@@ -152,6 +152,25 @@ def _photo_rows(crossdata: dict | None, name: str) -> list[str]:
             f"| {pct(m.get('gender_recall_female_all'))} "
             f"| {pct(m.get('gender_recall_male_all'))} | {pct(m.get('age_bin_exact_all'))} |"
         )
+    for r in rows:
+        cells = r["metrics"].get("by_gender_bin")
+        if not cells:
+            continue
+        out += [
+            "",
+            f"FairFace-540 by gender and age bin ({r['detector']}; gender accuracy with a "
+            "missed face counted as an error; 30 photos per cell):",
+            "",
+            "| age bin | women | men | age bin exact (found faces) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        bins = r["metrics"].get("by_age_bin", {})
+        for name in bins:
+            f, m = cells.get(f"female {name}", {}), cells.get(f"male {name}", {})
+            out.append(
+                f"| {name} | {pct(f.get('gender_accuracy_all'))} "
+                f"| {pct(m.get('gender_accuracy_all'))} | {pct(bins[name].get('age_bin_exact'))} |"
+            )
     return [*out, ""]
 
 
