@@ -91,10 +91,25 @@ def entry(results: dict, run_dir: Path, config: Path) -> dict:
 
 def partial_results(run_dir: Path) -> dict:
     """The finished folds of a cross-validation still running, in results.json's layout."""
+    import yaml
+
     sys.path.insert(0, str(REPO / "scripts"))
     from bundle_default import partial_results as collect
 
-    return collect(run_dir)
+    results = collect(run_dir)
+    first = sorted(run_dir.glob("fold_*/results.json"))[0].parent
+    summary = json.loads((first / "summary.json").read_text())
+    cfg = yaml.safe_load((first / "config.yaml").read_text())
+    results.update(
+        model=summary.get("model"),
+        name=str(cfg.get("name", "")).rsplit("-fold", 1)[0] or None,
+        input_size=cfg["data"]["input_size"],
+        size=cfg["data"]["size"],
+        tasks=cfg.get("task"),
+        params=summary.get("params"),
+        model_size_mb=summary.get("model_size_mb"),
+    )
+    return results
 
 
 def fairface_scores(run_dir: Path) -> dict:
