@@ -151,7 +151,9 @@ class ExtraDataConfig(_Section):
         None, description="face box [x0, y0, x1, y1] as fractions (default: the reader's)"
     )
     align: bool = Field(False, description="photos: detect and align the largest face")
-    weight: float = Field(1.0, gt=0, le=10, description="times each face is drawn per epoch")
+    weight: float = Field(
+        1.0, gt=0, le=10, description="draws per epoch; a fraction: a fixed random subset"
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="grouped validation share")
     limit: int | None = Field(None, ge=10, description="use at most this many faces")
 
