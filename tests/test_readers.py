@@ -172,3 +172,26 @@ def test_real_adience_sample(adience_dir):
         len((adience_dir / f"fold_{k}_data.txt").read_text().splitlines()) - 1 for k in range(5)
     )
     assert len(r.table) + len(r.problems) == total_rows  # every row read or reported
+
+
+def test_csv_manifest_bad_quotes_and_field_counts_lose_no_other_row(tmp_path) -> None:
+    """A stray quote must not swallow the lines after it, and a row with too many fields is
+    an error, not silently accepted (every bad line named, every good line kept)."""
+    from PIL import Image
+
+    from agegender.data.readers import read_dataset
+
+    for name in ("a", "b", "c", "d"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.jpg")
+    (tmp_path / "m.csv").write_text(
+        "path,gender,age\n"
+        "a.jpg,m,30\n"
+        '"b.jpg,f,20\n'  # line 3: unbalanced quote
+        "c.jpg,f,40\n"
+        "d.jpg,m,50,extra,fields\n"  # line 5: too many fields
+        '"d.jpg",m,"(25, 32)"\n'
+    )
+    r = read_dataset(tmp_path / "m.csv")
+    assert sorted(r.table["line"].tolist()) == [2, 4, 6]
+    reasons = {p.line: p.reason for p in r.problems}
+    assert reasons == {3: "unbalanced quote", 5: "5 fields, header has 3"}

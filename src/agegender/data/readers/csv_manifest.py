@@ -2,8 +2,9 @@
 
 ``path`` is relative to the manifest's folder (or absolute); gender as m/f/male/female/0/1
 (0 = male, 1 = female); age as a number of years or a range such as ``(25, 32)`` / ``25-32``.
-Comma, tab and semicolon delimiters are recognised. A bad row becomes a Problem naming the
-file and line; the other rows are still read.
+Comma, tab and semicolon delimiters are recognised. One line is one row: a row with a
+stray (unbalanced) quote or with more or fewer fields than the header becomes a Problem
+naming the file and line, and the other rows are still read.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
     lines = read_text_lines(manifest)
     if not lines:
         raise DatasetError(f"{manifest}: empty manifest")
-    reader = csv.reader(lines, delimiter=_delimiter(lines[0]))
-    header = [h.strip().lower() for h in next(reader)]
+    delimiter = _delimiter(lines[0])
+    header = [h.strip().lower() for h in next(csv.reader(lines[:1], delimiter=delimiter))]
     path_col = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
     if path_col is None:
         raise DatasetError(
@@ -57,10 +58,18 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
         raise DatasetError(f"{manifest}:1: needs a gender or an age column")
     base = manifest.parent
     rows, problems = [], []
-    for lineno, fields in enumerate(reader, start=2):
-        if not fields or not any(f.strip() for f in fields):
+    # One physical line is one row: a stray quote must not swallow the lines after it
+    # (csv would join them into one field), so each line is parsed on its own.
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
             continue
-        if len(fields) < len(header):
+        if line.count('"') % 2:
+            problems.append(Problem(str(manifest), lineno, "unbalanced quote"))
+            continue
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
             problems.append(
                 Problem(str(manifest), lineno, f"{len(fields)} fields, header has {len(header)}")
             )
