@@ -191,13 +191,13 @@ def load_aligned(path: str, size: int, detector: str) -> np.ndarray:
     retry, align on landmarks or crop) at ``size`` px; ``ImageError`` when none is found."""
     from agegender.data.imageio import load_rgb
     from agegender.infer.detector import shared_detector
-    from agegender.infer.faces import find_faces
+    from agegender.infer.faces import find_faces, largest_face
 
     det = shared_detector(detector)
     faces = find_faces(load_rgb(path), det, size, margin=det.margin, shift=det.shift)
     if not faces:
         raise ImageError("no face found")
-    return max(faces, key=lambda f: (f.box.w * f.box.h, f.box.score)).crop
+    return largest_face(faces).crop
 
 
 def _decode_into(

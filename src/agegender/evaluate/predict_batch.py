@@ -114,7 +114,7 @@ def _load_detected(path: str, size: int, detector: str) -> tuple[np.ndarray | No
     image resized when none is found (``found`` False)."""
     from agegender.data.imageio import ImageError, load_rgb
     from agegender.infer.detector import shared_detector
-    from agegender.infer.faces import find_faces
+    from agegender.infer.faces import find_faces, largest_face
 
     try:
         rgb = load_rgb(path)
@@ -123,8 +123,7 @@ def _load_detected(path: str, size: int, detector: str) -> tuple[np.ndarray | No
     det = shared_detector(detector)
     faces = find_faces(rgb, det, size, margin=det.margin, shift=det.shift)
     if faces:
-        best = max(faces, key=lambda f: (f.box.w * f.box.h, f.box.score))
-        return best.crop, "", True
+        return largest_face(faces).crop, "", True
     interp = cv2.INTER_AREA if max(rgb.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp), "", False
 

@@ -91,3 +91,8 @@ def find_faces(
                 crop = cv2.resize(crop, (size, size), interpolation=interp)
         out.append(FoundFace(b, crop, source, aligned))
     return out
+
+
+def largest_face(found: list[FoundFace]) -> FoundFace:
+    """The biggest face (then the surest): the one a per-photo label belongs to."""
+    return max(found, key=lambda f: (f.box.w * f.box.h, f.box.score))

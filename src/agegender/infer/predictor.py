@@ -31,7 +31,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,9 @@ class FaceResult:
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # keep_crops
 
     def to_dict(self, ndigits: int = 6) -> dict[str, Any]:
-        crop, self.crop = self.crop, None  # an array, not JSON: see crop_data_url
-        try:
-            d = asdict(self)
-        finally:
-            self.crop = crop
-        d.pop("crop")
+        # every mutable value below is rebuilt, so a shallow copy is enough; the crop is an
+        # array, not JSON (see crop_data_url)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "crop"}
         d["box"] = list(self.box)
         for k in ("detector_score", "p_female", "p_male", "age"):
             if d[k] is not None:
