@@ -58,3 +58,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """``postgresql://postgres@127.0.0.1:PORT/tests`` on a throwaway local server (see
+    ``tests/pgserver.py``), or skip with the reason it cannot start."""
+    from contextlib import ExitStack
+
+    from pgserver import Unavailable, postgres_server
+
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except Unavailable as exc:
+            pytest.skip(f"PostgreSQL server not available: {exc}")
+        yield url

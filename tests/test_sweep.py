@@ -1,5 +1,6 @@
 """Hyperparameter sweeps: the SPACE format and its checks, pruning, real tiny sweeps on
-UTKFace (32 px, 60 faces, 2 batches), several workers on one SQLite study, resume."""
+UTKFace (32 px, 60 faces, 2 batches), several workers on one SQLite study and on one
+PostgreSQL study (a throwaway local server, ``tests/pgserver.py``), resume."""
 
 from __future__ import annotations
 
@@ -308,6 +309,55 @@ def test_two_workers_share_one_grid_study(tmp_path: Path, utkface_dir: Path) -> 
     assert len(dirs) == 4 and all(Path(d, "summary.json").is_file() for d in dirs)
     ran = sum(o.count(" COMPLETE: ") for o in outputs)
     assert ran == 4, outputs  # each trial reported once, by the worker that ran it
+
+
+def test_two_workers_share_one_study_on_postgresql(
+    tmp_path: Path, utkface_dir: Path, postgres_url: str
+) -> None:
+    """The same two workers on a real PostgreSQL server (a throwaway local cluster)."""
+    config = tiny_config(tmp_path, utkface_dir)
+    space = write(tmp_path / "grid4.yaml", GRID4)
+    cmd = [sys.executable, "-m", "agegender", "sweep", str(config), "--space", str(space)]
+    cmd += ["--trials", "4", "--storage", postgres_url, "--study", "pg-shared"]
+    cmd += ["--out", str(tmp_path / "w")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    workers = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    study = optuna.load_study(study_name="pg-shared", storage=postgres_url)
+    assert study.user_attrs["metric"] == "val/gender_acc"
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers)))  # no trial number given twice
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    points = {(t.params["optim.lr"], t.params["train.batch_size"]) for t in finished}
+    assert points == {(0.001, 16), (0.001, 32), (0.003, 16), (0.003, 32)}  # no repeats
+    assert all(t.user_attrs.get("skipped") for t in study.trials if t.state == TrialState.FAIL)
+    dirs = {t.user_attrs["run_dir"] for t in finished}
+    assert len(dirs) == 4 and all(Path(d, "summary.json").is_file() for d in dirs)
+    ran = [o.count(" COMPLETE: ") for o in outputs]
+    assert sum(ran) == 4, outputs  # each trial reported once, by the worker that ran it
+    # both workers ran trials (they start together and a trial takes seconds)
+    assert all(ran), outputs
+    assert {t.user_attrs["worker"]["pid"] for t in finished} == {w.pid for w in workers}
+
+    result = CliRunner().invoke(
+        __import__("agegender.cli", fromlist=["app"]).app,
+        ["sweep", "--summary", "--storage", postgres_url, "--study", "pg-shared"]
+        + ["--out", str(tmp_path / "summary")],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary" / "summary.json").read_text())
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    assert summary["direction"] == "maximize" and len(summary["trials"]) == len(numbers)
+    counts = summary["n_trials"]
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
+    assert summary["best"]["number"] == study.best_trial.number
+    assert summary["best"]["value"] == pytest.approx(max(t.value for t in complete))
 
 
 def test_resume_keeps_finished_trials_and_retries_dead_ones(
