@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import time
@@ -109,15 +110,31 @@ def test_healthz_docs_and_page(client: httpx.Client) -> None:
     h = client.get("/healthz").json()
     assert h["status"] == "ok" and h["model"] == "test-small_cnn"
     assert h["runtime"] == "onnxruntime" and h["tasks"] == {"gender": True, "age": "groups"}
-    assert client.get("/docs").status_code == 200
+    assert set(h["lanes"]) == {"light", "heavy"} and h["lanes"]["light"]["slots"] == 2
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert "files" in body["multipart/form-data"]["schema"]["properties"]
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    html = page.text
-    assert "<canvas" in html or 'createElement("canvas")' in html
-    assert "http://" not in html and "https://" not in html  # no CDN or other external resource
+    script = client.get("/static/app.js")
+    assert script.status_code == 200 and 'createElement("canvas")' in script.text
+    assert "<script>" not in page.text and "<style>" not in page.text  # nothing inline
+    for text in (page.text, script.text):  # no CDN or other external resource
+        assert "http://" not in text and "https://" not in text
+    # /docs: Swagger UI from the installed package, every asset it names served here
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', docs.text):
+        got = client.get("/" + asset)
+        assert got.status_code == 200 and len(got.content) > 50, asset
+    # safe headers on every kind of response
+    for resp in (page, script, docs, client.get("/healthz"), client.get("/nope")):
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert resp.headers["referrer-policy"] == "no-referrer"
+        csp = resp.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp
+        assert "unsafe-inline" not in csp
 
 
 def test_predict_one_and_several(client: httpx.Client, photos: list[Path]) -> None:

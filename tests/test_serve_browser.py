@@ -108,3 +108,26 @@ def test_upload_page_shows_errors(browser, live_url: str, tmp_path: Path) -> Non
     assert "422" in page.inner_text("#status")
     assert "no image in the request could be decoded" in page.inner_text("#error")
     page.close()
+
+
+def test_docs_render_offline_under_the_csp(browser, live_url: str) -> None:
+    """/docs draws Swagger UI from the package's files, with no network and no CSP error."""
+    page = browser.new_page()
+    external: list[str] = []
+    console: list[str] = []
+    page.on(
+        "request",
+        lambda req: (
+            None
+            if req.url.startswith(live_url) or req.url.startswith("data:")
+            else external.append(req.url)
+        ),
+    )
+    page.on("console", lambda msg: console.append(msg.text))
+    page.goto(live_url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    assert "/v1/predict" in page.inner_text(".swagger-ui")
+    assert external == [], f"/docs fetched external resources: {external}"
+    blocked = [m for m in console if "Content Security Policy" in m]
+    assert blocked == [], blocked
+    page.close()

@@ -8,7 +8,10 @@ decompression bombs (more pixels than ``max_pixels``).
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +101,62 @@ def open_image(
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
     except (ValueError, SyntaxError, EOFError) as exc:  # PIL plugins raise these too
         raise ImageError(f"cannot decode image: {exc}") from exc
+
+
+def header_pixels(item: object) -> int | None:
+    """Width x height from the image header of a path or encoded bytes, without decoding
+    (None: not an image PIL can identify, or not a path/bytes). A decompression bomb too
+    large for PIL to even open reports the pixel count its error names."""
+    import io
+    import re
+
+    if isinstance(item, bytes | bytearray):
+        src: object = io.BytesIO(bytes(item))
+    elif isinstance(item, str | Path):
+        src = item
+    else:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src) as img:  # type: ignore[arg-type]
+                w, h = img.size
+                return int(w) * int(h)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return int(found.group(1)) if found else None
+    except Exception:  # noqa: BLE001 - unreadable: the decoder reports the real reason later
+        return None
+
+
+class PixelBudget:
+    """At most ``limit`` image pixels held in memory by concurrent decodes at once.
+
+    ``with budget.hold(pixels):`` waits until the pixels fit; an image larger than the whole
+    budget waits until nothing else is held and then runs alone. So a folder of 64 MP PNGs
+    is decoded one at a time while ordinary photos still decode in parallel, and peak memory
+    stays near ``limit`` x ~10 bytes whatever the inputs.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.held = 0
+        self.peak = 0  # the most pixels ever held at once (for tests and benchmarks)
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int | None) -> Iterator[None]:
+        need = min(max(0, int(pixels or 0)), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.held == 0 or self.held + need <= self.limit)
+            self.held += need
+            self.peak = max(self.peak, self.held)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.held -= need
+                self._cond.notify_all()
 
 
 def load_rgb(path: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -27,6 +27,9 @@ from agegender.infer.detector import Box, Detector, crop_face
 
 #: Padding of the retry, as a fraction of the image's long side on each side.
 RETRY_PAD = 0.25
+#: The retry looks for faces that fill the frame, so a larger image is shrunk to this long
+#: side first (a padded full-size copy of a 36 MP photo would cost another 170 MB).
+RETRY_MAX_SIDE = 1024
 
 
 @dataclass
@@ -39,14 +42,16 @@ class FoundFace:
     aligned: bool
 
 
-def _unpad(box: Box, pad: int, w: int, h: int) -> Box | None:
-    x0, y0 = max(0, box.x - pad), max(0, box.y - pad)
-    x1, y1 = min(w, box.x + box.w - pad), min(h, box.y + box.h - pad)
-    if x1 <= x0 or y1 <= y0:
+def _unpad(box: Box, pad: int, w: int, h: int, scale: float = 1.0) -> Box | None:
+    """A box found in the padded (and ``scale``-shrunk) copy, in the original's pixels."""
+    x0, y0 = max(0.0, (box.x - pad) / scale), max(0.0, (box.y - pad) / scale)
+    x1 = min(float(w), (box.x + box.w - pad) / scale)
+    y1 = min(float(h), (box.y + box.h - pad) / scale)
+    if x1 - x0 < 1 or y1 - y0 < 1:
         return None
     marks = None
     if box.landmarks is not None:
-        marks = tuple((px - pad, py - pad) for px, py in box.landmarks)
+        marks = tuple(((px - pad) / scale, (py - pad) / scale) for px, py in box.landmarks)
     return Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0), box.score, marks)
 
 
@@ -59,11 +64,16 @@ def detect_faces(detector: Detector, rgb: np.ndarray) -> tuple[list[Box], str]:
     if boxes:
         return boxes, "detected"
     h, w = rgb.shape[:2]
-    pad = int(round(RETRY_PAD * max(h, w)))
-    if pad < 1 or min(h, w) < 8:
+    if min(h, w) < 8:
         return [], "detected"
-    padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    found = [_unpad(b, pad, w, h) for b in detector.detect(padded)]
+    scale = min(1.0, RETRY_MAX_SIDE / max(h, w))
+    small = rgb
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    pad = int(round(RETRY_PAD * max(small.shape[:2])))
+    padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    found = [_unpad(b, pad, w, h, scale) for b in detector.detect(padded)]
     return [b for b in found if b is not None], "padded"
 
 

@@ -39,7 +39,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from agegender.data.imageio import DEFAULT_MAX_PIXELS, ImageError, open_image
+from agegender.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    PixelBudget,
+    header_pixels,
+    open_image,
+)
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group, ages_to_groups
 from agegender.infer.align import UTKFACE_TEMPLATE
 from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
@@ -281,6 +287,10 @@ class TorchModel:
 # ------------------------------------------------------------------------------ helpers
 
 
+class Cancelled(Exception):
+    """:meth:`Predictor.predict_iter` stopped because its ``cancel`` callback said so."""
+
+
 def _array_to_rgb(arr: np.ndarray, max_pixels: int) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -375,6 +385,7 @@ class Predictor:
         batch_size: int = 64,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_pixels: int | None = None,
         source: str | None = None,
     ) -> None:
         self.backend = backend
@@ -395,6 +406,8 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, workers or min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
+        # pixels decoded at once by all threads (and all concurrent callers) together
+        self.budget = PixelBudget(decode_pixels or max(max_pixels, DEFAULT_MAX_PIXELS))
         self.source = source  # where the model came from (path or bundled name)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -500,7 +513,25 @@ class Predictor:
             out[i] = x.transpose(2, 0, 1)
         return out
 
-    def _prepare(self, item: Input, source: str) -> _Prepared:
+    def _prepare(
+        self, item: Input, source: str, cancel: Callable[[], bool] | None = None
+    ) -> _Prepared:
+        if cancel is not None and cancel():
+            return _Prepared(source, error="cancelled")
+        if isinstance(item, np.ndarray):
+            pixels: int | None = int(item.shape[0] * item.shape[1]) if item.ndim >= 2 else 0
+        elif isinstance(item, Image.Image):
+            pixels = item.size[0] * item.size[1]
+        else:
+            pixels = header_pixels(os.fspath(item) if isinstance(item, os.PathLike) else item)
+        if pixels is not None and pixels > self.max_pixels:  # refused before any decoding
+            return _Prepared(
+                source, error=f"image too large: {pixels} pixels > limit {self.max_pixels}"
+            )
+        with self.budget.hold(pixels):
+            return self._decode_and_find(item, source)
+
+    def _decode_and_find(self, item: Input, source: str) -> _Prepared:
         try:
             rgb = to_rgb_array(item, self.max_pixels)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line error
@@ -582,15 +613,27 @@ class Predictor:
         *,
         batch_size: int | None = None,
         sources: Sequence[str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> Iterator[ImageResult]:
         """Decode + detect in a thread pool, classify faces in batches across images.
 
         Yields one :class:`ImageResult` per input, in input order, as soon as all of its
         faces are classified. At most ``batch_size`` faces go through one forward pass.
+        Images are decoded under the predictor's pixel budget (:class:`PixelBudget`), so
+        peak memory is bounded whatever the inputs. ``cancel`` (e.g. a deadline or a client
+        that went away) is polled between images and batches: once it returns True, no new
+        image is decoded and :class:`Cancelled` is raised. ``pool``: decode/detect threads to
+        use instead of the predictor's shared ones (the service keeps heavy requests apart).
         """
+
+        def check() -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("prediction cancelled")
+
         bs = max(1, batch_size or self.batch_size)
         lookahead = max(2 * self.workers, 8)
-        pool = self._executor()
+        pool = pool or self._executor()
         futures: deque[Future[_Prepared]] = deque()
         queue: list[tuple[int, int]] = []  # (pending position key, face index) awaiting forward
         store: dict[int, tuple[_Prepared, dict[str, list[np.ndarray]]]] = {}
@@ -626,6 +669,7 @@ class Predictor:
             index = 0
             exhausted = False
             while True:
+                check()
                 while not exhausted and len(futures) < lookahead:
                     try:
                         item = next(it)
@@ -633,11 +677,12 @@ class Predictor:
                         exhausted = True
                         break
                     src = sources[index] if sources is not None else _source_name(item, index)
-                    futures.append(pool.submit(self._prepare, item, src))
+                    futures.append(pool.submit(self._prepare, item, src, cancel))
                     index += 1
                 if not futures:
                     break
                 prep = futures.popleft().result()
+                check()
                 store[next_key] = (prep, {})
                 if prep.faces is not None:
                     queue.extend((next_key, j) for j in range(len(prep.faces)))
@@ -650,6 +695,7 @@ class Predictor:
                     yield result(done_key)
                     done_key += 1
             while queue:
+                check()
                 run_batch(min(bs, len(queue)))
             while done_key < next_key:
                 yield result(done_key)
