@@ -279,3 +279,127 @@ def test_concurrent_clients_no_failures(server: LiveServer, photos: list[Path]) 
     elapsed = time.perf_counter() - t
     assert len(codes) == 400 and codes.count(200) == 400, {c: codes.count(c) for c in set(codes)}
     print(f"400 requests from 8 clients in {elapsed:.1f}s ({400 / elapsed:.0f} req/s)")
+
+
+def _slow_predictor(delay: float, calls: list[int]) -> Predictor:
+    """A predictor whose classifier sleeps ``delay`` per batch and counts its batches."""
+    predictor = make_predictor(workers=1, batch_size=1)
+    fast = predictor.backend
+
+    def slow(batch):
+        time.sleep(delay)
+        calls.append(len(batch))
+        return fast(batch)
+
+    predictor.backend = slow
+    return predictor
+
+
+def test_pixel_budget_and_bombs_are_413_before_decoding(client: httpx.Client) -> None:
+    # four 1.2 Mpx images pass one by one (2 Mpx limit) but not together (4 Mpx budget)
+    live = LiveServer(
+        create_app(
+            make_predictor(), ServeSettings(max_pixels=2_000_000, max_request_pixels=4_000_000)
+        )
+    )
+    try:
+        part = _png(Image.new("RGB", (1200, 1000), (90, 90, 90)))
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            t = time.perf_counter()
+            four = [("files", (f"{i}.png", part, "image/png")) for i in range(4)]
+            body = _assert_error(c.post("/v1/predict", files=four), 413, "pixel budget")
+            assert body["detail"] == {"pixels": 4_800_000, "limit": 4_000_000}
+            assert time.perf_counter() - t < 2.0
+            three = [("files", (f"{i}.png", part, "image/png")) for i in range(3)]
+            assert c.post("/v1/predict", files=three).status_code == 200
+    finally:
+        live.stop()
+    # a 30000 x 30000 PNG (PIL refuses to even open it) is "too large", not "undecodable"
+    buf = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buf, format="PNG")
+    body = _assert_error(
+        client.post("/v1/predict", files={"files": ("bomb.png", buf.getvalue(), "image/png")}),
+        413,
+        "image too large: bomb.png",
+    )
+    assert body["detail"]["pixels"] == 900_000_000
+
+
+def test_full_lane_answers_503_with_retry_after(photos: list[Path]) -> None:
+    calls: list[int] = []
+    predictor = _slow_predictor(1.0, calls)
+    live = LiveServer(create_app(predictor, ServeSettings(max_concurrency=1, max_queue=1)))
+    face = _face_photo(photos)
+    try:
+
+        def post(_: int) -> httpx.Response:
+            with httpx.Client(base_url=live.url, timeout=30) as c:
+                return c.post("/v1/predict", files={"files": ("a.jpg", face, "image/jpeg")})
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(post, range(4)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 503, 503], codes  # one running, one waiting, two refused
+        for r in responses:
+            if r.status_code == 503:
+                body = _assert_error(r, 503, "server busy")
+                assert body["detail"]["lane"] == "light"
+                assert int(r.headers["retry-after"]) >= 1
+        assert time.perf_counter() - t < 6.0
+    finally:
+        live.stop()
+
+
+def test_timed_out_work_is_stopped_not_finished(photos: list[Path]) -> None:
+    calls: list[int] = []
+    predictor = _slow_predictor(0.5, calls)  # one face per batch, 0.5 s each
+    live = LiveServer(create_app(predictor, ServeSettings(timeout_s=0.6, batch_size=1)))
+    files = [("files", (f"{i}.jpg", photos[i].read_bytes(), "image/jpeg")) for i in range(4)]
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            t = time.perf_counter()
+            _assert_error(c.post("/v1/predict", files=files), 504, "inference timed out")
+            assert time.perf_counter() - t < 1.5
+            time.sleep(2.5)  # the four faces would take 2 s: the work stopped after 1-2
+            assert 1 <= len(calls) <= 2, calls
+            lanes = c.get("/healthz").json()["lanes"]
+            assert lanes["light"]["pending"] == 0  # the slot was given back
+    finally:
+        live.stop()
+
+
+def test_client_that_goes_away_stops_its_work(photos: list[Path]) -> None:
+    calls: list[int] = []
+    predictor = _slow_predictor(0.5, calls)
+    live = LiveServer(create_app(predictor, ServeSettings(batch_size=1)))
+    files = [("files", (f"{i}.jpg", photos[i].read_bytes(), "image/jpeg")) for i in range(6)]
+    try:
+        with httpx.Client(base_url=live.url, timeout=0.8) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.post("/v1/predict", files=files)  # gives up and closes the connection
+        time.sleep(3.5)  # six faces would take 3 s
+        assert 1 <= len(calls) <= 3, calls
+    finally:
+        live.stop()
+
+
+def test_slow_body_is_cut_off_with_408(photos: list[Path]) -> None:
+    live = LiveServer(create_app(make_predictor(), ServeSettings(body_timeout_s=0.5)))
+    host, port = live.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
+            t = time.perf_counter()
+            data = b""
+            while chunk := s.recv(65536):  # the server answers, then closes the connection
+                data += chunk
+            elapsed = time.perf_counter() - t
+        assert data.startswith(b"HTTP/1.1 408"), data[:200]
+        assert b"request body not received in time" in data
+        assert 0.4 < elapsed < 3.0
+    finally:
+        live.stop()
