@@ -1,14 +1,47 @@
 """The ``agegender`` command line: one thin function per command, calling the library.
 
 Heavy imports (torch, timm, lightning) stay inside the commands so ``--help`` is fast.
+
+Errors: every command runs inside :class:`_Commands`, where a user-facing exception (bad
+config, data or model file, a file that cannot be written, a full disk: see
+:func:`agegender.errors.is_user_error`) becomes one line, ``error: <file>: <reason>``, on
+stderr and exit status 2. ``AGEGENDER_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from agegender.errors import check_writable, error_line, is_user_error
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error to stderr and exit non-zero."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    text = escape(lines[0] if lines else "failed")
+    console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class _Commands(TyperGroup):
+    """The root command: the one place where user errors become one line and exit 2."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # click's Exit/Abort/UsageError are not user errors here
+            if not is_user_error(exc) or os.environ.get("AGEGENDER_DEBUG"):
+                raise
+            fail(error_line(exc))
+
 
 app = typer.Typer(
     name="agegender",
@@ -16,17 +49,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 data_app = typer.Typer(help="Read, audit and split face datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error to stderr and exit non-zero."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @data_app.command("folds")
@@ -43,41 +69,60 @@ def data_folds(
         True, "--official/--no-official", help="Keep the dataset's own folds (Adience)."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Parallel image readers."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Write grouped, stratified k folds: no subject or duplicate group spans two folds."""
-    from agegender.data.audit import audit_dataset
+    import json
+
     from agegender.data.folds import make_folds, write_folds
-    from agegender.data.readers import DatasetError, read_dataset
+
+    check_writable(out)
+    from agegender.data.prepare import read_rows
+    from agegender.data.readers import DatasetError
 
     try:
-        result = read_dataset(path, format)
-        report = audit_dataset(result, workers=workers, progress=console.is_terminal)
-        readable = report.readable.to_numpy()
-        table = result.table[readable]
+        rows = read_rows(
+            path,
+            format,
+            drop_conflicts=False,  # make_folds drops them (--conflicts) after grouping
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+        )
         folds = make_folds(
-            table,
+            rows.table,
             k,
             seed=seed,
-            dup_group=report.group_id.to_numpy()[readable],
-            conflict=report.conflict.to_numpy()[readable],
+            dup_group=rows.dup_group,
+            conflict=rows.conflict,
             conflicts=conflicts,
             use_official=official,
         )
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
+    rows.counts.reject("conflicting", folds.dropped_conflicts)
     write_folds(folds, out)
-    counts = folds.table["fold"].value_counts().sort_index()
+    sizes = folds.table["fold"].value_counts().sort_index()
     how = "official dataset folds" if folds.official else f"StratifiedGroupKFold seed {seed}"
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
     console.print(
         f"wrote {out}: {len(folds.table)} faces in {folds.k} folds ({how}), "
         f"{folds.groups} independent groups; sizes "
-        + ", ".join(f"{i}:{n}" for i, n in counts.items())
+        + ", ".join(f"{i}:{n}" for i, n in sizes.items()),
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(
-        f"left out: {int((~readable).sum())} unreadable images, "
-        f"{folds.dropped_conflicts} faces in duplicate groups with conflicting labels "
-        f"(policy: {conflicts}), {len(result.problems)} label problems"
-    )
+    if as_json:
+        info = {
+            "out": str(out),
+            "folds": folds.k,
+            "official_folds": folds.official,
+            "faces": len(folds.table),
+            "groups": folds.groups,
+            "fold_sizes": sizes.astype(int).tolist(),
+            "conflicts": conflicts,
+            "row_counts": rows.counts.to_dict(),
+        }
+        typer.echo(json.dumps(info))
 
 
 @data_app.command("audit")
@@ -87,23 +132,31 @@ def data_audit(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel image readers."),
 ) -> None:
-    """Unreadable images, exact and near-duplicate images, label conflicts, label balance."""
+    """Unreadable images, exact and near-duplicate images, label conflicts, label balance.
+
+    The rows kept are those ``data folds`` and ``train`` (with ``data.audit``) would keep:
+    unreadable images and duplicate groups with conflicting labels are rejected."""
     import json
 
-    from agegender.data.audit import audit_dataset, print_report
-    from agegender.data.readers import DatasetError, read_dataset
+    from agegender.data.audit import print_report
+    from agegender.data.prepare import read_rows
+    from agegender.data.readers import DatasetError
 
     try:
-        result = read_dataset(path, format)
+        rows = read_rows(
+            path,
+            format,
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+            console=console,
+        )
     except (DatasetError, ValueError, OSError) as exc:
         fail(str(exc))
-    report = audit_dataset(
-        result, workers=workers, progress=console.is_terminal and not as_json, console=console
-    )
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps({**rows.report.to_dict(), "row_counts": rows.counts.to_dict()}))
     else:
-        print_report(report, Console())
+        print_report(rows.report, Console())
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
 
 
 @data_app.command("cache")
@@ -128,12 +181,15 @@ def data_cache(
     import json
 
     from agegender.data.cache import build_cache
-    from agegender.data.readers import DatasetError, read_dataset
+    from agegender.data.prepare import read_rows, reject_failed_images
+    from agegender.data.readers import DatasetError
 
+    if cache_dir is not None:
+        check_writable(cache_dir, folder=True)
     try:
-        result = read_dataset(path, format)
+        rows = read_rows(path, format, audit=False)
         cache = build_cache(
-            result.table,
+            rows.table,
             size,
             cache_dir=cache_dir,
             workers=workers,
@@ -143,6 +199,7 @@ def data_cache(
         )
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
+    reject_failed_images(rows.counts, [p.reason for p in cache.problems])
     info = {
         "cache": str(cache.folder),
         "images": len(cache),
@@ -154,7 +211,9 @@ def data_cache(
         "build_seconds": cache.meta.get("build_seconds"),
         "images_per_second": cache.meta.get("images_per_second"),
         "problems": [p.to_dict() for p in cache.problems],
+        "row_counts": rows.counts.to_dict(),
     }
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -237,20 +296,13 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
 ) -> None:
     """Train a model from a config; writes config.yaml, metrics.csv, checkpoints, summary.json."""
-    from agegender.config import ConfigError, load_config
-    from agegender.data.records import DatasetError
+    from agegender.config import load_config
 
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-    out_dir = out or Path("runs") / (cfg.name or config.stem)
+    cfg = load_config(config, overrides)
+    out_dir = check_writable(out or Path("runs") / (cfg.name or config.stem), folder=True)
     from agegender.train import train
 
-    try:
-        result = train(cfg, out_dir, resume=resume, printer=console.print)
-    except (ConfigError, DatasetError) as exc:
-        fail(str(exc))
+    result = train(cfg, out_dir, resume=resume, printer=console.print)
     s = result.summary
     best = s.get("best") or {}
     shown = ", ".join(
@@ -305,8 +357,6 @@ def sweep_cmd(
     Re-running the same command resumes: finished trials are kept.
     """
     from agegender import sweep as sw
-    from agegender.config import ConfigError
-    from agegender.data.records import DatasetError
 
     if summary:
         name = study
@@ -315,10 +365,7 @@ def sweep_cmd(
         sweep_dir = out or (Path("runs") / "sweeps" / name if name else None)
         if storage is None and sweep_dir is None:
             fail("sweep --summary: give --study, --storage or --out (or CONFIG and --space)")
-        try:
-            st = sw.load_study(storage or sw.default_storage(sweep_dir), name)
-        except ConfigError as exc:
-            fail(str(exc))
+        st = sw.load_study(storage or sw.default_storage(sweep_dir), name)
         if sweep_dir is None:
             stored = st.user_attrs.get("out")
             sweep_dir = Path(stored) if stored else Path("runs") / "sweeps" / st.study_name
@@ -326,6 +373,8 @@ def sweep_cmd(
         return
     if config is None or space is None:
         fail("sweep: give CONFIG and --space SPACE.yaml (or --summary)")
+    if out is not None:
+        check_writable(out, folder=True)
     try:
         res = sw.run_sweep(
             config,
@@ -337,8 +386,6 @@ def sweep_cmd(
             overrides=overrides,
             printer=lambda s: console.print(s, highlight=False, soft_wrap=True),
         )
-    except (ConfigError, DatasetError) as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: run the same command to resume", code=130)
     best = res.best
@@ -382,6 +429,13 @@ def _metric_lines(metrics: dict) -> list[str]:
     return out
 
 
+def _print_row_counts(row_counts: dict) -> None:
+    """The ``read N rows from PATH: kept K, rejected R (...)`` line of a JSON result."""
+    from agegender.data.prepare import RowCounts
+
+    console.print(RowCounts.from_dict(row_counts).line(), highlight=False, soft_wrap=True)
+
+
 def _evaluate_photos(
     model: str,
     data: Path,
@@ -406,6 +460,7 @@ def _evaluate_photos(
     out = out or Path("runs") / "eval" / stem / "results.json"
     if out.suffix.lower() != ".json":
         fail(f"--out must end in .json, got {out}")
+    check_writable(out)
     try:
         res = evaluate_model_file(model, data, format, detector=detector, out=out, limit=limit)
     except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
@@ -415,6 +470,7 @@ def _evaluate_photos(
     else:
         for line in _metric_lines(res["metrics"]):
             typer.echo(line)
+    _print_row_counts(res["row_counts"])
     console.print(
         f"{res['n_evaluated']} of {res['n_images']} photos with a face ({detector}); "
         f"{1000 * (res['info']['seconds_per_photo'] or 0):.1f} ms/photo; wrote {out} and "
@@ -467,6 +523,7 @@ def evaluate_cmd(
     out = out or run_dir_of(checkpoint) / "eval" / "results.json"
     if out.suffix.lower() != ".json":
         fail(f"--out must end in .json, got {out}")
+    check_writable(out)
     try:
         res = evaluate_checkpoint(
             checkpoint,
@@ -486,6 +543,7 @@ def evaluate_cmd(
     else:
         for line in _metric_lines(res["metrics"]):
             typer.echo(line)
+    _print_row_counts(res["row_counts"])
     t = res["timing"]
     no_face = f", no face found in {res['no_face']} (whole image used)" if res["no_face"] else ""
     ms = f"{1000 * t['seconds_per_image']:.2f} ms/image" if t["seconds_per_image"] else "-"
@@ -520,27 +578,20 @@ def cv_cmd(
     """
     import json
 
-    from agegender.config import ConfigError, load_config
-    from agegender.data.records import DatasetError
+    from agegender.config import load_config
     from agegender.evaluate.cv import cv_table, run_cv
 
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-    out_dir = out or Path("runs") / f"{cfg.name or config.stem}-cv"
-    try:
-        res = run_cv(
-            cfg,
-            folds,
-            out_dir,
-            tta=tta,
-            only=only or None,
-            printer=console.print,
-            progress=console.is_terminal,
-        )
-    except (ConfigError, DatasetError, ValueError) as exc:
-        fail(str(exc).splitlines()[0])
+    cfg = load_config(config, overrides)
+    out_dir = check_writable(out or Path("runs") / f"{cfg.name or config.stem}-cv", folder=True)
+    res = run_cv(
+        cfg,
+        folds,
+        out_dir,
+        tta=tta,
+        only=only or None,
+        printer=console.print,
+        progress=console.is_terminal,
+    )
     if not res.get("complete", True):
         return
     if as_json:
@@ -563,10 +614,9 @@ def report_cmd(
     """
     from agegender.evaluate.report import make_report
 
-    try:
-        path = make_report(list(run_dirs), out)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc).splitlines()[0])
+    if out is not None:
+        check_writable(out, folder=True)
+    path = make_report(list(run_dirs), out)
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
     console.print(f"wrote {path} and {len(pngs)} figures", highlight=False)
 
@@ -691,6 +741,10 @@ def predict_cmd(
 
     if out != "-" and Path(out).suffix.lower() not in (".csv", ".json"):
         fail(f"--out must end in .csv or .json (or be -), got {out}")
+    if out != "-":  # before any work: its folders are made, a file in the way is an error
+        check_writable(out)
+    if annotate is not None:
+        check_writable(annotate, folder=True)
     try:
         files = collect_image_paths(paths)
     except (ValueError, OSError) as exc:
@@ -713,6 +767,8 @@ def predict_cmd(
         columns += [f"p_age_{g}" for g in AGE_GROUP_NAMES]
     as_json = out != "-" and out.lower().endswith(".json")
     as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
+    if out != "-":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     stream = sys.stdout if out == "-" else open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115
     writer = None if as_json or as_table else csv.DictWriter(stream, columns, restval="")
     if writer:
@@ -801,17 +857,17 @@ def export_cmd(
         fail(f"--onnx {onnx}: the file name must end in .onnx")
     if pt is not None and pt.suffix not in (".pt", ".pth"):
         fail(f"--pt {pt}: the file name must end in .pt")
-    try:
-        if checkpoint.suffix == ".ckpt":
-            from agegender.train import load_model
+    for target in (onnx, pt):
+        if target is not None:
+            check_writable(target)
+    if checkpoint.suffix == ".ckpt":
+        from agegender.train import load_model
 
-            module, meta = load_model(checkpoint)
-        else:
-            from agegender.infer import load_torch_model
+        module, meta = load_model(checkpoint)
+    else:
+        from agegender.infer import load_torch_model
 
-            module, meta = load_torch_model(checkpoint)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        fail(f"{checkpoint}: cannot load model: {str(exc).splitlines()[0]}")
+        module, meta = load_torch_model(checkpoint)
     meta = dict(meta)
     meta.setdefault("name", checkpoint.stem)
     if pt is not None:
@@ -847,6 +903,18 @@ def serve_cmd(
     max_file_mb: float = typer.Option(10.0, "--max-file-mb", help="Largest upload per file."),
     max_files: int = typer.Option(16, "--max-files", help="Most files per request."),
     timeout: float = typer.Option(30.0, "--timeout", help="Inference timeout per request (s)."),
+    max_request_mp: float = typer.Option(
+        48.0, "--max-request-mp", help="Decoded megapixels per request (all images)."
+    ),
+    max_queue: int = typer.Option(
+        16, "--max-queue", help="Ordinary requests that may wait; more get 503 + Retry-After."
+    ),
+    body_timeout: float = typer.Option(
+        15.0, "--body-timeout", help="Seconds a request body may take to arrive (else 408)."
+    ),
+    max_connections: int = typer.Option(
+        256, "--max-connections", help="Open connections and requests at once (else 503)."
+    ),
     detect_size: int | None = typer.Option(
         None, "--detect-size", help="Long side the Haar detector sees (default 160)."
     ),
@@ -857,7 +925,13 @@ def serve_cmd(
 
     predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads)
     settings = ServeSettings(
-        max_file_bytes=int(max_file_mb * 1024 * 1024), max_files=max_files, timeout_s=timeout
+        max_file_bytes=int(max_file_mb * 1024 * 1024),
+        max_files=max_files,
+        timeout_s=timeout,
+        max_request_pixels=int(max_request_mp * 1_000_000),
+        max_queue=max_queue,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
     )
     console.print(f"serving {predictor.name} ({predictor.runtime}) on http://{host}:{port}/")
     serve(predictor, settings, host=host, port=port)
@@ -877,13 +951,9 @@ def bench_predict_cmd(
     (made 250x250 photos, and FairFace-540's real photos when the data is there)."""
     import json
 
-    from agegender.infer import NoModelError
     from agegender.infer.bench import bench_predict
 
-    try:
-        res = bench_predict(model, seconds=seconds, photos=photos, detector=detector)
-    except (NoModelError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc).splitlines()[0])
+    res = bench_predict(model, seconds=seconds, photos=photos, detector=detector)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
