@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -414,6 +415,7 @@ def test_reduced_load_and_abuse_benchmark() -> None:
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
     spec = importlib.util.spec_from_file_location("serve_load", path)
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     out = bench.run(bench.Plan.reduced())
     checks = dict(out["checks"])
