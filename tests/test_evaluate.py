@@ -126,7 +126,13 @@ def test_cv_writes_mean_std_and_per_fold_values(cv_run: Path):
         assert f["n_train"] + f["n_val"] == N_IMAGES - f["n_test"]
         assert f["train_seconds"] > 0 and f["train_images_per_second"] > 0
         assert f["epochs_run"] == 3
-        split = pd.read_csv(cv_run / f"fold_{f['fold']}" / "split.csv")
+        fold_dir = cv_run / f"fold_{f['fold']}"
+        epochs = pd.read_csv(fold_dir / "metrics.csv")  # one row per epoch, no test row
+        assert epochs["epoch"].tolist() == [0, 1, 2] and epochs["train/loss"].notna().all()
+        assert not any(c.startswith("test/") for c in epochs.columns)
+        summary = json.loads((fold_dir / "summary.json").read_text())
+        assert summary["test"]["test/loss"] > 0 and summary["last"]["epoch"] == 2
+        split = pd.read_csv(fold_dir / "split.csv")
         test_paths = set(folds.loc[folds["fold"] == f["fold"], "path"])
         assert set(split.loc[split["fold"] == 2, "path"]) == test_paths  # test = CV fold
     for key in ("gender_accuracy", "age_group_exact", "age_group_one_off", "age_mae", "age_cs5"):

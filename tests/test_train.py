@@ -257,10 +257,13 @@ def test_init_from_an_earlier_run_transfers_matching_weights(gender_run, tmp_pat
 
 # --------------------------------------------------------------------------- resume
 class CrashAfter(Callback):
+    """Dies as the batch after optimiser step ``steps`` starts (that step's checkpoint, which
+    runs after the other callbacks' ``on_train_batch_end``, is written)."""
+
     def __init__(self, steps: int) -> None:
         self.steps = steps
 
-    def on_train_batch_end(self, trainer, *args) -> None:
+    def on_train_batch_start(self, trainer, *args) -> None:
         if trainer.global_step >= self.steps:
             raise RuntimeError("simulated crash")
 
@@ -325,7 +328,7 @@ def test_crash_mid_epoch_then_resume_completes(utkface_dir: Path, tmp_path: Path
 
     before, after = Seen(), Seen()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, out, overrides=ov, callbacks=[before, CrashAfter(per_epoch + 3)], printer=print)
+        train(cfg, out, overrides=ov, callbacks=[CrashAfter(per_epoch + 3), before], printer=print)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == per_epoch + 3  # saved every 2 steps, mid epoch 1
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [0]
@@ -333,8 +336,9 @@ def test_crash_mid_epoch_then_resume_completes(utkface_dir: Path, tmp_path: Path
     before_resume = ckpt_seconds(out)
     done = train(cfg, out, resume=True, overrides=ov, callbacks=[after], printer=lambda s: None)
     rows = pd.read_csv(out / "metrics.csv")
-    rows = rows[rows["train/loss"].notna()]  # the last row holds the test metrics
     assert rows["epoch"].tolist() == [0, 1, 2] and done.summary["epochs_run"] == 3
+    assert rows["train/loss"].notna().all() and rows["val/loss"].notna().all()
+    assert not any(c.startswith("test/") for c in rows.columns)  # in summary.json["test"]
     assert rows["step"].iloc[-1] + 1 == 3 * per_epoch  # no step lost or repeated
     # the resumed epoch continues with the batches it had not trained on: no repeats
     assert len(before.rows) == 3 * 32 and len(after.rows) == (per_epoch - 3) * 32
@@ -346,6 +350,103 @@ def test_crash_mid_epoch_then_resume_completes(utkface_dir: Path, tmp_path: Path
     assert s["train_time_total_s"] == pytest.approx(before_resume + s["train_time_s"], abs=0.5)
     rates = s["images_per_sec_by_epoch"]
     assert len(rates) == 3 and min(rates) > 0.1 * max(rates), rates
+
+
+EPOCH_COLUMNS = ("train/loss", "train/gender_acc", "train/lr", "train/images_per_sec", "val/loss")
+
+
+def test_a_kill_right_after_the_epoch_end_checkpoint_loses_no_metrics(
+    utkface_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files as a kill leaves them just after epoch 1's last.ckpt (which a resume skips
+    epoch 1 for) hold epoch 1's train and val metrics; the resumed run adds epoch 2 only,
+    and the test split's metrics go to summary.json, never to metrics.csv."""
+    import shutil
+
+    from agegender.train import train
+    from agegender.train.callbacks import LastCheckpoint
+
+    cfg = write_config(tmp_path, utkface_dir)
+    out, at_kill = tmp_path / "run", tmp_path / "at_kill"
+    ov = [*FAST, "train.epochs=3", "data.limit=160", "data.split=[0.7,0.15,0.15]"]
+    epoch_end = LastCheckpoint.on_train_epoch_end
+
+    def save_then_die(self, trainer, module) -> None:
+        epoch_end(self, trainer, module)
+        if trainer.current_epoch == 1:
+            shutil.copytree(out, at_kill)  # the disk as a kill here would leave it
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, out, overrides=ov, printer=lambda s: None)
+    monkeypatch.undo()
+    shutil.rmtree(out)
+    shutil.copytree(at_kill, out)
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    killed = pd.read_csv(out / "metrics.csv")
+    assert killed["epoch"].tolist() == [0, 1]
+    for col in EPOCH_COLUMNS:
+        assert killed[col].notna().all(), col
+
+    done = train(cfg, out, resume=True, overrides=ov, printer=lambda s: None)
+    rows = pd.read_csv(out / "metrics.csv")
+    assert rows["epoch"].tolist() == [0, 1, 2]  # one row per epoch: none lost or repeated
+    for col in EPOCH_COLUMNS:
+        assert rows[col].notna().all(), col
+    assert rows.loc[1, "train/loss"] == pytest.approx(killed.loc[1, "train/loss"])
+    assert not any(c.startswith("test/") for c in rows.columns)
+    s = done.summary
+    assert s["epochs_run"] == 3 and s["last"]["epoch"] == 2 and s["test"]["test/loss"] > 0
+
+
+def test_epoch_rows_are_dropped_for_epochs_trained_again(tmp_path: Path) -> None:
+    """A row written before a kill that came before its checkpoint is trained again on
+    resume: its old row goes; an old file's test-only row is not read as an epoch."""
+    from agegender.fileio import read_epoch_metrics
+    from agegender.train.callbacks import EpochCSVLogger
+
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "epoch,step,test/loss,train/loss,val/loss\n"
+        "0,9,,1.5,1.4\n1,19,,1.2,1.3\n2,29,,1.1,1.2\n3,29,1.25,,\n"
+    )
+    assert read_epoch_metrics(path)["epoch"].tolist() == [0, 1, 2]
+    logger = EpochCSVLogger(path)
+    assert sorted(logger.rows) == [0, 1, 2]  # the test-only row is gone
+    logger.forget_from(1)
+    logger.log_metrics({"epoch": 1, "val/loss": 1.0}, step=19)
+    logger.log_metrics({"epoch": 1, "train/loss": 0.9, "test/loss": 2.0}, step=19)
+    rows = pd.read_csv(path)
+    assert rows["epoch"].tolist() == [0, 1] and list(rows.columns) == [
+        "epoch",
+        "step",
+        "train/loss",
+        "val/loss",
+    ]
+    assert rows.loc[1, "train/loss"] == 0.9 and rows.loc[1, "val/loss"] == 1.0
+
+
+def test_no_step_checkpoint_on_an_epochs_last_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume from a step checkpoint of the last batch would skip the epoch's validation
+    and row: the epoch-end save (row first) comes a moment later instead."""
+    from types import SimpleNamespace
+
+    from agegender.train.callbacks import LastCheckpoint
+
+    saved: list[int] = []
+    monkeypatch.setattr(LastCheckpoint, "_save", lambda self, trainer: saved.append(trainer.k))
+    cb = LastCheckpoint("unused.ckpt", every_n_steps=2)
+    for k, idx in enumerate((1, 3)):  # global step 4, batch 2 of 4, then 4 of 4
+        progress = SimpleNamespace(is_last_batch=idx == 3)
+        trainer = SimpleNamespace(
+            k=k,
+            global_step=4,
+            num_training_batches=4,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        )
+        cb.on_train_batch_end(trainer, None, None, None, idx)
+    assert saved == [0]
 
 
 def ckpt_seconds(out: Path) -> float:

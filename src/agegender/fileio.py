@@ -28,4 +28,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path"]
+def read_epoch_metrics(path: str | os.PathLike):
+    """A run's ``metrics.csv`` as a DataFrame, one row per epoch (empty when there is no
+    file). Files written before test metrics had their own place may end with a row of
+    ``test/*`` metrics only: it is not an epoch and is left out, as are ``test/*`` columns."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = pd.read_csv(path)
+    rows = rows.drop(columns=[c for c in rows.columns if str(c).startswith("test/")])
+    metrics = [c for c in rows.columns if c not in ("epoch", "step")]
+    if metrics:
+        rows = rows.dropna(subset=metrics, how="all")
+    return rows.reset_index(drop=True)
+
+
+__all__ = ["atomic_path", "read_epoch_metrics"]

@@ -41,6 +41,7 @@ from agegender.evaluate.metrics import (
     predicted_groups,
     prediction_metrics,
 )
+from agegender.fileio import read_epoch_metrics
 
 FIGURES = ("learning_curves", "confusion_gender", "confusion_age_group", "age_error", "reliability")
 
@@ -103,11 +104,12 @@ def load_run(path: str | Path) -> RunInfo:
     if kind == "cv":
         for fold in sorted(run.glob("fold_*"), key=lambda p: int(p.name.split("_")[-1])):
             if (fold / "metrics.csv").is_file():
-                info.curves.append((fold.name.replace("_", " "), pd.read_csv(fold / "metrics.csv")))
+                label = fold.name.replace("_", " ")
+                info.curves.append((label, read_epoch_metrics(fold / "metrics.csv")))
         if info.summary is None:
             info.summary = _read_json(run / "fold_0" / "summary.json")
     elif (run / "metrics.csv").is_file():
-        info.curves.append(("", pd.read_csv(run / "metrics.csv")))
+        info.curves.append(("", read_epoch_metrics(run / "metrics.csv")))
     pred = _find_predictions(run)
     if pred is not None:
         info.predictions = pd.read_csv(pred)

@@ -5,9 +5,10 @@
   optimiser at ``backbone_lr_factor`` x the head's learning rate, following the schedule.
 - :class:`Throughput` — training images per second (training batches only, all ranks).
 - :class:`LastCheckpoint` — ``last.ckpt`` every N optimiser steps and at each epoch end,
-  written atomically (temp file + rename), so a killed run loses at most N steps.
+  written atomically (temp file + rename), so a killed run loses at most N steps; the
+  epoch's row is in ``metrics.csv`` before the epoch-end save.
 - :class:`EpochCSVLogger` — ``metrics.csv`` with ONE row per epoch (train and val metrics
-  side by side), kept across ``--resume``.
+  side by side), kept across ``--resume``; test metrics never go there (``summary.json``).
 - :class:`EpochPrinter` — one summary line per epoch when there is no progress bar.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.callbacks import BaseFinetuning, Callback, Checkpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.optim import Optimizer
@@ -157,9 +158,23 @@ class Throughput(Callback):
         self.prior_seconds = float(state_dict.get("train_seconds", 0.0))
 
 
-class LastCheckpoint(Callback):
+def _epoch_loggers(trainer: L.Trainer) -> list[EpochCSVLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, EpochCSVLogger)]
+
+
+class LastCheckpoint(Checkpoint):
     """Save ``last.ckpt`` every ``every_n_steps`` optimiser steps and at every epoch end,
-    atomically. Save errors do not stop training (a warning is printed)."""
+    atomically.
+
+    The epoch-end save is the one a resume skips the epoch for, so the epoch's row goes to
+    ``metrics.csv`` first: Lightning hands an epoch's train metrics to the loggers only
+    after every ``on_train_epoch_end`` hook, and a kill between this save and that write
+    lost them for good. Being a :class:`~lightning.pytorch.callbacks.Checkpoint`, this
+    callback's ``on_train_epoch_end`` runs after the module's and the other callbacks'
+    (whose metrics, ``train/lr``, ``train/images_per_sec``, are then in the row). There
+    is no step save on an epoch's last batch: a resume from it would skip the epoch's
+    validation and row. When training starts the :class:`EpochCSVLogger` rows of the
+    epochs it will (re)train are dropped, so a resumed epoch is never in the file twice."""
 
     def __init__(self, path: str | Path, every_n_steps: int = 100) -> None:
         self.path = Path(path)
@@ -176,22 +191,43 @@ class LastCheckpoint(Callback):
         trainer.strategy.barrier("last_checkpoint")
         self._saved_step = trainer.global_step
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # current_epoch is the first epoch this fit trains (restored from the checkpoint)
+        for logger in _epoch_loggers(trainer):
+            logger.forget_from(trainer.current_epoch)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         n = self.every_n_steps
-        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+        last_batch = (
+            idx + 1 >= trainer.num_training_batches
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        )
+        if n and trainer.global_step > 0 and trainer.global_step % n == 0 and not last_batch:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the epoch's train metrics (its val metrics were logged at validation end)
+        train = {
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/") and not k.endswith("_step")
+        }
+        for logger in _epoch_loggers(trainer):
+            logger.log_metrics(
+                {**train, "epoch": trainer.current_epoch}, step=max(trainer.global_step - 1, 0)
+            )
         self._saved_step = -1
         self._save(trainer)
 
 
 class EpochCSVLogger(Logger):
-    """``metrics.csv``: one row per epoch with every epoch-level metric (``*_step`` metrics
-    and rows without an ``epoch`` are left to the other loggers). On resume, rows already
-    in the file are kept; a re-run epoch replaces its row."""
+    """``metrics.csv``: one row per epoch with every epoch-level training and validation
+    metric (``*_step`` metrics, ``test/*`` metrics and rows without an ``epoch`` are left to
+    the other loggers: the test metrics are in ``summary.json``). On resume, rows already in
+    the file are kept; :meth:`forget_from` drops the epochs trained again. Every write
+    replaces the file atomically after an fsync."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
@@ -204,9 +240,13 @@ class EpochCSVLogger(Logger):
                         epoch = int(row["epoch"])
                     except (KeyError, ValueError):
                         continue
-                    self.rows[epoch] = {
-                        k: v for k, v in row.items() if k != "epoch" and v not in ("", None)
+                    values = {
+                        k: v
+                        for k, v in row.items()
+                        if k not in ("epoch", None) and not k.startswith("test/") and v
                     }
+                    if set(values) - {"step"}:  # an old file's test-only row is no epoch
+                        self.rows[epoch] = values
 
     @property
     def name(self) -> str:
@@ -228,7 +268,7 @@ class EpochCSVLogger(Logger):
         values = {
             k: (v.item() if isinstance(v, torch.Tensor) else v)
             for k, v in metrics.items()
-            if not k.endswith("_step") and k != "epoch"
+            if not k.endswith("_step") and k != "epoch" and not k.startswith("test/")
         }
         if not values:
             return
@@ -238,6 +278,15 @@ class EpochCSVLogger(Logger):
             row["step"] = step
         self._write()
 
+    @rank_zero_only
+    def forget_from(self, epoch: int) -> None:
+        """Drop the rows of ``epoch`` and later (a resumed run trains them again)."""
+        later = [e for e in self.rows if e >= epoch]
+        for e in later:
+            del self.rows[e]
+        if later:
+            self._write()
+
     def _write(self) -> None:
         keys = sorted({k for row in self.rows.values() for k in row} - {"step", "epoch"})
         fields = ["epoch", "step", *keys]
@@ -246,6 +295,8 @@ class EpochCSVLogger(Logger):
             writer.writeheader()
             for epoch in sorted(self.rows):
                 writer.writerow({"epoch": epoch, **self.rows[epoch]})
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the checkpoint that relies on it
 
     @rank_zero_only
     def save(self) -> None:

@@ -9,7 +9,9 @@ The run directory::
 
     config.yaml               the resolved config (absolute paths, sizes filled in)
     metrics.csv               one row per epoch: train/* and val/* metrics, lr, images/s
-    summary.json              best/last/test metrics, epochs, params, size, speed, data sizes
+                              (the row is on disk before the last.ckpt of its epoch end)
+    summary.json              best/last epoch's metrics, "test" (the test split's metrics:
+                              never a metrics.csv row), epochs, params, size, speed, data sizes
     checkpoints/best.ckpt     best epoch by train.early_stopping.monitor
     checkpoints/last.ckpt     every train.checkpoint_every_n_steps steps and epoch end
     logs/tensorboard/, logs/csv/ (Lightning's raw step log), mlflow/wandb when enabled
@@ -36,6 +38,7 @@ from agegender import __version__
 from agegender.config import Config, ConfigError, check_files, load_config
 from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
 from agegender.data.records import DatasetError
+from agegender.fileio import read_epoch_metrics
 
 
 @dataclass
@@ -443,7 +446,7 @@ def _best_row(rows: pd.DataFrame, monitor: str, mode: str) -> dict | None:
 
 
 def _epochs_run(rows: pd.DataFrame, fallback: int) -> int:
-    """Epochs with training or validation metrics (the test row after fit is not an epoch)."""
+    """Epochs with training or validation metrics in ``metrics.csv``."""
     cols = [c for c in rows.columns if c.startswith(("train/", "val/"))]
     if "epoch" not in rows or not cols:
         return int(fallback)
@@ -629,7 +632,7 @@ def train(
             )
             test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
 
-    rows = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else pd.DataFrame()
+    rows = read_epoch_metrics(out / "metrics.csv")
     es = config.train.early_stopping
     steady = throughput[1:] if len(throughput) > 1 else throughput
     es_cb = cbs.get("early_stopping")
