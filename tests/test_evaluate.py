@@ -121,6 +121,9 @@ def test_cv_writes_mean_std_and_per_fold_values(cv_run: Path):
     assert res["folds"] == 2 and len(res["per_fold"]) == 2
     folds = pd.read_csv(cv_run / "folds.csv")
     assert len(folds) == N_IMAGES and sorted(folds["fold"].unique()) == [0, 1]
+    rows = res["dataset"]["row_counts"]  # the broken image is left out
+    assert rows["read"] == N_IMAGES + 1 and rows["kept"] == N_IMAGES
+    assert rows["reasons"] == {"unreadable": 1}
     for f in res["per_fold"]:
         assert f["n_test"] == int((folds["fold"] == f["fold"]).sum())
         assert f["n_train"] + f["n_val"] == N_IMAGES - f["n_test"]

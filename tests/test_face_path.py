@@ -124,6 +124,8 @@ def test_exif_rotated_and_odd_images_through_the_predictor(tmp_path: Path, utk_f
 
 @pytest.mark.realdata
 def test_evaluate_takes_a_bundled_model_name(adience_dir: Path, tmp_path: Path) -> None:
+    from agegender.data.prepare import RowCounts
+
     out = tmp_path / "ev" / "results.json"
     r = CliRunner().invoke(
         app, ["evaluate", "default", "--data", str(adience_dir), "--out", str(out)]
@@ -131,6 +133,10 @@ def test_evaluate_takes_a_bundled_model_name(adience_dir: Path, tmp_path: Path) 
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["n_images"] == 19 and res["detector"] == "blazeface"
+    counts = res["row_counts"]  # kept: the photos with a face (the main metrics)
+    assert counts["read"] == 19 + res["label_problems"] and counts["kept"] == res["n_evaluated"]
+    assert counts["rejected"] == counts["read"] - counts["kept"]
+    assert RowCounts.from_dict(counts).line() in " ".join(r.stderr.split())
     m = res["metrics"]
     assert m["faces_found"] >= 17 / 19
     assert m["gender_accuracy_all"] <= m["gender_accuracy"] + 1e-6

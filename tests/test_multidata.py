@@ -69,6 +69,7 @@ def test_utkface_plus_celeba_trains_with_masked_age(
 
     cfg = write_config(tmp_path, utkface_dir)
     extra = f"[{{path: '{celeba_dir}', limit: 200, weight: 0.5, val_fraction: 0.2}}]"
+    lines: list[str] = []
     res = train(
         cfg,
         tmp_path / "run",
@@ -79,7 +80,7 @@ def test_utkface_plus_celeba_trains_with_masked_age(
             "train.epochs=1",
             f"data.extra={extra}",
         ],
-        printer=lambda s: None,
+        printer=lines.append,
     )
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     src = s["dataset"]["sources"]
@@ -87,6 +88,12 @@ def test_utkface_plus_celeba_trains_with_masked_age(
     cel = src["celeba-10k"]
     assert cel["used"] == 200 and cel["crop"] == list(ALIGNED_FACE_CROP)
     assert cel["val"] > 0 and cel["train"] == round(0.5 * (200 - cel["val"]))
+    counts = cel["row_counts"]  # one line per dataset read: UTKFace, then CelebA
+    assert counts["kept"] == 200 and counts["reasons"]["limit"] == counts["read"] - 200
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("read ")] == [
+        f"read {s['dataset']['row_counts']['read']:,} rows from {utkface_dir}",
+        f"read {counts['read']:,} rows from {celeba_dir}",
+    ]
     utk = src["utkface"]
     assert s["dataset"]["splits"]["train"] == utk["train"] + cel["train"]
     assert s["dataset"]["splits"]["val"] == utk["val"] + cel["val"]

@@ -270,6 +270,8 @@ def test_tpe_sweep_and_summary(tmp_path: Path, utkface_dir: Path) -> None:
         assert t.value == pytest.approx(t.user_attrs["best"]["val/loss"])
         assert t.intermediate_values  # reported per epoch for the pruner
     assert sum(line.startswith("trial ") for line in lines) == 3  # one line per trial
+    reads = [line for line in lines if line.startswith("read ")]  # the same data: once
+    assert len(reads) == 1 and f"rows from {utkface_dir}: kept " in reads[0]
 
     result = CliRunner().invoke(
         __import__("agegender.cli", fromlist=["app"]).app,
@@ -283,6 +285,7 @@ def test_tpe_sweep_and_summary(tmp_path: Path, utkface_dir: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_trials"] == {"COMPLETE": 3}
     assert summary["best"]["value"] == pytest.approx(min(t.value for t in study.trials))
+    assert summary["best"]["row_counts"]["path"] == str(utkface_dir)
     assert summary["direction"] == "minimize" and len(summary["trials"]) == 3
 
 

@@ -1011,6 +1011,15 @@ def _loop(
 
     worker = {"host": socket.gethostname(), "pid": os.getpid()}
     current: dict[str, Any] = {}
+    data_lines: set[str] = set()
+
+    def data_line(line: str, log: Any) -> None:
+        """A trial's rows read/kept/rejected line: to its train.log, and once to the
+        console (trials that read the same data print the same line)."""
+        print(line, file=log, flush=True)
+        if line not in data_lines:
+            data_lines.add(line)
+            printer(line)
 
     def objective(trial: Any) -> float:
         current["number"], current["id"] = trial.number, trial._trial_id
@@ -1052,6 +1061,7 @@ def _loop(
                 callbacks=[callback],
                 progress=False,
                 printer=lambda s: print(s, file=log, flush=True),
+                data_printer=lambda s: data_line(s, log),
             )
         except optuna.TrialPruned:
             seen = list(callback.values.values())
@@ -1066,6 +1076,7 @@ def _loop(
             log.close()
         best = _best_epoch(result.metrics, space.metric, space.direction)
         trial.set_user_attr("summary", str(result.out_dir / "summary.json"))
+        trial.set_user_attr("row_counts", (result.summary.get("dataset") or {}).get("row_counts"))
         trial.set_user_attr("epochs_run", result.summary.get("epochs_run"))
         if best is None:
             raise RuntimeError(f"{space.metric} was never logged")
@@ -1276,6 +1287,7 @@ def summarize(
             "params": b.params,
             "run_dir": b.user_attrs.get("run_dir"),
             "best_metrics": b.user_attrs.get("best"),
+            "row_counts": b.user_attrs.get("row_counts"),
         }
     summary = {
         "study": study.study_name,

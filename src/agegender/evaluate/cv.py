@@ -9,7 +9,8 @@
    dropped unless ``data.drop_conflicts: false``) -> :func:`agegender.data.folds.make_folds`
    (scikit-learn ``StratifiedGroupKFold`` over subject / duplicate groups, stratified by
    gender x age group; datasets with official folds, Adience, keep them). Written to
-   ``OUT/folds.csv``.
+   ``OUT/folds.csv``; ``OUT/folds.json`` (``dataset`` in ``results.json``) counts the rows
+   read, kept and rejected by reason (``row_counts``, printed as one line).
 2. **Per fold k** (``OUT/fold_k/``, a normal training run dir): fold ``k`` is the **test**
    set. The **validation** set (early stopping, best-checkpoint choice) is a grouped,
    stratified fraction of the other folds: ``data.split[1] / (data.split[0] +
@@ -69,42 +70,34 @@ HEADLINE = (
 def build_folds(
     config: Config, k: int, out: Path, *, workers: int | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    """Read, sample, audit and split the dataset of ``config``; write ``out/folds.csv``."""
+    """Read, sample, audit and split the dataset of ``config``; write ``out/folds.csv``
+    and ``out/folds.json`` (``row_counts``: the rows read, kept and rejected)."""
     from agegender.data.folds import make_folds, write_folds
-    from agegender.data.readers import read_table, sample_rows
-    from agegender.data.records import ReadResult
+    from agegender.data.prepare import read_rows
 
     d = config.data
-    result, table, info = read_table(d.path, d.format)
-    if d.limit is not None and d.limit < len(table):
-        info["limit"] = d.limit
-    table = sample_rows(table, d.limit, d.seed)
-    dup_group = conflict = None
-    try:
-        from agegender.data.audit import audit_dataset
-    except ImportError:  # pragma: no cover - the audit ships with the package
-        audit_dataset = None
-    if audit_dataset is not None:
-        report = audit_dataset(
-            ReadResult(table, result.problems, result.format), workers=workers, progress=progress
-        )
-        readable = np.asarray(report.readable, dtype=bool)
-        info["unreadable"] = int((~readable).sum())
-        table = table[readable].reset_index(drop=True)
-        dup_group = np.asarray(report.group_id)[readable]
-        conflict = np.asarray(report.conflict, dtype=bool)[readable]
-        info["audit"] = True
-    else:
-        info["audit"] = False
+    # conflicts go in make_folds: their duplicate groups still join split groups first
+    rows = read_rows(
+        d.path,
+        d.format,
+        drop_conflicts=False,
+        limit=d.limit,
+        seed=d.seed,
+        workers=workers,
+        progress=progress,
+    )
+    info = rows.info
+    info["audit"] = True
     folds = make_folds(
-        table,
+        rows.table,
         k,
         seed=d.seed,
-        dup_group=dup_group,
-        conflict=conflict,
+        dup_group=rows.dup_group,
+        conflict=rows.conflict,
         conflicts="drop" if d.drop_conflicts else "keep",
         use_official=True,
     )
+    rows.counts.reject("conflicting", folds.dropped_conflicts)
     if folds.k < 2:
         raise DatasetError(f"{d.path}: only {folds.k} fold(s) of data: cannot cross-validate")
     write_folds(folds, out / "folds.csv")
@@ -115,6 +108,7 @@ def build_folds(
         "groups": folds.groups,
         "dropped_conflicts": folds.dropped_conflicts,
         "fold_sizes": folds.table["fold"].value_counts().sort_index().astype(int).tolist(),
+        "row_counts": rows.counts.to_dict(),
     }
     write_json(info, out / "folds.json")
     return info
@@ -343,6 +337,7 @@ def run_cv(
     Raises ConfigError / DatasetError (one line) on bad input."""
     from agegender.config import check_files
     from agegender.data.folds import read_folds
+    from agegender.data.prepare import RowCounts
     from agegender.evaluate.tta import check_mode
     from agegender.train.run import resolve_sizes
 
@@ -369,8 +364,8 @@ def run_cv(
     else:
         printer(f"making {folds} grouped stratified folds of {config.data.path}")
         info = build_folds(config, folds, out, workers=workers, progress=progress)
-        if not info.get("audit"):
-            printer("warning: agegender.data.audit unavailable: duplicates are not grouped")
+    if info.get("row_counts"):
+        printer(RowCounts.from_dict(info["row_counts"]).line())
     table = read_folds(folds_csv)
     ks = sorted(int(x) for x in table["fold"].unique())
     if only is not None:

@@ -176,10 +176,11 @@ def evaluate_checkpoint(
     random sample of that many faces (``seed``). With ``out`` (a ``.json`` path) the
     results and the per-image predictions CSV (:func:`predictions_path`) are written.
     Returns the results dict (``metrics``, ``fairness``, ``gender_reliability``,
-    ``confusion``, ``timing``, counts, ``predictions_csv``).
+    ``confusion``, ``timing``, counts, ``row_counts``: the dataset's rows read, kept =
+    evaluated, and rejected by reason, ``predictions_csv``).
     Raises ``ValueError``/``FileNotFoundError`` (one line, naming the file) on bad input.
     """
-    from agegender.data.readers import read_dataset, sample_rows
+    from agegender.data.prepare import read_rows
     from agegender.evaluate.tta import check_mode
     from agegender.train import load_model
 
@@ -189,13 +190,13 @@ def evaluate_checkpoint(
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     model, meta = load_model(ckpt)
-    result = read_dataset(data, format)
-    table = sample_rows(result.table, limit, seed)
+    rows = read_rows(data, format, audit=False, limit=limit, seed=seed)
+    result = rows.result
     started = time.perf_counter()
     results, pred = evaluate_model(
         model,
         meta,
-        table,
+        rows.table,
         tta=tta,
         detector=detector,
         batch_size=batch_size,
@@ -204,11 +205,13 @@ def evaluate_checkpoint(
         device=device,
         progress=progress,
     )
+    rows.counts.reject("unreadable", results["n_failed"])
     results = {
         "checkpoint": str(Path(ckpt).resolve()),
         "data": str(data),
         "format": result.format,
         "label_problems": len(result.problems),
+        "row_counts": rows.counts.to_dict(),
         **results,
         "seconds": round(time.perf_counter() - started, 3),
         "predictions_csv": None,

@@ -138,26 +138,30 @@ def evaluate_model_file(
     """Evaluate any model ``predict`` loads (a bundled name, ``.onnx``, ``.pt``, ``.ckpt``)
     on a labelled dataset through the predictor's face path, one row per photo. Writes
     ``out`` (results JSON) and the per-photo predictions CSV beside it when given."""
-    from agegender.data.readers import read_dataset, sample_rows
+    from agegender.data.prepare import read_rows, reject_failed_images
     from agegender.evaluate.evaluation import write_results
     from agegender.infer import Predictor
 
     predictor = Predictor.load(model, detector=detector, threads=threads)
-    result = read_dataset(data, format)
-    table = sample_rows(result.table, limit, seed)
+    rows = read_rows(data, format, audit=False, limit=limit, seed=seed)
+    result = rows.result
     try:
-        res = evaluate_photos(predictor, table)
+        res = evaluate_photos(predictor, rows.table)
     finally:
         predictor.close()
     frame = res.pop("predictions")
     found = frame["face_found"].to_numpy(bool)
     failed = (frame["error"].astype(str) != "") & ~found
+    # kept = photos with a face (the main metrics); the others count in the *_all metrics
+    reasons = frame["error"].astype(str).to_numpy()[~found]
+    reject_failed_images(rows.counts, [r or "no face found" for r in reasons])
     results = {
         "model": model,
         "detector": detector,
         "data": str(data),
         "format": result.format,
         "label_problems": len(result.problems),
+        "row_counts": rows.counts.to_dict(),
         "n_images": len(frame),
         "n_evaluated": int(found.sum()),
         "n_failed": int(failed.sum()),

@@ -37,6 +37,7 @@ import pandas as pd
 from agegender import __version__
 from agegender.config import Config, ConfigError, check_files, load_config
 from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
+from agegender.data.prepare import RowCounts, read_rows, reject_failed_images
 from agegender.data.records import DatasetError
 from agegender.fileio import read_epoch_metrics
 
@@ -61,6 +62,8 @@ class PreparedData:
     cache_rows: np.ndarray
     splits: Splits
     info: dict
+    #: rows read, kept and rejected: the main dataset, then each ``data.extra`` dataset
+    row_counts: list[RowCounts] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -180,9 +183,10 @@ def _load_images(
     progress: bool,
     crop: Sequence[float] | None = None,
     align: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(images, cache_rows, ok)`` for the rows of ``table`` through the image cache
-    (``align``: photos through the predictor's face path with the default detector)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(images, cache_rows, ok, failures)`` for the rows of ``table`` through the image
+    cache (``align``: photos through the predictor's face path with the default detector);
+    ``failures``: the reason of each row that is not ``ok``."""
     from agegender.data.cache import build_cache
     from agegender.infer.detector import DEFAULT_DETECTOR
 
@@ -200,7 +204,10 @@ def _load_images(
     if len(ok) != len(table):
         rows = np.asarray(cache.rows_for(table["path"].tolist()), dtype=np.int64)
         ok = ok[rows]
-    return cache.images, rows, ok
+    why = {p.path: p.reason for p in cache.problems}
+    paths = table["path"].astype(str).to_numpy()
+    failures = [why.get(p, "unreadable") for p in paths[~ok]]
+    return cache.images, rows, ok, failures
 
 
 def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
@@ -219,40 +226,45 @@ def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
 
 
 def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
-    """Read, filter, split and cache the dataset described by ``config.data``."""
-    from agegender.data.readers import default_crop, read_table, sample_rows
+    """Read, filter, split and cache the dataset described by ``config.data``; every row
+    left out is counted in ``info["row_counts"]`` (:class:`RowCounts`)."""
+    from agegender.data.readers import default_crop, sample_rows
 
     d = config.data
-    result, table, info = read_table(d.path, d.format)
+    rows = read_rows(
+        d.path, d.format, audit=d.audit, drop_conflicts=d.drop_conflicts, progress=progress
+    )
+    result, table, info, counts = rows.result, rows.table, rows.info, rows.counts
     if d.audit:
-        from agegender.data.audit import audit_dataset
-
-        report = audit_dataset(result, progress=progress)
-        readable = np.asarray(report.readable, dtype=bool)
-        table = table.assign(group=np.asarray(report.group_id))
-        conflict = np.asarray(report.conflict, dtype=bool)
-        keep = readable & ~conflict if d.drop_conflicts else readable
-        info["unreadable"] = int((~readable).sum())
-        info["conflicts_dropped"] = int((conflict & readable).sum()) if d.drop_conflicts else 0
-        table = table[keep]
+        table = table.assign(group=rows.dup_group)
+        info.setdefault("conflicts_dropped", 0)
     if d.folds_file is not None:
         table, missing = _merge_folds(config, table)
         info["not_in_folds_file"] = missing
+        counts.reject("not_in_folds_file", missing)
     elif d.fold is not None and table["fold"].isna().any():
         raise ConfigError(
             f"data.fold: the {result.format} dataset has no folds of its own for every face; "
             "make a folds file (agegender data folds) and set data.folds_file"
         )
-    table = _check_labels(config, table)
+    labelled = _check_labels(config, table)
+    counts.reject("no_task_labels", len(table) - len(labelled))
+    table = labelled
     if d.limit is not None and d.limit < len(table):
         info["limit"] = d.limit
+        counts.reject("limit", len(table) - d.limit)
     table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
     crop = d.crop if d.crop is not None else default_crop(result.format)
-    images, cache_rows, ok = _load_images(table, size, d.cache_dir, progress, crop, d.align)
+    images, cache_rows, ok, failures = _load_images(
+        table, size, d.cache_dir, progress, crop, d.align
+    )
     if not ok.all():
         info["undecodable"] = int((~ok).sum())
+        reject_failed_images(counts, failures)
         table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
+    info["row_counts"] = counts.to_dict()
+    row_counts = [counts]
     if d.fold is not None:
         splits = split_by_fold(table, d.fold, d.val_fold)
     else:
@@ -263,13 +275,13 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     if d.extra:
         info["sources"] = {_source_name(d.path): dict(splits.sizes())}
         table, images, cache_rows, splits = _add_extra(
-            config, table, images, cache_rows, splits, info, size, progress
+            config, table, images, cache_rows, splits, info, size, progress, row_counts
         )
     info["used"] = len(table)
     info["splits"] = splits.sizes()
     info["split"] = splits.how
     info["baselines"] = baselines(table, splits)
-    return PreparedData(table, images, cache_rows, splits, info)
+    return PreparedData(table, images, cache_rows, splits, info, row_counts)
 
 
 def _source_name(path: str) -> str:
@@ -285,11 +297,13 @@ def _add_extra(
     info: dict,
     size: int,
     progress: bool,
+    row_counts: list[RowCounts],
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, Splits]:
     """Append ``data.extra`` datasets: each is read, cached at ``size`` through its own
     face box and split by its own groups into training (drawn ``weight`` times per epoch)
-    and validation rows; the test split stays the main dataset's. Rows get a ``source``."""
-    from agegender.data.readers import default_crop, read_table, sample_rows
+    and validation rows; the test split stays the main dataset's. Rows get a ``source``;
+    each dataset's :class:`RowCounts` is appended to ``row_counts``."""
+    from agegender.data.readers import default_crop, sample_rows
 
     d = config.data
     tables = [table.assign(source=_source_name(d.path))]
@@ -301,14 +315,23 @@ def _add_extra(
         key = f"data.extra[{k}]"
         name = extra.name or _source_name(extra.path)
         try:
-            result, xt, _ = read_table(extra.path, extra.format)
+            x = read_rows(extra.path, extra.format, audit=False)
         except DatasetError as exc:
             raise ConfigError(f"{key}.path: {exc}") from None
-        xt = sample_rows(xt[_useful(config, xt)], extra.limit, d.seed)
+        result, xt, counts = x.result, x.table, x.counts
+        labelled = xt[_useful(config, xt)]
+        counts.reject("no_task_labels", len(xt) - len(labelled))
+        if extra.limit is not None and extra.limit < len(labelled):
+            counts.reject("limit", len(labelled) - extra.limit)
+        xt = sample_rows(labelled, extra.limit, d.seed)
         if xt.empty:
             raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
         crop = extra.crop if extra.crop is not None else default_crop(result.format)
-        x_images, x_rows, ok = _load_images(xt, size, d.cache_dir, progress, crop, extra.align)
+        x_images, x_rows, ok, failures = _load_images(
+            xt, size, d.cache_dir, progress, crop, extra.align
+        )
+        reject_failed_images(counts, failures)
+        row_counts.append(counts)
         xt, x_rows = xt[ok].reset_index(drop=True), x_rows[ok]
         if extra.val_fraction > 0:
             xs = split_by_fractions(xt, [1 - extra.val_fraction, extra.val_fraction], d.seed)
@@ -331,6 +354,7 @@ def _add_extra(
             "val": int(len(x_val)),
             "undecodable": int((~ok).sum()),
             "crop": None if crop is None else [float(c) for c in crop],
+            "row_counts": counts.to_dict(),
         }
         offset += len(xt)
     merged = pd.concat(tables, ignore_index=True)
@@ -507,6 +531,7 @@ def train(
     callbacks: Sequence[Any] = (),
     progress: bool | None = None,
     printer: Callable[[str], Any] = print,
+    data_printer: Callable[[str], Any] | None = None,
 ) -> RunResult:
     """Train the model described by ``config`` into ``out_dir`` (see the module docstring).
 
@@ -514,6 +539,8 @@ def train(
     ``resume``: continue from ``out_dir/checkpoints/last.ckpt`` (epochs/metrics continue).
     ``callbacks``: extra Lightning callbacks. ``progress``: rich progress bar (default:
     when stderr is a terminal and ``train.progress_bar``), else one line per epoch.
+    ``data_printer`` (default ``printer``) gets one line per dataset read: the rows read,
+    kept and rejected (also in ``summary.json`` under ``dataset.row_counts``).
     Raises :class:`ConfigError` / ``DatasetError`` (one line) for bad input.
     """
     import lightning as L
@@ -546,6 +573,9 @@ def train(
         progress = bool(config.train.progress_bar and sys.stderr.isatty())
 
     data = prepare_data(config, progress=progress and rank0)
+    if rank0:
+        for counts in data.row_counts:
+            (data_printer or printer)(counts.line())
 
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)

@@ -1,0 +1,171 @@
+"""Reading a dataset for a command, with counts of the rows read, kept and rejected.
+
+:func:`read_rows` is the one read -> sample -> audit -> drop sequence of ``agegender data
+folds``, ``data audit``, ``train`` and ``cv``: the reader's rows (a line or file it cannot
+use is a *bad row*), an optional seeded sample (``limit``), the duplicate audit
+(unreadable images are dropped; duplicate groups whose labels conflict are dropped when
+``drop_conflicts``). Later steps (folds file, task labels, image cache, evaluation) add
+their own rejections to the same :class:`RowCounts`.
+
+Every command prints :meth:`RowCounts.line` once per dataset it reads::
+
+    read 23,708 rows from /data/utkface: kept 23,705, rejected 3 (2 bad rows, 1 unreadable)
+
+and writes :meth:`RowCounts.to_dict` as ``"row_counts"`` in its JSON output
+(``{"path", "read", "kept", "rejected", "reasons": {reason: rows}}``, read = kept +
+rejected, reasons in :data:`REASONS` order, only those with rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agegender.data.records import ReadResult
+
+#: Why a row is not kept: key in ``row_counts["reasons"]`` -> (one row, several rows).
+REASONS: dict[str, tuple[str, str]] = {
+    "bad_rows": ("bad row", "bad rows"),  # the reader could not use the line / file name
+    "limit": ("outside the sample", "outside the sample"),  # data.limit / --limit
+    "unreadable": ("unreadable", "unreadable"),  # the image does not decode
+    "conflicting": ("conflicting", "conflicting"),  # a duplicate group with differing labels
+    "not_in_folds_file": ("not in the folds file", "not in the folds file"),
+    "no_task_labels": ("without the task's labels", "without the task's labels"),
+    "no_face": ("without a face", "without a face"),  # --align / the predictor's face path
+}
+
+
+@dataclass
+class RowCounts:
+    """Rows read from ``path`` and the rejected ones by reason; kept = read - rejected."""
+
+    path: str
+    read: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: ReadResult, path: str | Path) -> RowCounts:
+        """The reader's rows plus its problems (each is one line or file it could not use)."""
+        counts = cls(str(path), len(result.table) + len(result.problems))
+        counts.reject("bad_rows", len(result.problems))
+        return counts
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RowCounts:
+        return cls(str(d.get("path", "")), int(d["read"]), dict(d.get("reasons") or {}))
+
+    def reject(self, reason: str, n: int) -> None:
+        """Count ``n`` more rows rejected for ``reason`` (a key of :data:`REASONS`)."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        if n:
+            self.reasons[reason] = self.reasons.get(reason, 0) + int(n)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reasons.values())
+
+    @property
+    def kept(self) -> int:
+        return self.read - self.rejected
+
+    def to_dict(self) -> dict[str, Any]:
+        order = [k for k in REASONS if self.reasons.get(k)]
+        return {
+            "path": self.path,
+            "read": self.read,
+            "kept": self.kept,
+            "rejected": self.rejected,
+            "reasons": {k: self.reasons[k] for k in order},
+        }
+
+    def line(self) -> str:
+        """``read N rows from PATH: kept K, rejected R (n1 reason1, n2 reason2)``."""
+        text = f"read {self.read:,} rows from {self.path}: kept {self.kept:,}, "
+        text += f"rejected {self.rejected:,}"
+        parts = [
+            f"{n:,} {REASONS[k][0] if n == 1 else REASONS[k][1]}"
+            for k, n in self.to_dict()["reasons"].items()
+        ]
+        return text + (f" ({', '.join(parts)})" if parts else "")
+
+
+def reject_failed_images(counts: RowCounts, reasons: list[str]) -> None:
+    """Count rows whose image failed (image cache, evaluation) by the failure's reason:
+    ``no face found`` (the face path found no face) is ``no_face``, any other
+    ``unreadable``."""
+    no_face = sum(r == "no face found" for r in reasons)
+    counts.reject("no_face", no_face)
+    counts.reject("unreadable", len(reasons) - no_face)
+
+
+@dataclass
+class DatasetRows:
+    """What :func:`read_rows` returns. ``table`` holds the kept rows (index 0..n-1);
+    ``dup_group`` and ``conflict`` (None without the audit) are aligned with it."""
+
+    result: ReadResult
+    table: pd.DataFrame
+    counts: RowCounts
+    info: dict[str, Any]
+    report: Any = None  # the AuditReport, over the rows read (or sampled)
+    dup_group: np.ndarray | None = None
+    conflict: np.ndarray | None = None
+
+
+def read_rows(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    audit: bool = True,
+    drop_conflicts: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+    console: Any = None,
+) -> DatasetRows:
+    """Read ``path``; keep a seeded sample of ``limit`` rows; with ``audit``, run the
+    duplicate audit, drop unreadable images and (``drop_conflicts``) duplicate groups with
+    conflicting labels. ``info`` is :func:`~agegender.data.readers.read_table`'s summary
+    plus ``limit``, ``unreadable``, ``conflicts_dropped`` when they apply.
+    Raises ``DatasetError`` (one line) when nothing can be read."""
+    from agegender.data.readers import read_table, sample_rows
+
+    result, table, info = read_table(path, format)
+    counts = RowCounts.of(result, path)
+    if limit is not None and limit < len(table):
+        counts.reject("limit", len(table) - limit)
+        info["limit"] = limit
+        table = sample_rows(table, limit, seed)
+    rows = DatasetRows(result, table, counts, info)
+    if not audit:
+        return rows
+    from agegender.data.audit import audit_dataset
+
+    report = audit_dataset(
+        ReadResult(table, result.problems, result.format),
+        workers=workers,
+        progress=progress,
+        console=console,
+    )
+    readable = np.asarray(report.readable, dtype=bool)
+    conflict = np.asarray(report.conflict, dtype=bool) & readable
+    keep = readable & ~conflict if drop_conflicts else readable
+    counts.reject("unreadable", int((~readable).sum()))
+    info["unreadable"] = int((~readable).sum())
+    if drop_conflicts:
+        counts.reject("conflicting", int(conflict.sum()))
+        info["conflicts_dropped"] = int(conflict.sum())
+    rows.report = report
+    rows.table = table[keep].reset_index(drop=True)
+    rows.dup_group = np.asarray(report.group_id)[keep]
+    rows.conflict = conflict[keep]
+    return rows
+
+
+__all__ = ["REASONS", "DatasetRows", "RowCounts", "read_rows", "reject_failed_images"]
