@@ -194,6 +194,36 @@ def test_pixel_limit_is_a_per_image_error(photos: list[Path]) -> None:
     assert results[1].error in (None, "no face found")
 
 
+def test_decoding_stays_within_the_pixel_budget(photos: list[Path], tmp_path: Path) -> None:
+    """Large images are decoded one at a time under the budget; all still get results."""
+    model, meta = make_model()
+    p = Predictor.from_module(model, meta, workers=4, decode_pixels=1_500_000)
+    big = [
+        _save(Image.open(photos[i]).resize((1100, 1100)), tmp_path / f"{i}.png") for i in range(6)
+    ]
+    results = p.predict(big)
+    assert len(results) == 6 and all(r.width == 1100 for r in results)
+    assert p.budget.peak <= 1_500_000  # never two 1.21 Mpx images at once, with 4 threads
+    assert p.budget.held == 0
+
+
+def test_cancel_stops_between_images(photos: list[Path]) -> None:
+    from agegender.infer.predictor import Cancelled
+
+    model, meta = make_model()
+    p = Predictor.from_module(model, meta, workers=1, batch_size=1)
+    seen = []
+    calls = iter(range(1000))
+
+    def cancel() -> bool:
+        return next(calls) >= 3
+
+    with pytest.raises(Cancelled):
+        for r in p.predict_iter([photos[0]] * 20, cancel=cancel):
+            seen.append(r)
+    assert len(seen) < 20
+
+
 def test_input_types_agree(predictor: Predictor, photos: list[Path]) -> None:
     path = photos[2]
     data = path.read_bytes()
