@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+import agegender.config
 from agegender.config import (
     ConfigError,
+    DataRootError,
     apply_overrides,
     expand_path,
     load_config,
@@ -18,6 +21,14 @@ from agegender.train.run import resolve_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _data_root(monkeypatch, tmp_path: Path) -> None:
+    """Configs name ``${AGEGENDER_DATA}``; validating them reads no data, so without the
+    data a temporary root stands in (else the missing root is the error)."""
+    if not os.environ.get("AGEGENDER_DATA") and not agegender.config.DEFAULT_DATA_ROOT.is_dir():
+        monkeypatch.setenv("AGEGENDER_DATA", str(tmp_path / "data"))
 
 
 @pytest.fixture()
@@ -131,7 +142,19 @@ def test_env_expansion_and_default_data_root(monkeypatch, tmp_path: Path) -> Non
     monkeypatch.setenv("AGEGENDER_DATA", str(tmp_path))
     assert expand_path("${AGEGENDER_DATA}/utkface") == str(tmp_path / "utkface")
     monkeypatch.delenv("AGEGENDER_DATA")
-    assert expand_path("$AGEGENDER_DATA/x") == str(REPO.parent / "shared" / "data" / "x")
+    assert REPO.parent / "shared" / "data" == agegender.config.DEFAULT_DATA_ROOT
+    monkeypatch.setattr(agegender.config, "DEFAULT_DATA_ROOT", tmp_path)
+    assert expand_path("$AGEGENDER_DATA/x") == str(tmp_path / "x")
+    # not set (or empty) and no default folder: one line saying how to set it
+    monkeypatch.setattr(agegender.config, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
+    for value in (None, ""):
+        if value is not None:
+            monkeypatch.setenv("AGEGENDER_DATA", value)
+        with pytest.raises(DataRootError, match=r"set AGEGENDER_DATA=/path/to/data"):
+            expand_path("${AGEGENDER_DATA}/utkface")
+    with pytest.raises(ConfigError, match=r"^data\.path: \$\{AGEGENDER_DATA\} is not set and "):
+        validate_config({"data": {"path": "${AGEGENDER_DATA}/utkface"}})
+    monkeypatch.delenv("AGEGENDER_DATA")
     with pytest.raises(ValueError, match="NOT_SET_VAR_XYZ is not set"):
         expand_path("${NOT_SET_VAR_XYZ}/x")
     c = validate_config({"data": {"path": "rel"}}, base_dir=tmp_path)

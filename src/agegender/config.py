@@ -18,8 +18,9 @@ A run is described by one YAML file with the sections below (every key optional 
 
 Paths are relative to the config file (``--set`` paths: to the working directory);
 ``$VAR`` / ``${VAR}`` expand from the environment, and ``AGEGENDER_DATA`` defaults to
-``<repo>/../shared/data``. :func:`load_config` raises :class:`ConfigError`, whose message
-is one line naming every bad key, e.g. ``optim.lr: must be > 0 (got -0.1)``.
+``<repo>/../shared/data`` (when that does not exist either, the error says how to set it).
+:func:`load_config` raises :class:`ConfigError`, whose message is one line naming every
+bad key, e.g. ``optim.lr: must be > 0 (got -0.1)``.
 """
 
 from __future__ import annotations
@@ -60,10 +61,28 @@ class ConfigError(ValueError):
     """An invalid configuration; ``str()`` is one line naming each bad key."""
 
 
-def default_data_root() -> Path:
-    """``$AGEGENDER_DATA`` or ``<repo>/../shared/data``."""
+#: Where the data is when ``AGEGENDER_DATA`` is not set (a checkout beside ``shared/``).
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+
+
+class DataRootError(ValueError):
+    """``${AGEGENDER_DATA}`` is used, not set, and the default data root does not exist."""
+
+
+def default_data_root(*, must_exist: bool = False) -> Path:
+    """``$AGEGENDER_DATA`` (when set and not empty), else :data:`DEFAULT_DATA_ROOT`.
+
+    ``must_exist``: raise :class:`DataRootError`, which says how to set it, when the
+    variable is not set and the default folder does not exist."""
     env = os.environ.get("AGEGENDER_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    if env:
+        return Path(env)
+    if must_exist and not DEFAULT_DATA_ROOT.is_dir():
+        raise DataRootError(
+            f"${{AGEGENDER_DATA}} is not set and {DEFAULT_DATA_ROOT} does not exist; "
+            "set AGEGENDER_DATA=/path/to/data (see README 'Data')"
+        )
+    return DEFAULT_DATA_ROOT
 
 
 _VAR = re.compile(r"\$\{([^}]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -74,10 +93,10 @@ def expand_path(value: str, base_dir: Path | None = None) -> str:
 
     def sub(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
+        if name == "AGEGENDER_DATA":  # set (not empty), else the default, which must exist
+            return str(default_data_root(must_exist=True))
         if name in os.environ:
             return os.environ[name]
-        if name == "AGEGENDER_DATA":
-            return str(default_data_root())
         raise ValueError(f"environment variable {name} is not set (in {value!r})")
 
     text = os.path.expanduser(_VAR.sub(sub, str(value)))
@@ -702,6 +721,8 @@ def _message(err: dict) -> str:
         # cross-field validators already name their key
         if re.match(r"^[a-z_]+(\.[a-z_]+)*:", msg):
             return msg
+        if isinstance(ctx.get("error"), DataRootError):  # says what to do; no "(got ...)"
+            return f"{loc}: {msg}"
     else:
         msg = {
             "greater_than": f"must be > {num.get('gt')}",
@@ -837,13 +858,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def check_files(config: Config) -> None:
-    """Check that every path the run will read exists (before any work starts)."""
+    """Check that every path the run will read exists, and that weights files
+    (``model.pretrained_file``, ``model.init_from``) hold tensors, before any work starts."""
     checks = [
         ("data.path", config.data.path),
         ("data.folds_file", config.data.folds_file),
         ("model.pretrained_file", config.model.pretrained_file),
         ("model.init_from", config.model.init_from),
     ]
+    root = default_data_root()
     for key, value in checks:
         if value is not None and not Path(value).exists():
-            raise ConfigError(f"{key}: no such file or directory: {value}")
+            hint = ""
+            if Path(value).is_relative_to(root):
+                how = "from AGEGENDER_DATA" if os.environ.get("AGEGENDER_DATA") else "default"
+                hint = f" (data root {root}, {how}; see README 'Data')"
+            raise ConfigError(f"{key}: no such file or directory: {value}{hint}")
+    for key, value in checks[2:]:  # weights files: loadable (a mapped, cheap read)
+        if value is not None:
+            from agegender.models.registry import read_state_dict
+
+            try:
+                read_state_dict(value, mmap=True)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None

@@ -17,13 +17,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed over ``path`` when the block
     ends without error, removed when it fails. The name carries the process id, so several
     processes (``cv --fold`` runs, DDP ranks) may write the same file at once: readers see
-    the old file or a whole new one, never a half-written one."""
+    the old file or a whole new one, never a half-written one. An OSError while writing
+    (e.g. a full disk) names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, say: name the file the user asked for, not tmp
+        if exc.errno is None or exc.filename not in (None, str(tmp), tmp):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -86,6 +86,11 @@ def _module_and_meta(model: str | None) -> tuple[Any, dict[str, Any], str]:
 
     if model is not None and model in list_models():
         arch = model
+    elif model is not None and str(model).lower().endswith(".onnx"):
+        raise ValueError(
+            f"{model}: bench predict needs a PyTorch model (.ckpt, .pt, a bundled name or a "
+            "registered architecture): it times the torch and ONNX runtimes of one model"
+        )
     else:
         try:
             p = Predictor.load(model, runtime="torch")

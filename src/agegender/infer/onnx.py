@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,12 +119,19 @@ class OnnxModel:
         # No busy-waiting between runs: the threads share the cores with decoding and
         # detection (and with other requests in the service).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from agegender.errors import ModelFileError
+
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        where = "ONNX bytes" if isinstance(source, bytes) else str(source)
+        if not data:
+            raise ModelFileError(f"{where}: cannot load ONNX model: the file is empty")
         try:
             self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            where = "ONNX bytes" if isinstance(source, bytes) else str(source)
-            raise ValueError(f"{where}: cannot load ONNX model: {exc}") from exc
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Failed to load model ..." -> the why
+            why = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", str(exc))
+            why = (why.strip().splitlines() or ["not an ONNX model"])[0]
+            raise ModelFileError(f"{where}: cannot load ONNX model: {why}") from exc
         props = self.session.get_modelmeta().custom_metadata_map
         sidecar = None if isinstance(source, bytes) else Path(source).with_suffix(".json")
         if META_KEY in props:

@@ -796,19 +796,22 @@ def save_torch_model(model: Any, meta: Mapping[str, Any], path: str | os.PathLik
 
 def load_torch_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_torch_model` -> ``(model, meta)``."""
-    import torch
-
+    from agegender.errors import ModelFileError, torch_load
     from agegender.models import create_model
 
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    blob = torch_load(path)  # tensors only; a file that is not one: ModelFileError
     if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{path}: not a model saved by agegender (needs meta + state_dict)")
+        raise ModelFileError(f"{path}: not a model saved by agegender (needs meta + state_dict)")
     meta = blob["meta"]
-    spec = parse_meta(meta)
-    kwargs = dict(meta.get("model_options") or {})  # builder options, as training saves them
-    kwargs["input_size"] = spec.input_size
-    model = create_model(spec.arch, {"gender": spec.gender, "age": spec.age}, **kwargs)
-    model.load_state_dict(blob["state_dict"])
+    try:
+        spec = parse_meta(meta)
+        kwargs = dict(meta.get("model_options") or {})  # builder options, as training saves
+        kwargs["input_size"] = spec.input_size
+        model = create_model(spec.arch, {"gender": spec.gender, "age": spec.age}, **kwargs)
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"{path}: not a model we can load ({first})") from exc
     return model.eval(), meta
 
 

@@ -266,30 +266,40 @@ def _model_info(name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- weights
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors from a ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file (weights only).
+
+    A file that is not one raises :class:`~agegender.errors.ModelFileError` naming it;
+    ``mmap``: map a zip-format ``.pt`` instead of reading it (a cheap up-front check).
 
     A checkpoint dict holding ``state_dict`` or ``model`` is unwrapped, and a common
     ``model.``/``module.`` prefix (Lightning, DDP) is stripped; when only some keys carry
     it (a LightningModule with more state than ``self.model``) and those keys form a
     FaceModel state dict, just those are kept.
     """
+    from agegender.errors import ModelFileError, torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path))
+        try:
+            obj: Any = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error types
+            raise ModelFileError(
+                f"{path}: not a weights file we can load (not a safetensors file)"
+            ) from exc
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path, mmap=mmap)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise ModelFileError(f"{path}: does not hold a state dict of tensors")
     state = dict(obj)
     for prefix in ("model.", "module."):
         if state and all(k.startswith(prefix) for k in state):

@@ -468,14 +468,17 @@ class FaceModule(L.LightningModule):
 
 # --------------------------------------------------------------------------- loading
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load`` a Lightning checkpoint (weights only when possible)."""
+    """``torch.load`` a Lightning checkpoint, tensors only (``weights_only=True``); a file
+    that is not one raises :class:`~agegender.errors.ModelFileError` naming it."""
+    from agegender.errors import ModelFileError, torch_load
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises various types for bad pickles
-        raise ValueError(f"{path}: not a readable checkpoint: {str(exc).splitlines()[0]}") from exc
+    ckpt = torch_load(p)
+    if not isinstance(ckpt, dict):
+        raise ModelFileError(f"{path}: not a training checkpoint (holds a {type(ckpt).__name__})")
+    return ckpt
 
 
 def load_model(
@@ -487,16 +490,27 @@ def load_model(
     ``model_options``, ``tasks``, ``preprocessing`` {resize, input_size, mean, std, ...},
     ``labels``, ``code_version``, ``config``, ``metrics``, ``epoch``, ``global_step``).
     """
+    from agegender.errors import ModelFileError
+
     ckpt = read_checkpoint(path)
-    meta = ckpt.get("agegender") or ckpt.get("hyper_parameters", {}).get("meta")
-    if not meta or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an agegender training checkpoint (no metadata)")
+    hparams = ckpt.get("hyper_parameters")
+    meta = ckpt.get("agegender") or (hparams.get("meta") if isinstance(hparams, dict) else None)
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not an agegender training checkpoint (no metadata)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: not an agegender training checkpoint (no state_dict)")
     meta = dict(meta)
-    meta["config"] = ckpt.get("hyper_parameters", {}).get("config")
+    meta["config"] = hparams.get("config") if isinstance(hparams, dict) else None
     meta["epoch"] = ckpt.get("epoch")
     meta["global_step"] = ckpt.get("global_step")
-    model = build_model(meta)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        model = build_model(meta)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(
+            f"{path}: the weights do not fit the model it describes ({first})"
+        ) from exc
     model.to(map_location).eval()
     return model, meta
