@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from agegender.data.records import AGE_GROUP_NAMES, ages_to_groups
 from agegender.evaluate.metrics import (
     age_group_metrics,
     age_metrics,
@@ -152,3 +153,47 @@ def test_fairness_table_without_race_and_on_empty_frame():
     assert "race" not in set(fairness_table(df)["by"])
     t = fairness_table(df.iloc[0:0])
     assert (t["n"] == 0).all() and t["gender_accuracy"].isna().all()
+
+
+def test_one_metric_vocabulary() -> None:
+    """Training's logged names, the CV headline and report labels come from one table."""
+    from agegender.config import TaskConfig, logged_metrics
+    from agegender.evaluate.metrics import HEADLINE, LOGGED, METRIC, from_logged
+
+    assert logged_metrics(TaskConfig(gender=True, age="dex")) == [
+        f"{stage}/{n}"
+        for stage in ("val", "train")
+        for n in ("loss", "gender_acc", "age_acc", "age_acc_1off", "age_mae")
+    ]
+    assert logged_metrics(TaskConfig(gender=True, age="none")) == [
+        "val/loss",
+        "val/gender_acc",
+        "train/loss",
+        "train/gender_acc",
+    ]
+    assert from_logged({"val/gender_acc": 0.9, "val/age_acc": 0.5, "train/age_mae": 7.0}) == {
+        "gender_accuracy": 0.9,
+        "age_group_exact": 0.5,
+    }
+    assert set(LOGGED) == {"gender_acc", "age_acc", "age_acc_1off", "age_mae"}
+    assert all(k in METRIC for k in HEADLINE)
+    assert METRIC["gender_accuracy"].fmt(0.9134) == "91.3"
+    assert METRIC["age_mae"].fmt(5.912) == "5.91" and METRIC["age_mae"].fmt(None) == "–"
+    # every vocabulary key is what evaluation computes
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "gender": rng.integers(0, 2, n),
+            "p_female": rng.random(n),
+            "age": rng.integers(1, 90, n).astype(float),
+            "pred_age": rng.integers(1, 90, n).astype(float),
+        }
+    )
+    frame["p_male"] = 1 - frame["p_female"]
+    frame["age_group"] = ages_to_groups(frame["age"].to_numpy())
+    for i, g in enumerate(AGE_GROUP_NAMES):
+        frame[f"p_age_{g}"] = (ages_to_groups(frame["pred_age"].to_numpy()) == i).astype(float)
+    computed = prediction_metrics(frame)
+    missing = [k for k in METRIC if k not in computed]
+    assert missing == [], missing

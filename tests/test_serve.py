@@ -376,9 +376,8 @@ def test_client_that_goes_away_stops_its_work(photos: list[Path]) -> None:
     live = LiveServer(create_app(predictor, ServeSettings(batch_size=1)))
     files = [("files", (f"{i}.jpg", photos[i].read_bytes(), "image/jpeg")) for i in range(6)]
     try:
-        with httpx.Client(base_url=live.url, timeout=0.8) as c:
-            with pytest.raises(httpx.ReadTimeout):
-                c.post("/v1/predict", files=files)  # gives up and closes the connection
+        with httpx.Client(base_url=live.url, timeout=0.8) as c, pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/predict", files=files)  # gives up and closes the connection
         time.sleep(3.5)  # six faces would take 3 s
         assert 1 <= len(calls) <= 3, calls
     finally:

@@ -305,10 +305,12 @@ def train_cmd(
     result = train(cfg, out_dir, resume=resume, printer=console.print)
     s = result.summary
     best = s.get("best") or {}
+    from agegender.evaluate.metrics import logged_metrics
+
     shown = ", ".join(
         f"{k} {best[k]:.4g}"
-        for k in ("val/gender_acc", "val/age_acc", "val/age_mae", "val/loss")
-        if isinstance(best.get(k), int | float)
+        for k in logged_metrics(cfg.task.gender, cfg.task.age, ["val"])
+        if k != "val/age_acc_1off" and isinstance(best.get(k), int | float)
     )
     console.print(
         f"done: {s['epochs_run']} epochs, best epoch {int(best.get('epoch', -1)) + 1}: {shown}; "

@@ -665,15 +665,11 @@ class Config(_Section):
 
 
 def logged_metrics(task: TaskConfig) -> list[str]:
-    """Per-epoch metric names the training module logs for ``task``."""
-    names = ["val/loss"]
-    if task.gender:
-        names.append("val/gender_acc")
-    if task.age != "none":
-        names += ["val/age_acc", "val/age_acc_1off"]
-    if task.age in ("regression", "dex"):
-        names.append("val/age_mae")
-    return names + [n.replace("val/", "train/") for n in names]
+    """Per-epoch metric names the training module logs for ``task`` (from the metric
+    vocabulary in :mod:`agegender.evaluate.metrics`)."""
+    from agegender.evaluate.metrics import logged_metrics as vocabulary_names
+
+    return vocabulary_names(task.gender, task.age)
 
 
 # --------------------------------------------------------------------------- loading

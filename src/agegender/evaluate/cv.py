@@ -49,21 +49,13 @@ import yaml
 from agegender.config import Config, ConfigError, load_config, validate_config
 from agegender.data.records import DatasetError
 from agegender.evaluate.evaluation import summarise_predictions, to_jsonable, write_json
+from agegender.evaluate.metrics import HEADLINE, METRIC, Metric
 from agegender.fileio import atomic_path
 
 TRAIN, VAL, TEST = 0, 1, 2
 #: Config sections that may differ when a cross-validation run is resumed.
 IGNORED_ON_RESUME = ("name", "description", "trainer", "logger")
 #: Metrics shown in the summary table (when present), in order.
-HEADLINE = (
-    "gender_accuracy",
-    "gender_roc_auc",
-    "gender_ece",
-    "age_group_exact",
-    "age_group_one_off",
-    "age_mae",
-    "age_cs5",
-)
 
 
 # --------------------------------------------------------------------------- folds
@@ -446,17 +438,17 @@ def cv_table(results: dict[str, Any]):
     table.add_column("per fold", justify="right")
     rows = [k for k in HEADLINE if k in results["metrics"]]
     rows += ["train_seconds", "train_images_per_second", "test_images_per_second"]
+    timing = Metric("timing", "", percent=False, digits=2)
     for key in rows:
         src = results["metrics"].get(key) or results["timing"].get(key)
         if not src or src["mean"] is None:
             continue
-        pct = key.startswith("gender_acc") or key.startswith("age_group") or key == "age_cs5"
-        scale, fmt = (100.0, "{:.1f}") if pct else (1.0, "{:.3g}" if "ece" in key else "{:.2f}")
-        vals = ", ".join("-" if v is None else fmt.format(v * scale) for v in src["values"])
-        unit = " %" if pct else ""
+        metric = METRIC.get(key, timing)
+        vals = ", ".join("-" if v is None else metric.fmt(v) for v in src["values"])
+        unit = " %" if metric.percent else ""
         table.add_row(
             key,
-            f"{fmt.format(src['mean'] * scale)} ± {fmt.format((src['std'] or 0) * scale)}{unit}",
+            f"{metric.fmt(src['mean'])} ± {metric.fmt(src['std'] or 0.0)}{unit}",
             vals,
         )
     return table

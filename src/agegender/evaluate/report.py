@@ -34,9 +34,12 @@ import pandas as pd
 from agegender.data.records import AGE_GROUP_NAMES, GENDERS
 from agegender.evaluate.evaluation import ok_rows
 from agegender.evaluate.metrics import (
+    METRIC,
+    METRICS,
     confusion,
     expected_calibration_error,
     fairness_table,
+    from_logged,
     gender_reliability,
     predicted_groups,
     prediction_metrics,
@@ -134,11 +137,8 @@ def _plt():
 
 def plot_learning_curves(curves: list[tuple[str, pd.DataFrame]], out: Path) -> Path | None:
     """Loss and accuracy (gender, age group) per epoch, train (dashed) vs val (solid)."""
-    panels = [
-        ("loss", "loss"),
-        ("gender_acc", "gender accuracy"),
-        ("age_acc", "age group accuracy"),
-        ("age_mae", "age MAE (years)"),
+    panels = [("loss", "loss")] + [
+        (m.logged, m.label) for m in METRICS if m.logged and m.key != "age_group_one_off"
     ]
     present = [
         (key, title)
@@ -319,6 +319,10 @@ def plot_reliability(pred: pd.DataFrame, out: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- tables
+#: The metrics of the comparison table's columns (labels from the metric vocabulary).
+COMPARED = ("gender_accuracy", "age_group_exact", "age_group_one_off", "age_mae")
+
+
 def _pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
@@ -346,10 +350,8 @@ def comparison_row(run: RunInfo) -> dict[str, str]:
     row["input"] = f"{size}px" if size else "–"
     if run.kind == "cv":
         m, t = r["metrics"], r["timing"]
-        row["gender acc (%)"] = _pm(m.get("gender_accuracy"))
-        row["age acc (%)"] = _pm(m.get("age_group_exact"))
-        row["age 1-off (%)"] = _pm(m.get("age_group_one_off"))
-        row["age MAE"] = _pm(m.get("age_mae"), pct=False)
+        for key in COMPARED:
+            row[METRIC[key].label] = _pm(m.get(key), pct=METRIC[key].percent)
         row["evaluated on"] = f"{r['folds']}-fold CV"
         train_s = (t.get("train_seconds") or {}).get("mean")
         test_s = (t.get("test_seconds_per_image") or {}).get("mean")
@@ -361,17 +363,9 @@ def comparison_row(run: RunInfo) -> dict[str, str]:
         n_eval = r.get("n_evaluated", r.get("n_test", "?"))
         where = f"evaluation ({n_eval} faces)" if m else "val (best epoch)"
         if not m:
-            best = s.get("best") or {}
-            m = {
-                "gender_accuracy": best.get("val/gender_acc"),
-                "age_group_exact": best.get("val/age_acc"),
-                "age_group_one_off": best.get("val/age_acc_1off"),
-                "age_mae": best.get("val/age_mae"),
-            }
-        row["gender acc (%)"] = _pct(m.get("gender_accuracy"))
-        row["age acc (%)"] = _pct(m.get("age_group_exact"))
-        row["age 1-off (%)"] = _pct(m.get("age_group_one_off"))
-        row["age MAE"] = _num(m.get("age_mae"))
+            m = from_logged(s.get("best") or {}, "val")
+        for key in COMPARED:
+            row[METRIC[key].label] = METRIC[key].fmt(m.get(key))
         row["evaluated on"] = where
         train_s = s.get("train_time_total_s", s.get("train_time_s"))
         test_s = (r.get("timing") or {}).get("seconds_per_image") if r else None
@@ -405,27 +399,13 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
 
 def fairness_markdown(pred: pd.DataFrame) -> str:
     table = fairness_table(pred)
-    cols = [("n", None)]
-    for key, label in (
-        ("gender_accuracy", "gender acc (%)"),
-        ("gender_ece", "gender ECE"),
-        ("age_group_exact", "age acc (%)"),
-        ("age_group_one_off", "age 1-off (%)"),
-        ("age_mae", "age MAE"),
-        ("age_cs5", "CS@5 (%)"),
-    ):
-        if key in table.columns:
-            cols.append((key, label))
+    keys = ("gender_accuracy", "gender_ece", "age_group_exact", "age_group_one_off")
+    metrics = [METRIC[k] for k in (*keys, "age_mae", "age_cs5") if k in table.columns]
     rows = []
     for rec in table.to_dict(orient="records"):
         row = {"by": rec["by"], "group": rec["group"], "n": int(rec["n"])}
-        for key, label in cols[1:]:
-            v = rec[key]
-            row[label] = (
-                _num(v, "{:.3f}")
-                if key == "gender_ece"
-                else (_num(v) if key == "age_mae" else _pct(v))
-            )
+        for metric in metrics:
+            row[metric.label] = metric.fmt(rec[metric.key])
         rows.append(row)
     return markdown_table(rows)
 

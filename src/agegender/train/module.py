@@ -38,6 +38,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from agegender.config import Config
 from agegender.data.augment import Preprocess
 from agegender.data.records import AGE_GROUP_CUTS, AGE_GROUP_NAMES, GENDERS
+from agegender.evaluate.metrics import logged_metrics
 from agegender.models import FaceModel, TaskSpec, create_model, dex_expected_age
 from agegender.models.heads import DEX_MAX_AGE
 
@@ -288,15 +289,17 @@ class FaceModule(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
 
     def _make_metrics(self) -> MetricCollection:
-        m: dict[str, Any] = {}
-        if self.task.gender:
-            m["gender_acc"] = MulticlassAccuracy(2, average="micro", ignore_index=-1)
-        if self.task.age != "none":
-            m["age_acc"] = MulticlassAccuracy(8, average="micro", ignore_index=-1)
-            m["age_acc_1off"] = MeanMetric()
-        if self.task.age in ("regression", "dex"):
-            m["age_mae"] = MeanAbsoluteError()
-        return MetricCollection(m)
+        """The torchmetrics behind the vocabulary's logged names for this model's tasks."""
+        make = {
+            "gender_acc": lambda: MulticlassAccuracy(2, average="micro", ignore_index=-1),
+            "age_acc": lambda: MulticlassAccuracy(8, average="micro", ignore_index=-1),
+            "age_acc_1off": MeanMetric,
+            "age_mae": MeanAbsoluteError,
+        }
+        names = [
+            n.split("/", 1)[1] for n in logged_metrics(self.task.gender, self.task.age, ["val"])
+        ]
+        return MetricCollection({n: make[n]() for n in names if n != "loss"})
 
     # ---------------------------------------------------------------- steps
     def setup(self, stage: str) -> None:
