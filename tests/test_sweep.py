@@ -235,7 +235,7 @@ def test_pruning_callback_prunes_a_poor_trial() -> None:
     cb.on_validation_end(trainer(0.5, 0), None)  # epoch 0 is warm-up: never pruned
     with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
         cb.on_validation_end(trainer(0.5, 1), None)
-    assert study._storage.get_trial(poor._trial_id).intermediate_values == {0: 0.5, 1: 0.5}
+    assert study.trials[poor.number].intermediate_values == {0: 0.5, 1: 0.5}
 
     fine = study.ask()
     cb = PruningCallback(fine, "val/gender_acc")

@@ -10,6 +10,8 @@
 - :class:`EpochCSVLogger` — ``metrics.csv`` with ONE row per epoch (train and val metrics
   side by side), kept across ``--resume``; test metrics never go there (``summary.json``).
 - :class:`EpochPrinter` — one summary line per epoch when there is no progress bar.
+- :class:`PruningCallback` — a sweep trial's metric to Optuna after every validation epoch,
+  and ``optuna.TrialPruned`` when the study's pruner says so (Optuna imported only there).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +350,30 @@ class EpochPrinter(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer)
+
+
+class PruningCallback(Callback):
+    """Report ``metric`` to an Optuna trial after every validation epoch (step = epoch) and
+    raise ``optuna.TrialPruned`` when the study's pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.values: dict[int, float] = {}
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        import optuna
+
+        if getattr(trainer, "sanity_checking", False):
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None:
+            return
+        epoch, v = int(trainer.current_epoch), float(value)
+        self.values[epoch] = v
+        with warnings.catch_warnings():
+            # a resumed trial may have reported this epoch already: Optuna keeps the first value
+            warnings.filterwarnings("ignore", message="The reported value is ignored because")
+            self.trial.report(v, step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.metric} {v:.4g}")

@@ -19,6 +19,7 @@ The run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -461,11 +462,14 @@ def _callbacks(config: Config, out: Path, progress: bool, printer: Callable) -> 
     return cbs
 
 
-def _best_row(rows: pd.DataFrame, monitor: str, mode: str) -> dict | None:
-    if monitor not in rows.columns or rows[monitor].notna().sum() == 0:
+def best_row(rows: pd.DataFrame | None, metric: str, mode: str) -> dict | None:
+    """The ``metrics.csv`` row (empty cells left out) of the epoch where ``metric`` is best:
+    ``mode`` is ``max``/``maximize`` or ``min``/``minimize``; None when it was never logged.
+    ``summary.json``'s "best" and a sweep trial's value both come from here."""
+    if rows is None or metric not in rows.columns or rows[metric].notna().sum() == 0:
         return None
-    values = rows[monitor].astype(float)
-    idx = values.idxmax() if mode == "max" else values.idxmin()
+    values = rows[metric].astype(float)
+    idx = values.idxmax() if mode in ("max", "maximize") else values.idxmin()
     return {k: v for k, v in rows.loc[idx].to_dict().items() if pd.notna(v)}
 
 
@@ -510,15 +514,38 @@ class _QuietLightning(logging.Filter):
         return not str(record.getMessage()).startswith(self.NOISE)
 
 
-def _quiet_lightning() -> None:
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.fabric.utilities.rank_zero",
-        "lightning.pytorch.trainer.connectors.checkpoint_connector",
-    ):
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.trainer.connectors.checkpoint_connector",
+)
+
+
+def quiet_lightning(*, info: bool = False) -> contextlib.AbstractContextManager:
+    """Drop Lightning's start-up chatter (:class:`_QuietLightning`) from now on.
+
+    Returns a context manager: with ``info=True`` it also hides Lightning's info lines
+    (``Trainer.fit stopped``...) inside its block, as a sweep does to print one line per
+    trial; else it does nothing (:func:`train` calls ``quiet_lightning()`` and drops it).
+    """
+    for name in _LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _QuietLightning) for f in logger.filters):
             logger.addFilter(_QuietLightning())
+    if not info:
+        return contextlib.nullcontext()
+    return _warnings_only(logging.getLogger(_LIGHTNING_LOGGERS[0]))
+
+
+@contextlib.contextmanager
+def _warnings_only(logger: logging.Logger) -> Iterator[None]:
+    """``logger`` passes warnings and errors only inside the block."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- train
@@ -550,7 +577,7 @@ def train(
     from agegender.models import load_weights, read_state_dict
     from agegender.train.module import FaceModule, make_meta
 
-    _quiet_lightning()
+    quiet_lightning()
     if not isinstance(config, Config):
         config = load_config(config, list(overrides))
     out = Path(out_dir).resolve()
@@ -677,7 +704,7 @@ def train(
         "stopped_early": bool(es_cb is not None and es_cb.stopped_epoch > 0),
         "monitor": es.monitor,
         "mode": es.resolved_mode,
-        "best": _best_row(rows, es.monitor, es.resolved_mode),
+        "best": best_row(rows, es.monitor, es.resolved_mode),
         "last": rows.iloc[-1].dropna().to_dict() if len(rows) else None,
         "test": test_metrics or None,
         **_model_stats(module.model),
