@@ -195,3 +195,50 @@ def test_csv_manifest_bad_quotes_and_field_counts_lose_no_other_row(tmp_path) ->
     assert sorted(r.table["line"].tolist()) == [2, 4, 6]
     reasons = {p.line: p.reason for p in r.problems}
     assert reasons == {3: "unbalanced quote", 5: "5 fields, header has 3"}
+
+
+def test_readers_own_their_format() -> None:
+    """Each reader module declares one Reader; FORMATS, auto and default_crop ask them."""
+    from agegender.data.readers import FORMATS, READERS, Reader, default_crop
+    from agegender.data.readers.celeba import ALIGNED_FACE_CROP
+
+    assert set(READERS) == {"adience", "celeba", "fairface", "folders", "utkface", "csv"}
+    assert all(isinstance(r, Reader) and r.name == name for name, r in READERS.items())
+    assert FORMATS[0] == "auto" and FORMATS[1:] == tuple(READERS)
+    assert list(READERS)[-1] == "csv"  # the catch-all is asked last
+    assert default_crop("celeba") == ALIGNED_FACE_CROP and default_crop("csv") is None
+
+
+@pytest.mark.parametrize(
+    "files,expected",
+    [
+        (["25_1_2_2017.jpg.chip.jpg", "m.csv"], "utkface"),  # UTKFace names beat a lone CSV
+        (["male/25_1_2_2017.jpg.chip.jpg"], "folders"),  # class folders beat names
+        (["fold_0_data.txt", "a.csv"], "adience"),
+        (["Anno/list_attr_celeba.txt"], "celeba"),
+        (["fairface_label_val.csv", "val/1.jpg"], "fairface"),  # not the generic CSV
+        (["m.csv", "x.jpg"], "csv"),
+    ],
+)
+def test_auto_precedence(tmp_path, files, expected) -> None:
+    for f in files:
+        if f.endswith(".jpg"):
+            img(tmp_path / f)
+        else:
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / f).write_text("x\n")
+    assert detect_format(tmp_path) == expected
+    label = next((tmp_path / f for f in files if not f.endswith(".jpg")), None)
+    if label is not None and expected != "utkface":
+        assert detect_format(label) == expected
+
+
+def test_auto_unrecognised_names_every_layout(tmp_path) -> None:
+    from agegender.data.readers import READERS
+
+    img(tmp_path / "holiday.jpg")
+    with pytest.raises(DatasetError, match="cannot recognise") as err:
+        detect_format(tmp_path)
+    assert all(r.layout in str(err.value) for r in READERS.values())
+    with pytest.raises(DatasetError, match="unknown format 'imagenet'; choose one of auto, "):
+        read_dataset(tmp_path, "imagenet")

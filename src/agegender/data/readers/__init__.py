@@ -1,4 +1,6 @@
-"""Dataset readers: one per real layout, and ``read_dataset`` that picks one.
+"""Dataset readers: one module per real layout, each declaring its :class:`Reader`
+(name, how to recognise the layout, how to read it), registered here in :data:`READERS`;
+``read_dataset`` picks one (``format="auto"`` asks each in turn).
 
 >>> from agegender.data.readers import read_dataset
 >>> result = read_dataset("../shared/data/utkface")      # format="auto"
@@ -7,30 +9,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from agegender.data.readers.adience import read_adience
-from agegender.data.readers.celeba import read_celeba
-from agegender.data.readers.csv_manifest import read_csv_manifest
-from agegender.data.readers.detect import detect_format
-from agegender.data.readers.fairface import read_fairface
-from agegender.data.readers.folders import read_folders
-from agegender.data.readers.utkface import parse_utkface_name, read_utkface
+from agegender.data.readers import adience, celeba, csv_manifest, fairface, folders, utkface
+from agegender.data.readers.common import Reader, iter_images, require_path
+from agegender.data.readers.utkface import parse_utkface_name
 from agegender.data.records import DatasetError, ReadResult
 
-READERS: dict[str, Callable[[str | Path], ReadResult]] = {
-    "utkface": read_utkface,
-    "adience": read_adience,
-    "celeba": read_celeba,
-    "folders": read_folders,
-    "csv": read_csv_manifest,
-    "fairface": read_fairface,
+#: Every reader by name, in the order ``auto`` asks them to recognise a path: the layouts
+#: marked by their own label files first, then class folders, then UTKFace file names,
+#: and the generic CSV manifest last.
+READERS: dict[str, Reader] = {
+    r.name: r
+    for r in (
+        adience.READER,
+        celeba.READER,
+        fairface.READER,
+        folders.READER,
+        utkface.READER,
+        csv_manifest.READER,
+    )
 }
+#: The accepted ``format`` values (``--format``, ``data.format``): ``auto`` and the readers.
 FORMATS: tuple[str, ...] = ("auto", *READERS)
+
+
+def detect_format(path: str | Path) -> str:
+    """``format="auto"``: the name of the first reader in :data:`READERS` that recognises
+    ``path``, or DatasetError saying what was seen."""
+    p = require_path(path)
+    found = next((r.name for r in READERS.values() if r.recognise(p)), None)
+    if found is not None:
+        return found
+    if p.is_file():
+        raise DatasetError(
+            f"{path}: not a dataset (expected a folder, a CSV manifest or a label file)"
+        )
+    if next(iter_images(p), None) is None:
+        raise DatasetError(f"{path}: no images found")
+    layouts = [r.layout for r in READERS.values()]
+    raise DatasetError(
+        f"{path}: cannot recognise the dataset layout (not {', '.join(layouts[:-1])}"
+        f" or {layouts[-1]}); pass --format"
+    )
 
 
 def read_dataset(path: str | Path, format: str = "auto") -> ReadResult:
@@ -41,16 +65,16 @@ def read_dataset(path: str | Path, format: str = "auto") -> ReadResult:
     if format not in FORMATS:
         raise DatasetError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     fmt = detect_format(path) if format == "auto" else format
-    result = READERS[fmt](path)
+    result = READERS[fmt].read(path)
     result.format = fmt
     return result
 
 
 def default_crop(format: str) -> tuple[float, float, float, float] | None:
-    """The face box a format's images need to match the training framing (or None)."""
-    from agegender.data.readers.celeba import ALIGNED_FACE_CROP
-
-    return {"celeba": ALIGNED_FACE_CROP}.get(format)
+    """The face box a format's images need to match the training framing (or None):
+    its reader's ``crop``."""
+    reader = READERS.get(format)
+    return reader.crop if reader is not None else None
 
 
 def read_table(path: str | Path, format: str = "auto") -> tuple[ReadResult, pd.DataFrame, dict]:
@@ -80,6 +104,7 @@ __all__ = [
     "READERS",
     "DatasetError",
     "ReadResult",
+    "Reader",
     "default_crop",
     "detect_format",
     "parse_utkface_name",

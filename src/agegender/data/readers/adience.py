@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.readers.common import Reader, read_text_lines, require_path
 from agegender.data.records import DatasetError, Problem, ReadResult, make_table, parse_age
 from agegender.data.records import parse_gender as _parse_gender
 
@@ -113,3 +113,12 @@ def read_adience(path: str | Path) -> ReadResult:
                 )
             )
     return ReadResult(make_table(rows), problems, "adience")
+
+
+def recognise(path: Path) -> bool:
+    """A ``fold_K_data.txt`` file, or a folder holding one."""
+    names = [path.name] if path.is_file() else [c.name for c in path.iterdir()]
+    return any(FOLD_FILE.match(n) for n in names)
+
+
+READER = Reader("adience", "Adience fold files", recognise, read_adience)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.readers.common import Reader, read_text_lines, require_path
 from agegender.data.records import DatasetError, Problem, ReadResult, make_table
 
 ATTR_NAMES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
@@ -111,3 +111,16 @@ def read_celeba(path: str | Path) -> ReadResult:
             )
         )
     return ReadResult(make_table(rows), problems, "celeba")
+
+
+def recognise(path: Path) -> bool:
+    """``list_attr_celeba.txt``/``.csv``, or a folder holding one (or ``Anno/`` holding it)."""
+    if path.is_file():
+        return path.name in ATTR_NAMES
+    return (
+        any(c.name in ATTR_NAMES for c in path.iterdir())
+        or (path / "Anno" / "list_attr_celeba.txt").is_file()
+    )
+
+
+READER = Reader("celeba", "CelebA lists", recognise, read_celeba, crop=ALIGNED_FACE_CROP)

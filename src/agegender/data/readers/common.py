@@ -1,13 +1,34 @@
-"""Helpers shared by the dataset readers."""
+"""What every dataset reader is (:class:`Reader`) and helpers the readers share."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from agegender.data.imageio import is_image_name
-from agegender.data.records import DatasetError
+from agegender.data.records import DatasetError, ReadResult
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One dataset layout, as its reader module declares it (``READER = Reader(...)``).
+
+    ``name`` is the ``--format`` / ``data.format`` value; ``recognise(path)`` says whether
+    an existing, resolved file or folder looks like this layout (``auto`` asks each
+    registered reader in turn, see :data:`agegender.data.readers.READERS`); ``read(path)``
+    reads it; ``layout`` says in a few words what ``recognise`` looks for (for the "cannot
+    recognise" error); ``crop`` is the face box its images need to match the training
+    framing (x0, y0, x1, y1 as fractions), or None.
+    """
+
+    name: str
+    layout: str
+    recognise: Callable[[Path], bool]
+    read: Callable[[str | Path], ReadResult]
+    crop: tuple[float, float, float, float] | None = None
+
 
 #: Folders that never hold dataset images (caches, VCS, macOS junk).
 SKIP_DIRS = frozenset({".git", "__pycache__", "__MACOSX", ".ipynb_checkpoints", ".cache"})

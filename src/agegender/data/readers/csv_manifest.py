@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.readers.common import Reader, read_text_lines, require_path
 from agegender.data.records import (
     DatasetError,
     Problem,
@@ -107,3 +107,14 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
             )
         )
     return ReadResult(make_table(rows), problems, "csv")
+
+
+def recognise(path: Path) -> bool:
+    """A ``.csv``/``.tsv``/``.txt`` file, or a folder holding exactly one ``.csv``: the
+    catch-all, so ``auto`` asks it last."""
+    if path.is_file():
+        return path.suffix.lower() in (".csv", ".tsv", ".txt")
+    return len([c for c in path.iterdir() if c.name.lower().endswith(".csv")]) == 1
+
+
+READER = Reader("csv", "a CSV manifest", recognise, read_csv_manifest)

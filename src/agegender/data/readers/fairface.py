@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from agegender.data.readers.common import read_text_lines, require_path
+from agegender.data.readers.common import Reader, read_text_lines, require_path
 from agegender.data.records import DatasetError, Problem, ReadResult, make_table, parse_gender
 
 LABEL_FILE = re.compile(r"^fairface_label_(train|val|test)\.csv$", re.IGNORECASE)
@@ -123,3 +123,6 @@ def read_fairface(path: str | Path) -> ReadResult:
     for f in files:
         rows += _read_one(f, problems)
     return ReadResult(table=make_table(rows), problems=problems)
+
+
+READER = Reader("fairface", "FairFace label files", looks_like_fairface, read_fairface)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agegender.data.readers.common import iter_images, require_path
+from agegender.data.readers.common import Reader, iter_images, require_path
 from agegender.data.records import FEMALE, MALE, DatasetError, Problem, ReadResult, make_table
 
 GENDER_DIRS = {
@@ -77,3 +77,11 @@ def read_folders(path: str | Path) -> ReadResult:
             )
         )
     return ReadResult(make_table(rows), problems, "folders")
+
+
+def recognise(path: Path) -> bool:
+    """A folder with male/female class folders within three levels."""
+    return path.is_dir() and bool(gender_dirs_under(path))
+
+
+READER = Reader("folders", "male/female folders", recognise, read_folders)

@@ -9,10 +9,11 @@ keep copies of one photo together.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
-from agegender.data.readers.common import iter_images, require_path
+from agegender.data.readers.common import Reader, iter_images, require_path
 from agegender.data.records import (
     DatasetError,
     Problem,
@@ -77,3 +78,15 @@ def read_utkface(path: str | Path) -> ReadResult:
             )
         )
     return ReadResult(make_table(rows), problems, "utkface")
+
+
+def recognise(path: Path) -> bool:
+    """An image named like UTKFace, or a folder where at least half of the first 200
+    images are."""
+    if path.is_file():
+        return looks_like_utkface(path.name)
+    sample = list(itertools.islice(iter_images(path), 200))
+    return bool(sample) and sum(looks_like_utkface(f.name) for f in sample) >= 0.5 * len(sample)
+
+
+READER = Reader("utkface", "UTKFace names", recognise, read_utkface)
