@@ -286,12 +286,11 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _options(self) -> ModelConfig:
-        from agegender.models.registry import _entry
+        from agegender.models import get_model_entry, is_model
 
-        try:
-            accepted = _entry(self.name).options
-        except ValueError:
+        if not is_model(self.name):
             return self  # unknown name: reported by the name validator
+        accepted = get_model_entry(self.name).options
         given = [k for k in ("head", "head_hidden", "dropout") if getattr(self, k) is not None]
         shown = ", ".join(o for o in accepted if o not in ("pretrained_file", "pretrained"))
         if self.pretrained is not None:

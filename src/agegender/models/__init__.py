@@ -12,7 +12,10 @@ from agegender.models import levi_hassner, small_cnn, timm_backbones  # noqa: F4
 from agegender.models.heads import AGE_MODES, TaskSpec, dex_expected_age
 from agegender.models.registry import (
     FaceModel,
+    ModelEntry,
     create_model,
+    get_model_entry,
+    is_model,
     list_models,
     load_weights,
     model_info,
@@ -23,9 +26,12 @@ from agegender.models.registry import (
 __all__ = [
     "AGE_MODES",
     "FaceModel",
+    "ModelEntry",
     "TaskSpec",
     "create_model",
     "dex_expected_age",
+    "get_model_entry",
+    "is_model",
     "list_models",
     "load_weights",
     "model_info",

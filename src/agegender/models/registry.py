@@ -2,6 +2,8 @@
 
 Register a builder with :func:`register_model`; build any registered model with
 :func:`create_model`. Every model is a :class:`FaceModel`: ``backbone -> neck -> heads``.
+Look the registry up with :func:`list_models`, :func:`is_model` and :func:`get_model_entry`
+(a read-only :class:`ModelEntry`: builder, ``default_cfg``, accepted options).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -22,7 +25,10 @@ from agegender.models.heads import TaskSpec
 
 __all__ = [
     "FaceModel",
+    "ModelEntry",
     "create_model",
+    "get_model_entry",
+    "is_model",
     "list_models",
     "load_weights",
     "model_info",
@@ -126,16 +132,37 @@ class FaceModel(nn.Module):
         return self
 
 
-class _Entry:
-    def __init__(self, name: str, fn: Callable[..., FaceModel], cfg: dict[str, Any]) -> None:
-        self.name, self.fn, self.cfg = name, fn, cfg
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One registered model, as :func:`get_model_entry` returns it (read-only).
+
+    ``name``: the registered name; ``fn``: its builder, ``fn(tasks, **options) ->
+    FaceModel`` (use :func:`create_model` to build); ``cfg``: its ``default_cfg``
+    (input_size, resize, min_input_size, mean, std, description, family), a read-only
+    mapping; ``options``: the keyword options the builder takes (besides ``tasks``);
+    ``takes_pretrained_file``: whether the builder loads ``pretrained_file`` itself.
+    """
+
+    name: str
+    fn: Callable[..., FaceModel]
+    cfg: Mapping[str, Any]
+    options: tuple[str, ...]
+    takes_pretrained_file: bool
+
+    @classmethod
+    def of(cls, name: str, fn: Callable[..., FaceModel], cfg: dict[str, Any]) -> ModelEntry:
         params = inspect.signature(fn).parameters
         kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.options = [k for k, p in params.items() if k != "tasks" and p.kind in kinds]
-        self.takes_pretrained_file = "pretrained_file" in params
+        return cls(
+            name=name,
+            fn=fn,
+            cfg=MappingProxyType(dict(cfg)),
+            options=tuple(k for k, p in params.items() if k != "tasks" and p.kind in kinds),
+            takes_pretrained_file="pretrained_file" in params,
+        )
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, **default_cfg: Any) -> Callable[[Callable[..., FaceModel]], Any]:
@@ -159,7 +186,7 @@ def register_model(name: str, **default_cfg: Any) -> Callable[[Callable[..., Fac
         if cfg["family"] is None:
             cfg["family"] = fn.__module__.rsplit(".", 1)[-1]
         cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
-        _REGISTRY[name] = _Entry(name, fn, cfg)
+        _REGISTRY[name] = ModelEntry.of(name, fn, cfg)
         return fn
 
     return decorator
@@ -170,7 +197,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _entry(name: str) -> _Entry:
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model."""
+    return name in _REGISTRY
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registered model ``name`` (:class:`ModelEntry`); ``ValueError`` naming close
+    matches and every registered model when there is none."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -179,6 +213,11 @@ def _entry(name: str) -> _Entry:
         raise ValueError(
             f"unknown model {name!r}{hint} (available: {', '.join(list_models())})"
         ) from None
+
+
+# The old private name, kept only while uncommitted work still imports it; use
+# get_model_entry.
+_entry = get_model_entry
 
 
 def create_model(
@@ -201,7 +240,7 @@ def create_model(
     Raises ``ValueError`` for an unknown model or age mode and ``TypeError`` for an
     option the model does not take.
     """
-    entry = _entry(name)
+    entry = get_model_entry(name)
     if tasks is None:
         tasks = TaskSpec()
     elif isinstance(tasks, Mapping):
@@ -243,7 +282,7 @@ def model_info(name: str) -> dict[str, Any]:
 
     Also ``resize`` and ``min_input_size``. Built once on the meta device (no memory).
     """
-    return dict(_model_info(_entry(name).name))
+    return dict(_model_info(get_model_entry(name).name))
 
 
 @functools.cache

@@ -93,9 +93,9 @@ def code_version() -> str:
 def resolve_sizes(config: Config) -> tuple[int, int]:
     """``(cache size, input size)``: as configured, else from the model's default_cfg
     (``resize`` and ``input_size``, keeping their ratio when only one is given)."""
-    from agegender.models.registry import _entry
+    from agegender.models.registry import get_model_entry
 
-    cfg = _entry(config.model.name).cfg
+    cfg = get_model_entry(config.model.name).cfg
     d_in, d_resize = int(cfg["input_size"]), int(cfg["resize"])
     size, inp = config.data.size, config.data.input_size
     if size is None and inp is None:
