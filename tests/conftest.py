@@ -1,4 +1,10 @@
-"""Shared fixtures: the real data beside the repo (``AGEGENDER_DATA`` or ``../shared/data``)."""
+"""Shared fixtures: the real data beside the repo (``AGEGENDER_DATA`` or ``../shared/data``)
+and the ``realdata`` marker.
+
+Every test that uses a real-data fixture (:data:`REAL_DATA_FIXTURES`, directly or through
+another fixture) is marked ``realdata``, so ``pytest -m "not realdata"`` runs the unit
+suite alone; without the data those tests skip.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,28 @@ def real_data(folder: str, what: str) -> Path:
     if not p.is_dir():
         pytest.skip(f"{what} not found at {p} (set AGEGENDER_DATA)")
     return p
+
+
+#: The fixtures that hand a test real data (each skips the test when its data is absent).
+REAL_DATA_FIXTURES = frozenset(
+    {"real_data_root", "utkface_dir", "adience_dir", "celeba_dir", "fairface_dir"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``realdata`` every test whose fixture closure holds a real-data fixture."""
+    for item in items:
+        if REAL_DATA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """``data_root()`` for a test that looks in several of its folders; skips without it."""
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set AGEGENDER_DATA)")
+    return root
 
 
 @pytest.fixture(scope="session")

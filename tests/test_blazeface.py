@@ -14,7 +14,6 @@ import pytest
 from agegender.infer import blazeface
 from agegender.infer.blazeface import BlazeFaceDetector, ssd_anchors, weighted_nms
 from agegender.infer.detector import DETECTORS, Box, crop_face, make_detector
-from conftest import data_root
 
 
 def _detector(model: str) -> BlazeFaceDetector:
@@ -180,8 +179,8 @@ def test_thread_safe_and_deterministic(short: BlazeFaceDetector, face: np.ndarra
 
 
 @pytest.fixture(scope="module")
-def real_photos() -> dict[str, list[Path]]:
-    root = data_root()
+def real_photos(real_data_root: Path) -> dict[str, list[Path]]:
+    root = real_data_root
     sets = {
         "fairface": sorted((root / "fairface-540" / "images").glob("*.jpg")),
         "adience": sorted((root / "adience-sample" / "faces").glob("*/*.jpg")),
