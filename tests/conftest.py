@@ -1,5 +1,5 @@
-"""Shared fixtures: the real data beside the repo (``AGEGENDER_DATA`` or ``../shared/data``)
-and the ``realdata`` marker.
+"""Shared fixtures: the real data beside the repo (``AGEGENDER_DATA`` or ``../shared/data``),
+generated data shared by several test files, and the ``realdata`` marker.
 
 Every test that uses a real-data fixture (:data:`REAL_DATA_FIXTURES`, directly or through
 another fixture) is marked ``realdata``, so ``pytest -m "not realdata"`` runs the unit
@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,3 +104,85 @@ def postgres_url():
         except Unavailable as exc:
             pytest.skip(f"PostgreSQL server not available: {exc}")
         yield url
+
+
+# ------------------------------------------------------------- a tiny generated UTKFace
+# Shared by test_cv.py, test_evaluate.py and test_report.py: 80 faces whose two genders
+# differ visibly (red vs blue tint), one broken file, and a 2-fold CV run over them.
+N_IMAGES = 80
+BROKEN = "30_0_0_20170101120000999.jpg.chip.jpg"
+
+
+def _face(rng: np.random.Generator, female: bool) -> np.ndarray:
+    """Random low-frequency texture (distinct perceptual hashes) tinted by the class."""
+    grid = rng.uniform(40, 215, size=(6, 6))
+    tex = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((48, 48), Image.BILINEAR))
+    tex = tex.astype(float)
+    img = np.stack([tex * 0.35, tex * 0.35, tex * 0.35], axis=-1)
+    img[..., 0 if female else 2] += 150
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_utkface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_utkface")
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        female = i % 2 == 1
+        age = [4, 26, 40, 65][(i // 2) % 4]
+        race = i % 5
+        name = f"{age}_{int(female)}_{race}_2017010{i % 10}1200{i:04d}.jpg.chip.jpg"
+        Image.fromarray(_face(rng, female)).save(root / name, quality=95)
+    (root / BROKEN).write_text("not a jpeg")  # the audit leaves it out; evaluate reports it
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_utkface: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import yaml
+
+    cfg = {
+        "name": "tiny",
+        "data": {"path": str(tiny_utkface), "format": "utkface", "size": 32, "input_size": 32},
+        "model": {"name": "small_cnn"},
+        "task": {"gender": True, "age": "dex", "gamma": 0.7},
+        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0},
+        "schedule": {"name": "none"},
+        "train": {
+            "epochs": 3,
+            "batch_size": 16,
+            "progress_bar": False,
+            "early_stopping": {"monitor": "val/loss", "patience": None},
+        },
+        "augment": {"recipe": [{"hflip": 0.5}]},
+        "trainer": {"accelerator": "cpu"},
+        "logger": {"tensorboard": False, "csv": False},
+    }
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cv_run(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``agegender cv`` with 2 folds on the tiny dataset (through the CLI)."""
+    from typer.testing import CliRunner
+
+    from agegender.cli import app
+
+    out = tmp_path_factory.mktemp("cv") / "tiny-cv"
+    res = CliRunner().invoke(
+        app, ["cv", str(tiny_config), "--folds", "2", "--out", str(out)], catch_exceptions=False
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+# ------------------------------------------------------------------- real faces in photos
+# Shared by test_detector.py and test_predictor.py (test_serve.py makes its own, fewer).
+@pytest.fixture(scope="session")
+def photos(utkface_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """250x250 JPEG photos with one real UTKFace face pasted on a blurred background."""
+    from agegender.infer.bench import make_photos
+
+    return make_photos(utkface_dir, tmp_path_factory.mktemp("photos"), n=24, seed=1)
