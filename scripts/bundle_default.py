@@ -64,9 +64,9 @@ def fairness_table(rows: list[dict]) -> str:
 
 
 def export(ckpt: Path, name: str, extra_meta: dict) -> tuple[Path, Path]:
+    from agegender.artifact import load_model
     from agegender.infer import save_torch_model
     from agegender.infer.onnx import export_onnx
-    from agegender.train import load_model
 
     model, meta = load_model(ckpt)
     meta = dict(meta)

@@ -37,8 +37,8 @@ def test_evaluate_checkpoint_tta_and_haar(cv_run: Path, tiny_utkface: Path, tmp_
     )
     assert json.loads(out.read_text())["tta"] == "flip"
     # the flip average equals the mean of the two single views
+    from agegender.artifact import load_model
     from agegender.evaluate.predict_batch import load_faces, predict_images
-    from agegender.train import load_model
 
     model, meta = load_model(ckpt)
     table = pd.read_csv(cv_run / "folds.csv").head(8)

@@ -10,8 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from agegender.artifact import parse_meta, probability_module
 from agegender.infer.onnx import OnnxModel, export_onnx_bytes
-from agegender.infer.predictor import parse_meta, probability_module
 from agegender.models import (
     FaceModel,
     TaskSpec,

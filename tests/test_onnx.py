@@ -99,7 +99,12 @@ def test_onnx_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no agegender_meta metadata"):
         OnnxModel(plain)
     # a bundled default.onnx may carry its meta in default.json beside it
-    (tmp_path / "plain.json").write_text('{"arch": "linear", "input_size": 3, "age": "none"}')
+    sidecar = {  # the layout agegender.artifact.make_meta writes, nothing else
+        "arch": "linear",
+        "tasks": {"gender": True, "age": "none"},
+        "preprocessing": {"input_size": 3, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    (tmp_path / "plain.json").write_text(json.dumps(sidecar))
     assert OnnxModel(plain).spec.arch == "linear"
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
@@ -168,14 +173,15 @@ def test_cli_export_pt_and_bundled_runtime_choice(
     assert res.exit_code == 2 and "must end in .pt" in res.output
 
 
-def test_checkpoint_goes_through_train_load_model(
+def test_checkpoint_goes_through_artifact_load_model(
     monkeypatch, tmp_path: Path, faces: list[Path]
 ) -> None:
-    """A .ckpt is rebuilt by agegender.train.load_model (its meta layout parsed as is)."""
-    import agegender.train
+    """A .ckpt is rebuilt by agegender.artifact.load_model (its meta layout parsed as is),
+    without importing the training package or Lightning."""
+    from agegender.infer import predictor as predictor_mod
 
     model, _ = make_model("small_cnn", "dex", seed=6)
-    meta = {  # the layout agegender.train.module.make_meta writes
+    meta = {  # the layout agegender.artifact.make_meta writes
         "format": "agegender-checkpoint",
         "arch": "small_cnn",
         "model_options": {},
@@ -192,12 +198,14 @@ def test_checkpoint_goes_through_train_load_model(
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"stand-in")
     calls: list[Path] = []
-    monkeypatch.setattr(
-        agegender.train,
-        "load_model",
-        lambda p: (calls.append(Path(p)), (model, meta))[1],
-        raising=False,
-    )
+    import agegender.artifact
+
+    def fake_load(p: Path) -> tuple:
+        calls.append(Path(p))
+        return model, meta
+
+    monkeypatch.setattr(predictor_mod, "load_model", fake_load)  # Predictor.load
+    monkeypatch.setattr(agegender.artifact, "load_model", fake_load)  # agegender export
     p = Predictor.load(ckpt, detector="none")
     assert calls == [ckpt] and p.runtime == "torch" and p.name == "best"
     assert (p.spec.resize, p.spec.input_size, p.spec.age) == (72, 64, "dex")

@@ -109,8 +109,8 @@ def test_run_dir_and_summary(gender_run) -> None:
 
 
 def test_load_model_rebuilds_and_reproduces_val_metrics(gender_run) -> None:
+    from agegender.artifact import load_model
     from agegender.data.augment import Preprocess
-    from agegender.train import load_model
     from agegender.train.module import FaceModule
     from agegender.train.run import prepare_data
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from agegender.infer.predictor import FaceResult, ImageResult, Predictor
+    from agegender.infer.predictor import Predictor
+    from agegender.infer.results import FaceResult, ImageResult
 
 __all__ = ["FaceResult", "ImageResult", "Predictor", "__version__"]
 
@@ -19,7 +20,7 @@ __all__ = ["FaceResult", "ImageResult", "Predictor", "__version__"]
 def __getattr__(name: str) -> Any:
     """Import the predictor lazily, so ``import agegender`` (and the CLI) stays light."""
     if name in ("Predictor", "FaceResult", "ImageResult"):
-        from agegender.infer import predictor
+        import agegender.infer
 
-        return getattr(predictor, name)
+        return getattr(agegender.infer, name)
     raise AttributeError(f"module 'agegender' has no attribute {name!r}")

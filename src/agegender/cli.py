@@ -729,20 +729,17 @@ def predict_cmd(
     Exit status: 0 every input was read (a photo without a face is a result, not a
     failure); 1 some inputs could not be read (their rows say why, the others' results are
     written); 2 nothing could be done (usage, model, no input)."""
-    import csv
-    import json
     import sys
 
-    import numpy as np
-    from PIL import Image
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from agegender.data.imageio import ImageError, open_image
-    from agegender.data.records import AGE_GROUP_NAMES
-    from agegender.infer.predictor import collect_image_paths, draw_results, result_rows
+    from agegender.infer.inputs import collect_image_paths
+    from agegender.infer.outputs import ResultWriter, output_format
 
-    if out != "-" and Path(out).suffix.lower() not in (".csv", ".json"):
-        fail(f"--out must end in .csv or .json (or be -), got {out}")
+    try:
+        output_format(out)
+    except ValueError as exc:
+        fail(str(exc))
     if out != "-":  # before any work: its folders are made, a file in the way is an error
         check_writable(out)
     if annotate is not None:
@@ -763,24 +760,8 @@ def predict_cmd(
         batch_size=batch_size,
         threads=threads,
     )
-    columns = ["path", "face_index", "x", "y", "w", "h", "detector_score", "p_female", "p_male"]
-    columns += ["gender", "age", "age_group", "face_source", "error"]
-    if predictor.spec.age in ("groups", "dex"):
-        columns += [f"p_age_{g}" for g in AGE_GROUP_NAMES]
-    as_json = out != "-" and out.lower().endswith(".json")
     as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
-    if out != "-":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-    stream = sys.stdout if out == "-" else open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    writer = None if as_json or as_table else csv.DictWriter(stream, columns, restval="")
-    if writer:
-        writer.writeheader()
-    rows_json: list[dict] = []
-    if annotate is not None:
-        annotate.mkdir(parents=True, exist_ok=True)
-    used_names: set[str] = set()
     table_rows: list[tuple[str, ...]] = []
-    n_faces = n_failed = n_unread = 0
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -789,50 +770,26 @@ def predict_cmd(
         console=console,
         transient=True,
     )
-    try:
-        with progress:
-            task = progress.add_task("predicting", total=len(files))
-            for result in predictor.predict_paths(files, batch_size=batch_size):
-                n_faces += len(result.faces)
-                n_failed += result.error is not None
-                n_unread += result.error is not None and result.error != "no face found"
-                if as_table:
-                    table_rows.extend(_face_table_rows(result))
-                for row in result_rows(result):
-                    if writer:
-                        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-                    else:
-                        rows_json.append(row)
-                if annotate is not None and result.faces:
-                    try:
-                        rgb = np.asarray(open_image(result.source))
-                    except ImageError:
-                        continue
-                    stem = Path(result.source).stem.replace(".jpg.chip", "")
-                    name, k = f"{stem}.jpg", 1
-                    while name in used_names:
-                        name, k = f"{stem}_{k}.jpg", k + 1
-                    used_names.add(name)
-                    Image.fromarray(draw_results(rgb, result)).save(annotate / name, quality=92)
-                progress.advance(task)
-                if strict and n_unread:
-                    break
-        if as_json:
-            json.dump(rows_json, stream, indent=1)
-            stream.write("\n")
-        if as_table:
-            _print_face_table(table_rows)
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
+    writer = ResultWriter(None if as_table else out, predictor.spec, annotate=annotate)
+    with writer, progress:
+        task = progress.add_task("predicting", total=len(files))
+        for result in predictor.predict_paths(files, batch_size=batch_size):
+            writer.write(result)
+            if as_table:
+                table_rows.extend(_face_table_rows(result))
+            progress.advance(task)
+            if strict and writer.unreadable:
+                break
+    if as_table:
+        _print_face_table(table_rows)
     where = "the table above" if as_table else "stdout" if out == "-" else out
     console.print(
-        f"{len(files)} images: {n_faces} faces, {n_failed} without a result "
-        f"(see the error column; {n_unread} could not be read); wrote {where}",
+        f"{len(files)} images: {writer.faces} faces, {writer.failed} without a result "
+        f"(see the error column; {writer.unreadable} could not be read); wrote {where}",
         highlight=False,
         soft_wrap=True,
     )
-    if n_unread:
+    if writer.unreadable:
         raise typer.Exit(1)
 
 
@@ -862,14 +819,9 @@ def export_cmd(
     for target in (onnx, pt):
         if target is not None:
             check_writable(target)
-    if checkpoint.suffix == ".ckpt":
-        from agegender.train import load_model
+    from agegender.artifact import load_model
 
-        module, meta = load_model(checkpoint)
-    else:
-        from agegender.infer import load_torch_model
-
-        module, meta = load_torch_model(checkpoint)
+    module, meta = load_model(checkpoint)
     meta = dict(meta)
     meta.setdefault("name", checkpoint.stem)
     if pt is not None:

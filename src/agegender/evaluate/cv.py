@@ -242,8 +242,9 @@ def run_fold(
     printer: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate CV fold ``k``; returns and writes its results."""
+    from agegender.artifact import load_model
     from agegender.evaluate.evaluation import evaluate_model
-    from agegender.train import load_model, train
+    from agegender.train import train
 
     fold_dir = out / f"fold_{k}"
     n_folds = int(folds["fold"].nunique())

@@ -180,9 +180,9 @@ def evaluate_checkpoint(
     evaluated, and rejected by reason, ``predictions_csv``).
     Raises ``ValueError``/``FileNotFoundError`` (one line, naming the file) on bad input.
     """
+    from agegender.artifact import load_model
     from agegender.data.prepare import read_rows
     from agegender.evaluate.tta import check_mode
-    from agegender.train import load_model
 
     check_mode(tta)
     from agegender.infer.detector import DETECTORS

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from agegender.artifact import dex_group_matrix, output_probabilities
 from agegender.data.records import ages_to_groups
 from agegender.evaluate.metrics import P_AGE, P_GENDER
 from agegender.evaluate.tta import average_views, check_mode, tta_views
@@ -186,25 +187,6 @@ def load_faces(
 
 
 # --------------------------------------------------------------------------- model
-def _dex_group_matrix(n_ages: int) -> torch.Tensor:
-    """``(n_ages, 8)`` 0/1 matrix: which Adience group each DEX age belongs to."""
-    groups = ages_to_groups(np.arange(n_ages, dtype=float))
-    m = np.zeros((n_ages, len(P_AGE)), np.float32)
-    m[np.arange(n_ages), groups] = 1.0
-    return torch.from_numpy(m)
-
-
-def output_probabilities(out: dict[str, torch.Tensor], age_mode: str) -> dict[str, torch.Tensor]:
-    """Model outputs -> ``gender`` (B, 2) and ``age`` probabilities (B, 8 or 101) or years."""
-    probs: dict[str, torch.Tensor] = {}
-    if "gender" in out:
-        probs["gender"] = out["gender"].float().softmax(-1)
-    if "age" in out and age_mode != "none":
-        age = out["age"].float()
-        probs["age"] = age if age_mode == "regression" else age.softmax(-1)
-    return probs
-
-
 @torch.inference_mode()
 def predict_images(
     model: torch.nn.Module,
@@ -255,7 +237,7 @@ def predict_images(
         elif age_mode == "dex":
             probs = mean["age"]
             if dex_groups is None:
-                dex_groups = _dex_group_matrix(probs.shape[-1]).to(device)
+                dex_groups = torch.from_numpy(dex_group_matrix(probs.shape[-1])).to(device)
             ages = torch.arange(probs.shape[-1], dtype=probs.dtype, device=device)
             years[idx] = (probs * ages).sum(-1).cpu().numpy()
             p_group[idx] = (probs @ dex_groups).cpu().numpy()

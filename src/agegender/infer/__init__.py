@@ -3,34 +3,41 @@
 >>> from agegender.infer import Predictor
 >>> p = Predictor.load("model.onnx", detector="haar")
 >>> p.predict("photo.jpg").faces[0].gender
+
+The names below are loaded on first use, so importing a submodule (``agegender.infer.align``
+from :mod:`agegender.artifact`, say) does not pull in the predictor.
 """
 
-from agegender.infer.detector import Box, HaarDetector, NoneDetector, crop_face, make_detector
-from agegender.infer.predictor import (
-    AGE_GROUP_MIDPOINTS,
-    FaceResult,
-    ImageResult,
-    ModelSpec,
-    NoModelError,
-    Predictor,
-    load_torch_model,
-    parse_meta,
-    save_torch_model,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AGE_GROUP_MIDPOINTS",
-    "Box",
-    "FaceResult",
-    "HaarDetector",
-    "ImageResult",
-    "ModelSpec",
-    "NoModelError",
-    "NoneDetector",
-    "Predictor",
-    "crop_face",
-    "load_torch_model",
-    "make_detector",
-    "parse_meta",
-    "save_torch_model",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "AGE_GROUP_MIDPOINTS": "agegender.artifact",
+    "ModelSpec": "agegender.artifact",
+    "load_model": "agegender.artifact",
+    "parse_meta": "agegender.artifact",
+    "save_torch_model": "agegender.artifact",
+    "Box": "agegender.infer.detector",
+    "HaarDetector": "agegender.infer.detector",
+    "NoneDetector": "agegender.infer.detector",
+    "crop_face": "agegender.infer.detector",
+    "make_detector": "agegender.infer.detector",
+    "FaceResult": "agegender.infer.results",
+    "ImageResult": "agegender.infer.results",
+    "NoModelError": "agegender.infer.predictor",
+    "Predictor": "agegender.infer.predictor",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'agegender.infer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from agegender.infer.predictor import NoModelError, Predictor, parse_meta
+from agegender.artifact import parse_meta
+from agegender.infer.predictor import NoModelError, Predictor
 
 DEFAULT_ARCH = "small_resnet"
 

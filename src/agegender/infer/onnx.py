@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agegender.infer.predictor import parse_meta, probability_module
+from agegender.artifact import parse_meta, probability_module
 
 META_KEY = "agegender_meta"
 INPUT_NAME = "input"

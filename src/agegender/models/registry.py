@@ -215,11 +215,6 @@ def get_model_entry(name: str) -> ModelEntry:
         ) from None
 
 
-# The old private name, kept only while uncommitted work still imports it; use
-# get_model_entry.
-_entry = get_model_entry
-
-
 def create_model(
     name: str,
     tasks: TaskSpec | Mapping[str, Any] | None = None,

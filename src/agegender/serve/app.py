@@ -237,7 +237,7 @@ _OPENAPI_BODY = {
 def _result_dict(result: Any, crops: bool) -> dict[str, Any]:
     """An ImageResult as JSON; with ``crops`` each face carries the aligned crop the model
     saw as a PNG data URL (``crop``)."""
-    from agegender.infer.predictor import crop_data_url
+    from agegender.infer.drawing import crop_data_url
 
     d = result.to_dict()
     if crops:

@@ -438,8 +438,8 @@ def _check_model(config: Config) -> None:
     """Build the model on the meta device (catches e.g. a dropout list of the wrong length)."""
     import torch
 
+    from agegender.artifact import model_options
     from agegender.models import TaskSpec, create_model
-    from agegender.train.module import model_options
     from agegender.train.run import resolve_sizes
 
     resolve_sizes(config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agegender.train.module import load_model
+    from agegender.artifact import load_model
     from agegender.train.run import RunResult, train
 
 __all__ = ["RunResult", "load_model", "train"]
@@ -19,7 +19,7 @@ __all__ = ["RunResult", "load_model", "train"]
 
 def __getattr__(name: str) -> Any:  # lazy: importing the package stays cheap
     if name == "load_model":
-        from agegender.train.module import load_model
+        from agegender.artifact import load_model
 
         return load_model
     if name in ("train", "RunResult"):

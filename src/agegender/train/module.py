@@ -18,13 +18,13 @@ Hassner report), ``age_mae`` (years; regression and DEX only).
 Checkpoints are self-describing: ``hyper_parameters`` hold the resolved config and a
 ``meta`` dict (architecture, create_model options, tasks, preprocessing, label
 conventions, code version) and ``checkpoint["agegender"]`` repeats ``meta`` with the
-metrics at save time, so :func:`load_model` rebuilds the network without the config file.
+metrics at save time, so :func:`agegender.artifact.load_model` rebuilds the network without
+the config file.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,138 +35,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanAbsoluteError, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from agegender.artifact import build_model
 from agegender.config import Config
 from agegender.data.augment import Preprocess
-from agegender.data.records import AGE_GROUP_CUTS, AGE_GROUP_NAMES, GENDERS
+from agegender.data.records import AGE_GROUP_CUTS
 from agegender.evaluate.metrics import logged_metrics
-from agegender.models import FaceModel, TaskSpec, create_model, dex_expected_age
+from agegender.models import dex_expected_age
 from agegender.models.heads import DEX_MAX_AGE
 
-CHECKPOINT_FORMAT = "agegender-checkpoint/1"
-
-
-# --------------------------------------------------------------------------- building
-def model_options(config: Config) -> dict[str, Any]:
-    """create_model keyword options from the ``model`` section (only those that are set)."""
-    from agegender.models.registry import _entry
-
-    m = config.model
-    opts: dict[str, Any] = dict(m.options)
-    for key in ("head", "head_hidden", "dropout"):
-        value = getattr(m, key)
-        if value is not None:
-            opts[key] = value
-    if "freeze_backbone" in _entry(m.name).options:
-        opts.setdefault("freeze_backbone", m.freeze_backbone)
-    return opts
-
-
-def _builder_defaults(name: str) -> dict[str, Any]:
-    """The builder's keyword defaults, so a checkpoint survives later default changes."""
-    import inspect
-
-    from agegender.models.registry import _entry
-
-    out: dict[str, Any] = {}
-    for key, param in inspect.signature(_entry(name).fn).parameters.items():
-        if (
-            key in ("tasks", "pretrained_file", "pretrained")
-            or param.default is inspect.Parameter.empty
-        ):
-            continue
-        value = param.default
-        if isinstance(value, tuple):
-            value = list(value)
-        if value is None or isinstance(value, bool | int | float | str | list):
-            out[key] = value
-    return out
-
-
-def make_meta(config: Config, *, size: int, input_size: int, code_version: str) -> dict:
-    """Everything needed to rebuild and feed the model, as plain JSON-able types."""
-    from agegender.models.registry import _entry
-
-    cfg = _entry(config.model.name).cfg
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "arch": config.model.name,
-        "model_options": {**_builder_defaults(config.model.name), **model_options(config)},
-        "tasks": {"gender": config.task.gender, "age": config.task.age},
-        "preprocessing": {
-            "resize": int(size),
-            "input_size": int(input_size),
-            "crop": "center",
-            "interpolation": "bilinear",
-            "color": "RGB",
-            "mean": [float(x) for x in cfg["mean"]],
-            "std": [float(x) for x in cfg["std"]],
-            "note": "resize the face crop to resize x resize, take the centre input_size "
-            "window, scale to [0, 1], subtract mean, divide by std",
-        },
-        "labels": {
-            "gender": list(GENDERS),
-            "gender_codes": {"male": 0, "female": 1},
-            "age": config.task.age,
-            "age_groups": list(AGE_GROUP_NAMES),
-            "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
-            "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
-        },
-        "face_crop": face_crop_meta(),
-        "weights": weights_origin(config),
-        "code_version": code_version,
-    }
-
-
-def face_crop_meta() -> dict[str, Any]:
-    """The face geometry the model is trained on, for the predictor's alignment: where the
-    eyes, nose tip and mouth fall in a training crop (fractions of its side)."""
-    from agegender.infer.align import UTKFACE_TEMPLATE
-
-    return {
-        "template": [list(p) for p in UTKFACE_TEMPLATE],
-        "landmarks": ["right_eye", "left_eye", "nose_tip", "mouth_center"],
-        "framing": "UTKFace aligned crops (other datasets are cut to match: data crop / align)",
-    }
-
-
-def weights_origin(config: Config) -> dict[str, Any]:
-    """Where the starting weights came from (the model card and ``summary.json`` say it)."""
-    from agegender.models.pretrained import packaged_for
-    from agegender.models.registry import _entry
-
-    m = config.model
-    out: dict[str, Any] = {
-        "init": "init_from" if m.init_from else "file" if m.pretrained_file else m.pretrained,
-        "pretrained": m.pretrained,
-        "pretrained_file": m.pretrained_file,
-        "init_from": m.init_from,
-    }
-    if m.pretrained == "imagenet":
-        timm_name = getattr(_entry(m.name).fn, "timm_name", m.name)
-        packaged = packaged_for(timm_name)
-        if packaged is not None:
-            out["source"] = packaged.source()
-            out["license"] = packaged.license
-    if out["init"] is None:
-        out["init"] = "random"
-    return out
-
-
-def build_model(
-    meta: dict, pretrained_file: str | None = None, pretrained: str | None = None
-) -> FaceModel:
-    """The FaceModel described by a checkpoint's ``meta``; starting weights from
-    ``pretrained_file`` or ``pretrained`` (``imagenet``/``hub``) for a fresh run only."""
-    pre = meta["preprocessing"]
-    extra = {} if pretrained is None else {"pretrained": pretrained}
-    return create_model(
-        meta["arch"],
-        TaskSpec(**meta["tasks"]),
-        pretrained_file=pretrained_file,
-        input_size=pre["input_size"],
-        **meta["model_options"],
-        **extra,
-    )
+# The model artifact (meta, rebuilding, checkpoint files) lives in agegender.artifact.
 
 
 # --------------------------------------------------------------------------- losses
@@ -254,7 +131,8 @@ def _age_group_of(years: torch.Tensor) -> torch.Tensor:
 class FaceModule(L.LightningModule):
     """Trains a :class:`~agegender.models.FaceModel` from a validated :class:`Config`.
 
-    ``config``: the resolved config as a dict; ``meta``: :func:`make_meta`'s dict.
+    ``config``: the resolved config as a dict; ``meta``: the dict
+    :func:`agegender.artifact.make_meta` writes.
     ``pretrained_file`` / ``pretrained``: backbone weights to start from (fresh runs only).
     """
 
@@ -470,50 +348,3 @@ class FaceModule(L.LightningModule):
 
 
 # --------------------------------------------------------------------------- loading
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load`` a Lightning checkpoint, tensors only (``weights_only=True``); a file
-    that is not one raises :class:`~agegender.errors.ModelFileError` naming it."""
-    from agegender.errors import ModelFileError, torch_load
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch_load(p)
-    if not isinstance(ckpt, dict):
-        raise ModelFileError(f"{path}: not a training checkpoint (holds a {type(ckpt).__name__})")
-    return ckpt
-
-
-def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[FaceModel, dict]:
-    """Rebuild the trained model from a run's checkpoint, without its config file.
-
-    Returns ``(model, meta)``: the FaceModel in eval mode and its ``meta`` (``arch``,
-    ``model_options``, ``tasks``, ``preprocessing`` {resize, input_size, mean, std, ...},
-    ``labels``, ``code_version``, ``config``, ``metrics``, ``epoch``, ``global_step``).
-    """
-    from agegender.errors import ModelFileError
-
-    ckpt = read_checkpoint(path)
-    hparams = ckpt.get("hyper_parameters")
-    meta = ckpt.get("agegender") or (hparams.get("meta") if isinstance(hparams, dict) else None)
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path}: not an agegender training checkpoint (no metadata)")
-    if not isinstance(ckpt.get("state_dict"), dict):
-        raise ModelFileError(f"{path}: not an agegender training checkpoint (no state_dict)")
-    meta = dict(meta)
-    meta["config"] = hparams.get("config") if isinstance(hparams, dict) else None
-    meta["epoch"] = ckpt.get("epoch")
-    meta["global_step"] = ckpt.get("global_step")
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model = build_model(meta)
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(
-            f"{path}: the weights do not fit the model it describes ({first})"
-        ) from exc
-    model.to(map_location).eval()
-    return model, meta

@@ -573,9 +573,10 @@ def train(
     import lightning as L
     import torch
 
+    from agegender.artifact import make_meta
     from agegender.data.datamodule import FaceDataModule
     from agegender.models import load_weights, read_state_dict
-    from agegender.train.module import FaceModule, make_meta
+    from agegender.train.module import FaceModule
 
     quiet_lightning()
     if not isinstance(config, Config):

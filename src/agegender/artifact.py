@@ -1,0 +1,379 @@
+"""The model artifact, written once: what a trained model is and how to use it.
+
+Like torchvision's ``Weights`` (weights that carry their transforms and metadata), every
+model file this project writes carries a **meta** dict, and this module is the only place
+that writes it, reads it and acts on it:
+
+- **meta** — :func:`make_meta` writes it at training time (architecture, builder options,
+  tasks, preprocessing, labels, face framing, where the starting weights came from);
+  :func:`parse_meta` reads the part inference needs into a :class:`ModelSpec`. The reader
+  accepts exactly the keys the writer writes.
+- **rebuild** — :func:`build_model` makes the network a meta describes.
+- **outputs → probabilities** — :func:`output_probabilities` (softmax for gender, age
+  groups and DEX; years for regression), :func:`probability_module` (the same as the graph
+  the torch runtime and the ONNX export run, outputs named :data:`GENDER_OUTPUT` /
+  :data:`AGE_OUTPUTS`), and :func:`dex_group_matrix` (DEX years → Adience groups).
+- **preprocessing** — :func:`preprocess_crops`: face crops → the normalised batch.
+- **files** — :func:`load_model` reads a Lightning ``.ckpt`` (without Lightning) or a
+  ``.pt``; :func:`save_torch_model` writes a ``.pt``; ONNX files (meta inside) are
+  written and run by :mod:`agegender.infer.onnx`. Every ``torch.load`` is
+  ``weights_only=True`` (tensors and plain types only), so a file from someone else cannot
+  run code.
+
+Neither this module nor the predictor imports the training package or Lightning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from agegender.data.records import AGE_GROUP_CUTS, AGE_GROUP_NAMES, GENDERS, ages_to_groups
+from agegender.infer.align import UTKFACE_TEMPLATE
+
+if TYPE_CHECKING:
+    import torch
+
+    from agegender.config import Config
+    from agegender.models import FaceModel
+
+#: The ``format`` of the meta written by :func:`make_meta`.
+CHECKPOINT_FORMAT = "agegender-checkpoint/1"
+
+#: Output names shared by the torch path and the exported ONNX graph (probabilities).
+GENDER_OUTPUT = "gender_probs"
+AGE_OUTPUTS = {"groups": "age_group_probs", "regression": "age_years", "dex": "age_probs"}
+AGE_MODES = ("none", *AGE_OUTPUTS)
+
+#: Representative age (years) of each Adience group, for the age estimate of a groups
+#: model: the interval midpoints, and for 60+ the mean age of UTKFace faces aged 57 or
+#: more (70 years, 3140 faces), i.e. of the faces the age-to-group rule puts in 60+.
+AGE_GROUP_MIDPOINTS: tuple[float, ...] = (1.0, 5.0, 10.5, 17.5, 28.5, 40.5, 50.5, 70.0)
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class ModelSpec:
+    """What inference needs to know about a model, read from its meta."""
+
+    name: str
+    arch: str
+    gender: bool
+    age: str  # none | groups | regression | dex
+    input_size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    template: tuple[tuple[float, float], ...] = UTKFACE_TEMPLATE  # landmarks in its crops
+
+    @property
+    def output_names(self) -> list[str]:
+        names = [GENDER_OUTPUT] if self.gender else []
+        if self.age != "none":
+            names.append(AGE_OUTPUTS[self.age])
+        return names
+
+
+def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
+    """Read the meta written by :func:`make_meta` into a :class:`ModelSpec`.
+
+    Needs ``arch``, ``tasks`` {gender, age} and ``preprocessing`` {input_size, resize,
+    mean, std}; ``face_crop.template`` (newer models) says where the landmarks fall in the
+    training crops (else UTKFace's). Raises ``ValueError`` naming what is missing.
+    """
+    if not isinstance(meta, Mapping):
+        raise ValueError(f"model meta must be a dict, got {type(meta).__name__}")
+    pre, tasks = meta.get("preprocessing"), meta.get("tasks")
+    if not isinstance(pre, Mapping) or pre.get("input_size") is None:
+        raise ValueError("model meta has no preprocessing input_size")
+    if not isinstance(tasks, Mapping):
+        raise ValueError("model meta has no tasks")
+    input_size = int(pre["input_size"])
+    age = str(tasks.get("age", "none"))
+    if age not in AGE_MODES:
+        raise ValueError(f"model meta has unknown age mode {age!r}")
+    face = meta.get("face_crop") if isinstance(meta.get("face_crop"), Mapping) else {}
+    template = tuple(tuple(float(v) for v in p) for p in face.get("template", UTKFACE_TEMPLATE))
+    if len(template) < 2 or any(len(p) != 2 for p in template):
+        raise ValueError("model meta face_crop.template must be (x, y) points")
+    arch = str(meta.get("arch") or "?")
+    return ModelSpec(
+        name=str(name or meta.get("name") or arch),
+        arch=arch,
+        gender=bool(tasks.get("gender", False)),
+        age=age,
+        input_size=input_size,
+        resize=max(int(pre.get("resize") or input_size), input_size),
+        mean=tuple(float(v) for v in pre["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in pre["std"]),  # type: ignore[arg-type]
+        template=template,  # type: ignore[arg-type]
+    )
+
+
+# --------------------------------------------------------------------------- writing
+def model_options(config: Config) -> dict[str, Any]:
+    """create_model keyword options from the ``model`` section (only those that are set)."""
+    from agegender.models.registry import get_model_entry
+
+    m = config.model
+    opts: dict[str, Any] = dict(m.options)
+    for key in ("head", "head_hidden", "dropout"):
+        value = getattr(m, key)
+        if value is not None:
+            opts[key] = value
+    if "freeze_backbone" in get_model_entry(m.name).options:
+        opts.setdefault("freeze_backbone", m.freeze_backbone)
+    return opts
+
+
+def _builder_defaults(name: str) -> dict[str, Any]:
+    """The builder's keyword defaults, so a checkpoint survives later default changes."""
+    from agegender.models.registry import get_model_entry
+
+    out: dict[str, Any] = {}
+    for key, param in inspect.signature(get_model_entry(name).fn).parameters.items():
+        if (
+            key in ("tasks", "pretrained_file", "pretrained")
+            or param.default is inspect.Parameter.empty
+        ):
+            continue
+        value = param.default
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None or isinstance(value, bool | int | float | str | list):
+            out[key] = value
+    return out
+
+
+def make_meta(config: Config, *, size: int, input_size: int, code_version: str) -> dict:
+    """Everything needed to rebuild and feed the model, as plain JSON-able types."""
+    from agegender.models.heads import DEX_MAX_AGE
+    from agegender.models.registry import get_model_entry
+
+    cfg = get_model_entry(config.model.name).cfg
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": config.model.name,
+        "model_options": {**_builder_defaults(config.model.name), **model_options(config)},
+        "tasks": {"gender": config.task.gender, "age": config.task.age},
+        "preprocessing": {
+            "resize": int(size),
+            "input_size": int(input_size),
+            "crop": "center",
+            "interpolation": "bilinear",
+            "color": "RGB",
+            "mean": [float(x) for x in cfg["mean"]],
+            "std": [float(x) for x in cfg["std"]],
+            "note": "resize the face crop to resize x resize, take the centre input_size "
+            "window, scale to [0, 1], subtract mean, divide by std",
+        },
+        "labels": {
+            "gender": list(GENDERS),
+            "gender_codes": {"male": 0, "female": 1},
+            "age": config.task.age,
+            "age_groups": list(AGE_GROUP_NAMES),
+            "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
+            "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
+        },
+        "face_crop": face_crop_meta(),
+        "weights": weights_origin(config),
+        "code_version": code_version,
+    }
+
+
+def face_crop_meta() -> dict[str, Any]:
+    """The face geometry the model is trained on, for the predictor's alignment: where the
+    eyes, nose tip and mouth fall in a training crop (fractions of its side)."""
+    return {
+        "template": [list(p) for p in UTKFACE_TEMPLATE],
+        "landmarks": ["right_eye", "left_eye", "nose_tip", "mouth_center"],
+        "framing": "UTKFace aligned crops (other datasets are cut to match: data crop / align)",
+    }
+
+
+def weights_origin(config: Config) -> dict[str, Any]:
+    """Where the starting weights came from (the model card and ``summary.json`` say it)."""
+    from agegender.models.pretrained import packaged_for
+    from agegender.models.registry import get_model_entry
+
+    m = config.model
+    out: dict[str, Any] = {
+        "init": "init_from" if m.init_from else "file" if m.pretrained_file else m.pretrained,
+        "pretrained": m.pretrained,
+        "pretrained_file": m.pretrained_file,
+        "init_from": m.init_from,
+    }
+    if m.pretrained == "imagenet":
+        timm_name = getattr(get_model_entry(m.name).fn, "timm_name", m.name)
+        packaged = packaged_for(timm_name)
+        if packaged is not None:
+            out["source"] = packaged.source()
+            out["license"] = packaged.license
+    if out["init"] is None:
+        out["init"] = "random"
+    return out
+
+
+# --------------------------------------------------------------------------- rebuilding
+def build_model(
+    meta: Mapping[str, Any], pretrained_file: str | None = None, pretrained: str | None = None
+) -> FaceModel:
+    """The FaceModel a meta describes; starting weights from ``pretrained_file`` or
+    ``pretrained`` (``imagenet``/``hub``) for a fresh run only."""
+    from agegender.models import TaskSpec, create_model
+
+    pre = meta["preprocessing"]
+    extra = {} if pretrained is None else {"pretrained": pretrained}
+    return create_model(
+        meta["arch"],
+        TaskSpec(**meta["tasks"]),
+        pretrained_file=pretrained_file,
+        input_size=pre["input_size"],
+        **meta.get("model_options", {}),
+        **extra,
+    )
+
+
+# --------------------------------------------------------------- outputs and inputs
+def output_probabilities(out: Mapping[str, torch.Tensor], age_mode: str) -> dict[str, Any]:
+    """Model outputs -> ``gender`` (B, 2) [male, female] and ``age`` probabilities (B, 8
+    groups or 101 DEX years) or years (B,) for regression."""
+    probs: dict[str, Any] = {}
+    if "gender" in out:
+        probs["gender"] = out["gender"].float().softmax(-1)
+    if "age" in out and age_mode != "none":
+        age = out["age"].float()
+        probs["age"] = age.reshape(-1) if age_mode == "regression" else age.softmax(-1)
+    return probs
+
+
+def probability_module(model: Any, spec: ModelSpec) -> Any:
+    """Wrap a FaceModel so it returns a tuple of probabilities in ``spec.output_names``
+    order: the graph both the torch runtime and the ONNX export run."""
+    import torch
+
+    class ProbabilityModel(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            probs = output_probabilities(self.inner(x), spec.age)
+            return tuple(probs[k] for k in ("gender", "age") if k in probs)
+
+    return ProbabilityModel(model).eval()
+
+
+def dex_group_matrix(n_ages: int) -> np.ndarray:
+    """``(n_ages, 8)`` 0/1 float32 matrix: the Adience group of each DEX age (0..n-1), so
+    ``p_years @ matrix`` gives the group probabilities."""
+    groups = ages_to_groups(np.arange(n_ages, dtype=float))
+    m = np.zeros((n_ages, len(AGE_GROUP_NAMES)), np.float32)
+    m[np.arange(n_ages), groups] = 1.0
+    return m
+
+
+def preprocess_crops(crops: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """Square uint8 RGB face crops -> the model's normalised float32 batch ``(n, 3, S, S)``:
+    resize to ``spec.resize`` (area when shrinking, bilinear when enlarging), centre
+    ``spec.input_size`` window, ``(x / 255 - mean) / std``."""
+    s, r = spec.input_size, spec.resize
+    std = np.asarray(spec.std, dtype=np.float32)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    offset = (-np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+    out = np.empty((len(crops), 3, s, s), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        interp = cv2.INTER_AREA if crop.shape[0] > r else cv2.INTER_LINEAR
+        img = cv2.resize(crop, (r, r), interpolation=interp)
+        if r != s:  # centre crop, like evaluation on the cached ``resize`` images
+            o = (r - s) // 2
+            img = img[o : o + s, o : o + s]
+        out[i] = (img.astype(np.float32) * scale + offset).transpose(2, 0, 1)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load`` a Lightning checkpoint, tensors only (``weights_only=True``); a file
+    that is not one raises :class:`~agegender.errors.ModelFileError` naming it."""
+    from agegender.errors import ModelFileError, torch_load
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch_load(p)
+    if not isinstance(ckpt, dict):
+        raise ModelFileError(f"{path}: not a training checkpoint (holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def _rebuilt(path: str | os.PathLike, meta: Mapping[str, Any], state: dict) -> FaceModel:
+    from agegender.errors import ModelFileError
+
+    try:
+        parse_meta(meta)
+        model = build_model(meta)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(
+            f"{path}: the weights do not fit the model it describes ({first})"
+        ) from exc
+    return model.eval()
+
+
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[FaceModel, dict]:
+    """Rebuild a trained model from a ``.ckpt`` (training checkpoint; Lightning is not
+    needed) or a ``.pt`` (:func:`save_torch_model`) -> ``(model in eval mode, meta)``.
+
+    A checkpoint's meta also carries ``config``, ``epoch`` and ``global_step``.
+    """
+    from agegender.errors import ModelFileError, torch_load
+
+    if Path(path).suffix in (".pt", ".pth"):
+        blob = torch_load(path)  # tensors only; a file that is not one: ModelFileError
+        if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
+            raise ModelFileError(
+                f"{path}: not a model saved by agegender (needs meta + state_dict)"
+            )
+        meta = dict(blob["meta"])
+        return _rebuilt(path, meta, blob["state_dict"]).to(map_location), meta
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters")
+    meta = ckpt.get("agegender") or (hparams.get("meta") if isinstance(hparams, dict) else None)
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not an agegender training checkpoint (no metadata)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: not an agegender training checkpoint (no state_dict)")
+    meta = dict(meta)
+    meta["config"] = hparams.get("config") if isinstance(hparams, dict) else None
+    meta["epoch"] = ckpt.get("epoch")
+    meta["global_step"] = ckpt.get("global_step")
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return _rebuilt(path, meta, state).to(map_location), meta
+
+
+def save_torch_model(model: Any, meta: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Save ``{"meta", "state_dict"}`` to ``.pt`` (tensors and plain types only, loadable
+    with ``weights_only=True``); :func:`load_model` rebuilds it."""
+    import torch
+
+    parse_meta(meta)  # validate
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "meta": json.loads(json.dumps(dict(meta), default=str)),
+        "state_dict": model.state_dict(),
+    }
+    torch.save(blob, path)
+    return path
