@@ -516,12 +516,17 @@ def evaluate_cmd(
         return
     if not checkpoint.is_file():
         fail(f"{checkpoint}: checkpoint not found")
-    if tta not in ("none", "flip", "oversample"):
-        fail(f"--tta: unknown mode {tta!r}; choose none, flip or oversample")
-    from agegender.infer.detector import DETECTORS
+    from agegender.evaluate.tta import check_mode
+    from agegender.infer.detector import check_detector
 
-    if detector not in DETECTORS:
-        fail(f"--detector: unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    for option, check, value in (
+        ("--tta", check_mode, tta),
+        ("--detector", check_detector, detector),
+    ):
+        try:
+            check(value)
+        except ValueError as exc:
+            fail(f"{option}: {exc}")
     out = out or run_dir_of(checkpoint) / "eval" / "results.json"
     if out.suffix.lower() != ".json":
         fail(f"--out must end in .json, got {out}")

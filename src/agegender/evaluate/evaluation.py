@@ -183,12 +183,10 @@ def evaluate_checkpoint(
     from agegender.artifact import load_model
     from agegender.data.prepare import read_rows
     from agegender.evaluate.tta import check_mode
+    from agegender.infer.detector import check_detector
 
     check_mode(tta)
-    from agegender.infer.detector import DETECTORS
-
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    check_detector(detector)
     model, meta = load_model(ckpt)
     rows = read_rows(data, format, audit=False, limit=limit, seed=seed)
     result = rows.result

@@ -36,7 +36,7 @@ from agegender.artifact import dex_group_matrix, output_probabilities
 from agegender.data.records import ages_to_groups
 from agegender.evaluate.metrics import P_AGE, P_GENDER
 from agegender.evaluate.tta import average_views, check_mode, tta_views
-from agegender.infer.detector import DETECTORS
+from agegender.infer.detector import check_detector
 
 LABEL_COLUMNS = (
     "path",
@@ -80,11 +80,9 @@ class Predictions:
 def _cached_images(
     table: pd.DataFrame, size: int, cache_dir: str | None, workers: int | None, progress: bool
 ):
-    """``(images, rows, ok, errors)`` through the decode-once cache (None without it)."""
-    try:
-        from agegender.data.cache import build_cache
-    except ImportError:  # the cache module is optional at this layer
-        return None
+    """``(images, rows, ok, errors)`` through the decode-once cache."""
+    from agegender.data.cache import build_cache
+
     cache = build_cache(table, size, cache_dir=cache_dir, workers=workers, progress=progress)
     paths = table["path"].astype(str).tolist()
     rows = np.asarray(cache.rows_for(paths), dtype=np.int64)
@@ -98,15 +96,6 @@ def _cached_images(
         dtype=object,
     )
     return cache.images, rows, ok, errors
-
-
-def _load_whole(path: str, size: int) -> tuple[np.ndarray | None, str]:
-    from agegender.data.imageio import ImageError, load_resized
-
-    try:
-        return load_resized(path, size), ""
-    except ImageError as exc:
-        return None, str(exc)
 
 
 def _load_detected(path: str, size: int, detector: str) -> tuple[np.ndarray | None, str, bool]:
@@ -143,8 +132,7 @@ def load_faces(
     exception."""
     from agegender.data.parallel import parallel_map
 
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    check_detector(detector)
     started = time.perf_counter()
     n = len(table)
     paths = table["path"].astype(str).tolist()
@@ -154,28 +142,17 @@ def load_faces(
         found0 = None if detector == "none" else np.zeros(0, bool)
         return FaceImages(empty, np.zeros(0, np.int64), np.zeros(0, bool), errors, found0)
     if detector == "none":
-        cached = _cached_images(table, size, cache_dir, workers, progress)
-        if cached is not None:
-            images, rows, ok, errors = cached
-            return FaceImages(images, rows, ok, errors, None, time.perf_counter() - started)
-        results = parallel_map(
-            functools.partial(_load_whole, size=size),
-            paths,
-            workers=workers,
-            progress=progress,
-            description="loading faces",
-        )
-        found = None
-    else:
-        results3 = parallel_map(
-            functools.partial(_load_detected, size=size, detector=detector),
-            paths,
-            workers=workers,
-            progress=progress,
-            description="detecting faces",
-        )
-        results = [(img, err) for img, err, _ in results3]
-        found = np.array([f for _, _, f in results3], dtype=bool)
+        images, rows, ok, errors = _cached_images(table, size, cache_dir, workers, progress)
+        return FaceImages(images, rows, ok, errors, None, time.perf_counter() - started)
+    results3 = parallel_map(
+        functools.partial(_load_detected, size=size, detector=detector),
+        paths,
+        workers=workers,
+        progress=progress,
+        description="detecting faces",
+    )
+    results = [(img, err) for img, err, _ in results3]
+    found = np.array([f for _, _, f in results3], dtype=bool)
     images = np.zeros((n, size, size, 3), np.uint8)
     ok = np.zeros(n, bool)
     for i, (img, err) in enumerate(results):
@@ -318,7 +295,6 @@ def predict_table(
 
 
 __all__ = [
-    "DETECTORS",
     "FaceImages",
     "Predictions",
     "load_faces",

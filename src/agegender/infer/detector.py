@@ -247,6 +247,13 @@ DETECTOR_INFO: dict[str, dict[str, str]] = {
 }
 
 
+def check_detector(name: str) -> str:
+    """``name`` if it is a registered detector, else a ValueError listing them."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return name
+
+
 def make_detector(name: str | Detector = "haar", **kwargs: object) -> Detector:
     """Build a detector by name: ``haar`` (kwargs go to :class:`HaarDetector`), ``blazeface``
     (kwargs go to :class:`agegender.infer.blazeface.BlazeFaceDetector`; needs the optional
@@ -261,9 +268,8 @@ def make_detector(name: str | Detector = "haar", **kwargs: object) -> Detector:
         if name == "blazeface_full":
             kwargs = {"model": "auto", **kwargs}
         return BlazeFaceDetector(**kwargs)  # type: ignore[arg-type]
-    if name == "none":
-        return NoneDetector()
-    raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    check_detector(name)
+    return NoneDetector()
 
 
 @functools.lru_cache(maxsize=8)
