@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import agegender.config
+import agegender.config.paths
 from agegender.cli import app
 from agegender.errors import ModelFileError, check_writable, error_line, torch_load
 
@@ -179,7 +179,7 @@ def test_data_root_unset_and_default_missing(bad: Path, monkeypatch) -> None:
     """``${AGEGENDER_DATA}`` in a config, the variable unset, no ``../shared/data``: one
     line that says how to set it."""
     monkeypatch.delenv("AGEGENDER_DATA", raising=False)
-    monkeypatch.setattr(agegender.config, "DEFAULT_DATA_ROOT", bad / "no" / "shared" / "data")
+    monkeypatch.setattr(agegender.config.paths, "DEFAULT_DATA_ROOT", bad / "no" / "shared" / "data")
     for command in ("train", "cv"):
         res = CliRunner().invoke(app, [command, str(bad / "env.yaml")])
         assert_one_line_error(res.exit_code, res.stderr, res.output, "env.yaml: data.path:")

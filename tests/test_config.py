@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import agegender.config
+import agegender.config.paths
 from agegender.config import (
     ConfigError,
     DataRootError,
@@ -143,10 +143,10 @@ def test_env_expansion_and_default_data_root(monkeypatch, tmp_path: Path) -> Non
     assert expand_path("${AGEGENDER_DATA}/utkface") == str(tmp_path / "utkface")
     monkeypatch.delenv("AGEGENDER_DATA")
     assert REPO.parent / "shared" / "data" == agegender.config.DEFAULT_DATA_ROOT
-    monkeypatch.setattr(agegender.config, "DEFAULT_DATA_ROOT", tmp_path)
+    monkeypatch.setattr(agegender.config.paths, "DEFAULT_DATA_ROOT", tmp_path)
     assert expand_path("$AGEGENDER_DATA/x") == str(tmp_path / "x")
     # not set (or empty) and no default folder: one line saying how to set it
-    monkeypatch.setattr(agegender.config, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(agegender.config.paths, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
     for value in (None, ""):
         if value is not None:
             monkeypatch.setenv("AGEGENDER_DATA", value)

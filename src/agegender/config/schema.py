@@ -1,32 +1,15 @@
-"""Training configuration: pydantic models, YAML loading, ``--set`` overrides, validation.
+"""The config schema: one pydantic model per YAML section, and the root :class:`Config`.
 
-A run is described by one YAML file with the sections below (every key optional except
-``data.path``); unknown keys are errors that name the key::
-
-    data:      {path, format, size, input_size, folds_file, fold, val_fold, split, limit,
-                audit, drop_conflicts, seed, cache_dir, crop,
-                extra: [{path, format, name, crop, weight, val_fraction, limit}]}
-    model:     {name, pretrained, pretrained_file, init_from, head, head_hidden, dropout, options,
-                freeze_backbone, unfreeze_at_epoch, unfreeze_last_n, backbone_lr_factor}
-    task:      {gender, age: none|groups|regression|dex, gamma}
-    optim:     {name: adam|adamw|sgd, lr, weight_decay, momentum, nesterov}
-    schedule:  {name: none|cosine|step, warmup_epochs, step_size, gamma, min_lr_factor}
-    train:     {epochs, batch_size, precision, seed, early_stopping, num_workers, ...}
-    augment:   {recipe: [ops...], padding_mode}
-    trainer:   {accelerator, devices, num_nodes, strategy, channels_last, compile, threads}
-    logger:    {csv, tensorboard, mlflow, wandb, ...}
-
-Paths are relative to the config file (``--set`` paths: to the working directory);
-``$VAR`` / ``${VAR}`` expand from the environment, and ``AGEGENDER_DATA`` defaults to
-``<repo>/../shared/data`` (when that does not exist either, the error says how to set it).
-:func:`load_config` raises :class:`ConfigError`, whose message is one line naming every
-bad key, e.g. ``optim.lr: must be > 0 (got -0.1)``.
+Every section forbids unknown keys and validates its defaults; path fields are expanded
+against the config file's folder (:func:`agegender.config.paths.expand_path`). Sections,
+in file order: data, model, task, optim and schedule, train, augment (the ops of a
+recipe and their ``- name: value`` shorthand), trainer and logger, then the root
+:class:`Config` with its cross-section checks and :func:`logged_metrics`.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,72 +21,12 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-#: Repository root (src layout): the default data root is ``<repo>/../shared/data``.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-#: Config keys holding file-system paths (resolved relative to the config file).
-PATH_KEYS: tuple[tuple[str, str], ...] = (
-    ("data", "path"),
-    ("data", "folds_file"),
-    ("data", "cache_dir"),
-    ("model", "pretrained_file"),
-    ("model", "init_from"),
-)
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; ``str()`` is one line naming each bad key."""
-
-
-#: Where the data is when ``AGEGENDER_DATA`` is not set (a checkout beside ``shared/``).
-DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-
-
-class DataRootError(ValueError):
-    """``${AGEGENDER_DATA}`` is used, not set, and the default data root does not exist."""
-
-
-def default_data_root(*, must_exist: bool = False) -> Path:
-    """``$AGEGENDER_DATA`` (when set and not empty), else :data:`DEFAULT_DATA_ROOT`.
-
-    ``must_exist``: raise :class:`DataRootError`, which says how to set it, when the
-    variable is not set and the default folder does not exist."""
-    env = os.environ.get("AGEGENDER_DATA")
-    if env:
-        return Path(env)
-    if must_exist and not DEFAULT_DATA_ROOT.is_dir():
-        raise DataRootError(
-            f"${{AGEGENDER_DATA}} is not set and {DEFAULT_DATA_ROOT} does not exist; "
-            "set AGEGENDER_DATA=/path/to/data (see README 'Data')"
-        )
-    return DEFAULT_DATA_ROOT
-
-
-_VAR = re.compile(r"\$\{([^}]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def expand_path(value: str, base_dir: Path | None = None) -> str:
-    """Expand ``$VAR``/``${VAR}``/``~`` and make ``value`` absolute against ``base_dir``."""
-
-    def sub(m: re.Match) -> str:
-        name = m.group(1) or m.group(2)
-        if name == "AGEGENDER_DATA":  # set (not empty), else the default, which must exist
-            return str(default_data_root(must_exist=True))
-        if name in os.environ:
-            return os.environ[name]
-        raise ValueError(f"environment variable {name} is not set (in {value!r})")
-
-    text = os.path.expanduser(_VAR.sub(sub, str(value)))
-    p = Path(text)
-    if not p.is_absolute():
-        p = (base_dir or Path.cwd()) / p
-    return os.path.normpath(str(p))
+from agegender.config.paths import expand_path
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -669,211 +592,3 @@ def logged_metrics(task: TaskConfig) -> list[str]:
     from agegender.evaluate.metrics import logged_metrics as vocabulary_names
 
     return vocabulary_names(task.gender, task.age)
-
-
-# --------------------------------------------------------------------------- loading
-def _loc(loc: tuple) -> str:
-    out = ""
-    for i, x in enumerate(loc):
-        if isinstance(x, int):
-            out += f"[{x}]"
-        elif x in AUGMENT_OPS and i > 0 and isinstance(loc[i - 1], int):
-            continue  # the discriminated-union tag
-        else:
-            out += ("." if out else "") + str(x)
-    return out
-
-
-def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys at ``loc`` (for did-you-mean on unknown keys)."""
-    cls: Any = model
-    for x in loc[:-1]:
-        if isinstance(x, int) or cls is None:
-            continue
-        if x in AUGMENT_OPS:
-            cls = AUGMENT_OPS[x]
-            continue
-        field = getattr(cls, "model_fields", {}).get(x)
-        if field is None:
-            return []
-        ann = field.annotation
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(getattr(cls, "model_fields", {})) if cls is not None else []
-
-
-def _message(err: dict) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    num = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
-    loc = _loc(err["loc"])
-    if kind == "extra_forbidden":
-        key = err["loc"][-1]
-        close = difflib.get_close_matches(str(key), _field_names(Config, err["loc"]), n=1)
-        return f"{loc}: unknown key" + (f"; did you mean {close[0]}?" if close else "")
-    if kind == "missing":
-        return f"{loc}: required"
-    if kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        # cross-field validators already name their key
-        if re.match(r"^[a-z_]+(\.[a-z_]+)*:", msg):
-            return msg
-        if isinstance(ctx.get("error"), DataRootError):  # says what to do; no "(got ...)"
-            return f"{loc}: {msg}"
-    else:
-        msg = {
-            "greater_than": f"must be > {num.get('gt')}",
-            "greater_than_equal": f"must be >= {num.get('ge')}",
-            "less_than": f"must be < {num.get('lt')}",
-            "less_than_equal": f"must be <= {num.get('le')}",
-            "union_tag_not_found": "each op needs a name, e.g. '- hflip' or '- {op: hflip}'",
-            "literal_error": f"must be one of {ctx.get('expected')}",
-            "int_parsing": "must be an integer",
-            "int_from_float": "must be an integer",
-            "int_type": "must be an integer",
-            "float_parsing": "must be a number",
-            "float_type": "must be a number",
-            "bool_parsing": "must be true or false",
-            "bool_type": "must be true or false",
-            "string_type": "must be a string",
-            "list_type": "must be a list",
-            "dict_type": "must be a mapping",
-            "model_type": "must be a mapping of keys",
-            "model_attributes_type": "must be a mapping of keys",
-            "tuple_type": "must be a list of two numbers",
-            "too_short": "must be a list of two numbers",
-            "too_long": "must be a list of two numbers",
-        }.get(kind, err["msg"])
-    if kind not in ("model_type", "model_attributes_type", "dict_type") and not isinstance(
-        value, dict | list
-    ):
-        shown = repr(value)
-        if shown not in msg:
-            msg += f" (got {shown})"
-    return f"{loc}: {msg}" if loc else msg
-
-
-def format_errors(exc: ValidationError) -> str:
-    """One line: every error as ``key: message (got value)``, joined by ``; ``."""
-    seen: list[str] = []
-    for err in exc.errors():
-        m = _message(err)
-        if m not in seen:
-            seen.append(m)
-    return "; ".join(seen)
-
-
-def validate_config(raw: dict, base_dir: str | Path | None = None) -> Config:
-    """Validate a config mapping (paths relative to ``base_dir``) or raise ConfigError."""
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a mapping of sections (data:, model:, ...)")
-    try:
-        return Config.model_validate(raw, context={"base_dir": str(base_dir or Path.cwd())})
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
-
-
-def parse_override(text: str) -> tuple[list[str | int], Any]:
-    """``"a.b=value"`` -> (["a", "b"], value parsed as a YAML scalar or list)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected key=value")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    if not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.(\w+))*", key):
-        raise ConfigError(f"--set {text}: bad key {key!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc.problem}") from None
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
-    return path, parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply ``--set a.b=value`` overrides to a raw config dict (in place, returned).
-
-    Path-valued keys given on the command line are resolved against the working directory.
-    """
-    for text in overrides:
-        path, value = parse_override(text)
-        dotted = ".".join(map(str, path))
-        if tuple(map(str, path)) in PATH_KEYS and isinstance(value, str):
-            try:
-                value = expand_path(value)
-            except ValueError as exc:
-                raise ConfigError(f"{dotted}: {exc}") from None
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            where = ".".join(map(str, path[: i + 1]))
-            if isinstance(node, list):
-                if not isinstance(part, int) or part >= len(node):
-                    raise ConfigError(f"--set {dotted}: {where} is not an item of the list")
-                node = node[part]
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
-        last = path[-1]
-        if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
-            raise ConfigError(f"--set {dotted}: no list item {last}")
-        node[last] = value
-    return raw
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; one-line errors naming the file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: config must be a mapping of sections (data:, model:, ...)")
-    return raw
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config, apply ``--set`` overrides and validate (raises ConfigError).
-
-    The error message starts with the file name when the problem is in the file itself.
-    """
-    raw = read_yaml(path)
-    apply_overrides(raw, overrides)
-    try:
-        return validate_config(raw, base_dir=Path(path).resolve().parent)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def check_files(config: Config) -> None:
-    """Check that every path the run will read exists, and that weights files
-    (``model.pretrained_file``, ``model.init_from``) hold tensors, before any work starts."""
-    checks = [
-        ("data.path", config.data.path),
-        ("data.folds_file", config.data.folds_file),
-        ("model.pretrained_file", config.model.pretrained_file),
-        ("model.init_from", config.model.init_from),
-    ]
-    root = default_data_root()
-    for key, value in checks:
-        if value is not None and not Path(value).exists():
-            hint = ""
-            if Path(value).is_relative_to(root):
-                how = "from AGEGENDER_DATA" if os.environ.get("AGEGENDER_DATA") else "default"
-                hint = f" (data root {root}, {how}; see README 'Data')"
-            raise ConfigError(f"{key}: no such file or directory: {value}{hint}")
-    for key, value in checks[2:]:  # weights files: loadable (a mapped, cheap read)
-        if value is not None:
-            from agegender.models.registry import read_state_dict
-
-            try:
-                read_state_dict(value, mmap=True)
-            except (ValueError, OSError) as exc:
-                raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
