@@ -1,0 +1,194 @@
+"""``agegender data``: read, audit and split face datasets.
+
+``data folds`` writes grouped, stratified k folds; ``data audit`` reports unreadable
+images, duplicates, label conflicts and balance; ``data cache`` decodes every image once
+into the uint8 cache training reads (optionally through the predictor's face path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agegender.cli import app, console, fail
+from agegender.errors import check_writable
+
+data_app = typer.Typer(help="Read, audit and split face datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("folds")
+def data_folds(
+    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write (path, fold, ...)."),
+    k: int = typer.Option(5, "--k", min=2, help="Number of folds."),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed for the fold assignment."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    conflicts: str = typer.Option(
+        "drop", "--conflicts", help="Duplicates with disagreeing labels: drop | keep."
+    ),
+    official: bool = typer.Option(
+        True, "--official/--no-official", help="Keep the dataset's own folds (Adience)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel image readers."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Write grouped, stratified k folds: no subject or duplicate group spans two folds."""
+    import json
+
+    from agegender.data.folds import make_folds, write_folds
+
+    check_writable(out)
+    from agegender.data.prepare import read_rows
+    from agegender.data.readers import DatasetError
+
+    try:
+        rows = read_rows(
+            path,
+            format,
+            drop_conflicts=False,  # make_folds drops them (--conflicts) after grouping
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+        )
+        folds = make_folds(
+            rows.table,
+            k,
+            seed=seed,
+            dup_group=rows.dup_group,
+            conflict=rows.conflict,
+            conflicts=conflicts,
+            use_official=official,
+        )
+    except (DatasetError, ValueError) as exc:
+        fail(str(exc))
+    rows.counts.reject("conflicting", folds.dropped_conflicts)
+    write_folds(folds, out)
+    sizes = folds.table["fold"].value_counts().sort_index()
+    how = "official dataset folds" if folds.official else f"StratifiedGroupKFold seed {seed}"
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {out}: {len(folds.table)} faces in {folds.k} folds ({how}), "
+        f"{folds.groups} independent groups; sizes "
+        + ", ".join(f"{i}:{n}" for i, n in sizes.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if as_json:
+        info = {
+            "out": str(out),
+            "folds": folds.k,
+            "official_folds": folds.official,
+            "faces": len(folds.table),
+            "groups": folds.groups,
+            "fold_sizes": sizes.astype(int).tolist(),
+            "conflicts": conflicts,
+            "row_counts": rows.counts.to_dict(),
+        }
+        typer.echo(json.dumps(info))
+
+
+@data_app.command("audit")
+def data_audit(
+    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel image readers."),
+) -> None:
+    """Unreadable images, exact and near-duplicate images, label conflicts, label balance.
+
+    The rows kept are those ``data folds`` and ``train`` (with ``data.audit``) would keep:
+    unreadable images and duplicate groups with conflicting labels are rejected."""
+    import json
+
+    from agegender.data.audit import print_report
+    from agegender.data.prepare import read_rows
+    from agegender.data.readers import DatasetError
+
+    try:
+        rows = read_rows(
+            path,
+            format,
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+            console=console,
+        )
+    except (DatasetError, ValueError, OSError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({**rows.report.to_dict(), "row_counts": rows.counts.to_dict()}))
+    else:
+        print_report(rows.report, Console())
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
+
+
+@data_app.command("cache")
+def data_cache(
+    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    size: int = typer.Option(..., "--size", "-s", min=8, max=1024, help="Image side (px)."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Cache root (default $AGEGENDER_CACHE or ~/.cache/agegender)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel decoders."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    align: bool = typer.Option(
+        False, "--align", help="Photos, not face crops: detect and align the largest face."
+    ),
+    detector: str = typer.Option("blazeface", "--detector", help="Detector for --align."),
+) -> None:
+    """Decode every image once into a uint8 cache (reused while the files are unchanged).
+
+    With --align each photo goes through the predictor's face path (detect, align, crop),
+    so a model trains on the geometry it will see; photos without a face are listed."""
+    import json
+
+    from agegender.data.cache import build_cache
+    from agegender.data.prepare import read_rows, reject_failed_images
+    from agegender.data.readers import DatasetError
+
+    if cache_dir is not None:
+        check_writable(cache_dir, folder=True)
+    try:
+        rows = read_rows(path, format, audit=False)
+        cache = build_cache(
+            rows.table,
+            size,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=console.is_terminal and not as_json,
+            console=console,
+            align=detector if align else None,
+        )
+    except (DatasetError, ValueError, OSError, RuntimeError) as exc:
+        fail(str(exc))
+    reject_failed_images(rows.counts, [p.reason for p in cache.problems])
+    info = {
+        "cache": str(cache.folder),
+        "images": len(cache),
+        "failed": cache.failed,
+        "size": cache.size,
+        "align": cache.meta.get("align"),
+        "no_face": sum(p.reason == "no face found" for p in cache.problems),
+        "reused": cache.reused,
+        "build_seconds": cache.meta.get("build_seconds"),
+        "images_per_second": cache.meta.get("images_per_second"),
+        "problems": [p.to_dict() for p in cache.problems],
+        "row_counts": rows.counts.to_dict(),
+    }
+    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    how = "reused existing cache" if cache.reused else "built"
+    when = "earlier " if cache.reused else ""
+    typer.echo(
+        f"{how}: {cache.folder}\n{len(cache)} images at {cache.size}x{cache.size}, "
+        f"{cache.failed} failed; built {when}in {info['build_seconds']} s "
+        f"({info['images_per_second']} images/s)"
+    )
+    for p in cache.problems[:10]:
+        typer.echo(f"  failed: {p}")
+    if len(cache.problems) > 10:
+        typer.echo(f"  ... and {len(cache.problems) - 10} more")

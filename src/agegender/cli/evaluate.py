@@ -1,0 +1,241 @@
+"""``agegender evaluate``, ``cv`` and ``report``: how good a model is, and the write-up.
+
+``evaluate`` scores a checkpoint on a dataset (or any model ``predict`` loads, photo by
+photo through the face path), ``cv`` runs k-fold cross-validation from a config, and
+``report`` turns run dirs into a Markdown report with figures. The helpers at the top
+print the metric lines and row counts the first two share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agegender.cli import app, console, fail
+from agegender.errors import check_writable
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    keys = (
+        ("gender_accuracy", "gender accuracy", True),
+        ("gender_balanced_accuracy", "gender balanced accuracy", True),
+        ("gender_roc_auc", "gender ROC-AUC", False),
+        ("gender_log_loss", "gender log loss", False),
+        ("gender_ece", "gender ECE (15 bins)", False),
+        ("age_group_exact", "age group exact", True),
+        ("age_group_one_off", "age group one-off", True),
+        ("age_mae", "age MAE (years)", False),
+        ("age_cs5", "age CS@5", True),
+        ("age_bin_exact", "age bin exact", True),
+        ("age_bin_one_off", "age bin one-off", True),
+        ("age_bin_error", "age bin error (years)", False),
+        ("faces_found", "photos with a face", True),
+        ("gender_accuracy_all", "gender accuracy, all", True),
+        ("gender_balanced_accuracy_all", "gender balanced acc., all", True),
+        ("age_bin_exact_all", "age bin exact, all", True),
+    )
+    out = []
+    for key, label, pct in keys:
+        v = metrics.get(key)
+        if isinstance(v, int | float) and v == v:
+            out.append(f"{label:26s} {100 * v:6.2f} %" if pct else f"{label:26s} {v:8.4f}")
+    return out
+
+
+def _print_row_counts(row_counts: dict) -> None:
+    """The ``read N rows from PATH: kept K, rejected R (...)`` line of a JSON result."""
+    from agegender.data.prepare import RowCounts
+
+    console.print(RowCounts.from_dict(row_counts).line(), highlight=False, soft_wrap=True)
+
+
+def _evaluate_photos(
+    model: str,
+    data: Path,
+    format: str,
+    detector: str,
+    limit: int | None,
+    as_json: bool,
+    out: Path | None,
+    tta: str,
+) -> None:
+    import json
+
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.evaluation import to_jsonable
+    from agegender.evaluate.photos import evaluate_model_file
+    from agegender.infer import NoModelError
+
+    if tta != "none":
+        fail("--tta: test-time augmentation needs a training checkpoint (.ckpt)")
+    detector = "blazeface" if detector == "none" else detector
+    stem = Path(model).stem if Path(model).suffix else model
+    out = out or Path("runs") / "eval" / stem / "results.json"
+    if out.suffix.lower() != ".json":
+        fail(f"--out must end in .json, got {out}")
+    check_writable(out)
+    try:
+        res = evaluate_model_file(model, data, format, detector=detector, out=out, limit=limit)
+    except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "fairness"})))
+    else:
+        for line in _metric_lines(res["metrics"]):
+            typer.echo(line)
+    _print_row_counts(res["row_counts"])
+    console.print(
+        f"{res['n_evaluated']} of {res['n_images']} photos with a face ({detector}); "
+        f"{1000 * (res['info']['seconds_per_photo'] or 0):.1f} ms/photo; wrote {out} and "
+        f"{res['predictions_csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Argument(
+        ...,
+        help="A training checkpoint (.ckpt), or any model predict loads: a bundled name "
+        "(default), an .onnx or a .pt (evaluated photo by photo through the face path).",
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or label file."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    detector: str = typer.Option(
+        "none",
+        "--detector",
+        help="none (face crops, from the image cache) | blazeface | haar (the predictor's "
+        "face path: detect, align, crop).",
+    ),
+    tta: str = typer.Option("none", "--tta", help="none | flip | oversample (10 views)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate a random sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="results.json to write (default RUN/eval/results.json)."
+    ),
+) -> None:
+    """Evaluate a checkpoint: metrics, fairness table, per-image predictions CSV."""
+    import json
+
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.evaluation import evaluate_checkpoint, run_dir_of, to_jsonable
+
+    if checkpoint.suffix != ".ckpt":  # a bundled name, .onnx or .pt: the predictor's path
+        _evaluate_photos(str(checkpoint), data, format, detector, limit, as_json, out, tta)
+        return
+    if not checkpoint.is_file():
+        fail(f"{checkpoint}: checkpoint not found")
+    from agegender.evaluate.tta import check_mode
+    from agegender.infer.detector import check_detector
+
+    for option, check, value in (
+        ("--tta", check_mode, tta),
+        ("--detector", check_detector, detector),
+    ):
+        try:
+            check(value)
+        except ValueError as exc:
+            fail(f"{option}: {exc}")
+    out = out or run_dir_of(checkpoint) / "eval" / "results.json"
+    if out.suffix.lower() != ".json":
+        fail(f"--out must end in .json, got {out}")
+    check_writable(out)
+    try:
+        res = evaluate_checkpoint(
+            checkpoint,
+            data,
+            format,
+            tta=tta,
+            detector=detector,
+            batch_size=batch_size,
+            out=out,
+            limit=limit,
+            progress=console.is_terminal,
+        )
+    except (DatasetError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(res), indent=2))
+    else:
+        for line in _metric_lines(res["metrics"]):
+            typer.echo(line)
+    _print_row_counts(res["row_counts"])
+    t = res["timing"]
+    no_face = f", no face found in {res['no_face']} (whole image used)" if res["no_face"] else ""
+    ms = f"{1000 * t['seconds_per_image']:.2f} ms/image" if t["seconds_per_image"] else "-"
+    console.print(
+        f"{res['n_evaluated']} of {res['n_images']} images evaluated ({res['n_failed']} failed"
+        f"{no_face}); tta {tta} ({t['views']} views), {ms} on {t['device']}; wrote {out} and "
+        f"{res['predictions_csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("cv")
+def cv_cmd(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    folds: int = typer.Option(5, "--folds", "-k", min=2, help="Number of folds."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=5"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run dir (default runs/NAME-cv)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none|flip|oversample."),
+    only: list[int] = typer.Option(
+        [],
+        "--fold",
+        min=0,
+        help="Run only this fold (0-based; repeatable): spread folds over processes or "
+        "machines that share --out; results.json comes when all folds are done.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """k-fold cross-validation (grouped, stratified): mean ± std of every metric.
+
+    Re-running resumes: finished folds are skipped, an interrupted one continues.
+    """
+    import json
+
+    from agegender.config import load_config
+    from agegender.evaluate.cv import cv_table, run_cv
+
+    cfg = load_config(config, overrides)
+    out_dir = check_writable(out or Path("runs") / f"{cfg.name or config.stem}-cv", folder=True)
+    res = run_cv(
+        cfg,
+        folds,
+        out_dir,
+        tta=tta,
+        only=only or None,
+        printer=console.print,
+        progress=console.is_terminal,
+    )
+    if not res.get("complete", True):
+        return
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        Console().print(cv_table(res))
+    console.print(f"wrote {Path(out_dir) / 'results.json'}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (train, cv or eval)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder (default RUN/report, or ./report for several)."
+    ),
+) -> None:
+    """Markdown report: learning curves, confusion matrices, age error, calibration, fairness.
+
+    With several runs it starts with one comparison table.
+    """
+    from agegender.evaluate.report import make_report
+
+    if out is not None:
+        check_writable(out, folder=True)
+    path = make_report(list(run_dirs), out)
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    console.print(f"wrote {path} and {len(pngs)} figures", highlight=False)

@@ -1,0 +1,306 @@
+"""``agegender predict``, ``export``, ``serve`` and ``bench predict``: using a model.
+
+``predict`` writes one row per face (CSV, JSON or a table at a terminal), ``export``
+writes ONNX and/or ``.pt`` files and checks the graph against PyTorch, ``serve`` runs the
+HTTP API, and ``bench predict`` measures faces/s and photos/s. The helpers at the top
+load a predictor with one-line errors and draw the terminal table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agegender.cli import app, console, fail
+from agegender.errors import check_writable
+
+bench_app = typer.Typer(help="Speed benchmarks on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _load_predictor(
+    model: str | None,
+    runtime: str,
+    detector: str,
+    detect_size: int | None = None,
+    **kwargs: object,
+):
+    """Predictor.load with every loading problem turned into a one-line error."""
+    from agegender.infer import HaarDetector, NoModelError, Predictor
+
+    try:
+        det = (
+            HaarDetector(detect_size=detect_size)
+            if detector == "haar" and detect_size
+            else detector
+        )
+        return Predictor.load(model, runtime=runtime, detector=det, **kwargs)
+    except (NoModelError, ValueError, OSError, KeyError, RuntimeError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _age_range(face: object) -> str:
+    """The age in years with its likely range: the middle half of a DEX distribution."""
+    age, probs = getattr(face, "age", None), getattr(face, "age_probs", None)
+    if age is None:
+        return getattr(face, "age_group", None) or "-"
+    if not probs:
+        return f"{age:.0f} ({face.age_group})"  # type: ignore[attr-defined]
+    import numpy as np
+
+    cdf = np.cumsum(probs)
+    lo, hi = int(np.searchsorted(cdf, 0.25)), int(np.searchsorted(cdf, 0.75))
+    return f"{age:.0f} ({lo}-{hi})"
+
+
+def _face_table_rows(result: object) -> list[tuple[str, ...]]:
+    name = Path(result.source).name  # type: ignore[attr-defined]
+    if not result.faces:  # type: ignore[attr-defined]
+        return [(name, "-", "-", "-", result.error or "no face")]  # type: ignore[attr-defined]
+    rows = []
+    for f in result.faces:  # type: ignore[attr-defined]
+        p = max(f.p_female or 0.0, f.p_male or 0.0)
+        gender = f"{f.gender} ({100 * p:.0f} %)" if f.gender else "-"
+        how = f.face_source + (", aligned" if f.aligned else "")
+        rows.append((name, str(f.face_index), gender, _age_range(f), how))
+    return rows
+
+
+def _print_face_table(rows: list[tuple[str, ...]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="faces (age: years, likely range = middle half of the distribution)")
+    for col in ("file", "face", "gender", "age", "found"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+@app.command("predict")
+def predict_cmd(
+    paths: list[Path] = typer.Argument(
+        ..., help="Image files, folders (recursive) or .csv/.txt lists of image paths."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
+    ),
+    detector: str = typer.Option(
+        "blazeface", "--detector", help="blazeface | haar | none (pre-cropped faces)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
+    out: str = typer.Option("-", "--out", "-o", help="FILE.csv, FILE.json or - (CSV, stdout)."),
+    annotate: Path | None = typer.Option(
+        None, "--annotate", help="Write copies of the images with boxes and labels here."
+    ),
+    runtime: str = typer.Option(
+        "auto", "--runtime", help="torch | onnxruntime (auto: onnxruntime for .onnx)."
+    ),
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        help="Crop margin per side around a Haar box, as a fraction of its size (default: "
+        "the model's, else 0: the box matches UTKFace's framing).",
+    ),
+    detect_size: int | None = typer.Option(
+        None,
+        "--detect-size",
+        help="Long side the Haar detector sees (default 160; more finds smaller faces, slower).",
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Decode/detect threads."),
+    threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first input that cannot be read (exit 1)."
+    ),
+) -> None:
+    """Detect faces and predict gender and age; one row per face (or per failed image).
+
+    Exit status: 0 every input was read (a photo without a face is a result, not a
+    failure); 1 some inputs could not be read (their rows say why, the others' results are
+    written); 2 nothing could be done (usage, model, no input)."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from agegender.infer.inputs import collect_image_paths
+    from agegender.infer.outputs import ResultWriter, output_format
+
+    try:
+        output_format(out)
+    except ValueError as exc:
+        fail(str(exc))
+    if out != "-":  # before any work: its folders are made, a file in the way is an error
+        check_writable(out)
+    if annotate is not None:
+        check_writable(annotate, folder=True)
+    try:
+        files = collect_image_paths(paths)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    if not files:
+        fail("no images found in " + ", ".join(map(str, paths)))
+    predictor = _load_predictor(
+        model,
+        runtime,
+        detector,
+        detect_size,
+        margin=margin,
+        workers=workers,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
+    table_rows: list[tuple[str, ...]] = []
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    writer = ResultWriter(None if as_table else out, predictor.spec, annotate=annotate)
+    with writer, progress:
+        task = progress.add_task("predicting", total=len(files))
+        for result in predictor.predict_paths(files, batch_size=batch_size):
+            writer.write(result)
+            if as_table:
+                table_rows.extend(_face_table_rows(result))
+            progress.advance(task)
+            if strict and writer.unreadable:
+                break
+    if as_table:
+        _print_face_table(table_rows)
+    where = "the table above" if as_table else "stdout" if out == "-" else out
+    console.print(
+        f"{len(files)} images: {writer.faces} faces, {writer.failed} without a result "
+        f"(see the error column; {writer.unreadable} could not be read); wrote {where}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if writer.unreadable:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A Lightning .ckpt (or a .pt model)."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="The .onnx file to write."),
+    pt: Path | None = typer.Option(
+        None, "--pt", help="Also (or only) write a PyTorch .pt (state dict + meta)."
+    ),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+) -> None:
+    """Export a checkpoint to a self-describing ONNX file (probabilities, dynamic batch)."""
+    import numpy as np
+
+    from agegender.infer import Predictor, save_torch_model
+    from agegender.infer.onnx import export_onnx
+
+    if not checkpoint.is_file():
+        fail(f"no such checkpoint: {checkpoint}")
+    if onnx is None and pt is None:
+        fail("export: give --onnx FILE.onnx and/or --pt FILE.pt")
+    if onnx is not None and onnx.suffix != ".onnx":
+        fail(f"--onnx {onnx}: the file name must end in .onnx")
+    if pt is not None and pt.suffix not in (".pt", ".pth"):
+        fail(f"--pt {pt}: the file name must end in .pt")
+    for target in (onnx, pt):
+        if target is not None:
+            check_writable(target)
+    from agegender.artifact import load_model
+
+    module, meta = load_model(checkpoint)
+    meta = dict(meta)
+    meta.setdefault("name", checkpoint.stem)
+    if pt is not None:
+        save_torch_model(module, meta, pt)
+        console.print(f"wrote {pt} ({pt.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    if onnx is None:
+        return
+    export_onnx(module, meta, onnx, opset=opset)
+    # check the exported graph against PyTorch on a random batch
+    torch_p = Predictor.from_module(module, meta, runtime="torch", detector="none")
+    onnx_p = Predictor.load(onnx, detector="none")
+    s = torch_p.spec.input_size
+    batch = np.random.default_rng(0).standard_normal((4, 3, s, s)).astype(np.float32)
+    a, b = torch_p.classify(batch), onnx_p.classify(batch)
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    console.print(
+        f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB, outputs "
+        f"{', '.join(onnx_p.spec.output_names)}); max |onnx - torch| = {diff:.2e}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    runtime: str = typer.Option("auto", "--runtime", help="torch | onnxruntime."),
+    detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
+    max_file_mb: float = typer.Option(10.0, "--max-file-mb", help="Largest upload per file."),
+    max_files: int = typer.Option(16, "--max-files", help="Most files per request."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Inference timeout per request (s)."),
+    max_request_mp: float = typer.Option(
+        48.0, "--max-request-mp", help="Decoded megapixels per request (all images)."
+    ),
+    max_queue: int = typer.Option(
+        16, "--max-queue", help="Ordinary requests that may wait; more get 503 + Retry-After."
+    ),
+    body_timeout: float = typer.Option(
+        15.0, "--body-timeout", help="Seconds a request body may take to arrive (else 408)."
+    ),
+    max_connections: int = typer.Option(
+        256, "--max-connections", help="Open connections and requests at once (else 503)."
+    ),
+    detect_size: int | None = typer.Option(
+        None, "--detect-size", help="Long side the Haar detector sees (default 160)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+) -> None:
+    """Serve the HTTP API (POST /v1/predict, GET /healthz, /docs) and an upload page at /."""
+    from agegender.serve import ServeSettings, serve
+
+    predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads)
+    settings = ServeSettings(
+        max_file_bytes=int(max_file_mb * 1024 * 1024),
+        max_files=max_files,
+        timeout_s=timeout,
+        max_request_pixels=int(max_request_mp * 1_000_000),
+        max_queue=max_queue,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
+    )
+    console.print(f"serving {predictor.name} ({predictor.runtime}) on http://{host}:{port}/")
+    serve(predictor, settings, host=host, port=port)
+
+
+@bench_app.command("predict")
+def bench_predict_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model file, bundled name or registered architecture."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    seconds: float = typer.Option(2.0, "--seconds", help="Time per measurement."),
+    photos: int = typer.Option(200, "--photos", help="Photos for the end-to-end figure."),
+    detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
+) -> None:
+    """Faces/s of the classifier (batch 1 and 64, torch and ONNX) and photos/s end to end
+    (made 250x250 photos, and FairFace-540's real photos when the data is there)."""
+    import json
+
+    from agegender.infer.bench import bench_predict
+
+    res = bench_predict(model, seconds=seconds, photos=photos, detector=detector)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for k, v in res.items():
+        typer.echo(f"{k:32s} {v}")
