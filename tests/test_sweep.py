@@ -289,12 +289,16 @@ def test_tpe_sweep_and_summary(tmp_path: Path, utkface_dir: Path) -> None:
     assert summary["direction"] == "minimize" and len(summary["trials"]) == 3
 
 
-def test_two_workers_share_one_grid_study(tmp_path: Path, utkface_dir: Path) -> None:
+def _two_workers(
+    tmp_path: Path, utkface_dir: Path, storage: str, study: str
+) -> tuple[list[str], set[int]]:
+    """Run two ``agegender sweep`` processes on one study (4 grid trials): their outputs
+    and process ids."""
     config = tiny_config(tmp_path, utkface_dir)
     space = write(tmp_path / "grid4.yaml", GRID4)
-    url = f"sqlite:///{tmp_path / 'shared' / 'study.db'}"
     cmd = [sys.executable, "-m", "agegender", "sweep", str(config), "--space", str(space)]
-    cmd += ["--trials", "4", "--storage", url, "--study", "shared", "--out", str(tmp_path / "w")]
+    cmd += ["--trials", "4", "--storage", storage, "--study", study]
+    cmd += ["--out", str(tmp_path / "w")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     workers = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -302,6 +306,12 @@ def test_two_workers_share_one_grid_study(tmp_path: Path, utkface_dir: Path) -> 
     ]
     outputs = [w.communicate(timeout=240)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
+    return outputs, {w.pid for w in workers}
+
+
+def test_two_workers_share_one_grid_study(tmp_path: Path, utkface_dir: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared' / 'study.db'}"
+    outputs, _ = _two_workers(tmp_path, utkface_dir, url, "shared")
     study = load_study(url, "shared")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4
@@ -318,18 +328,7 @@ def test_two_workers_share_one_study_on_postgresql(
     tmp_path: Path, utkface_dir: Path, postgres_url: str
 ) -> None:
     """The same two workers on a real PostgreSQL server (a throwaway local cluster)."""
-    config = tiny_config(tmp_path, utkface_dir)
-    space = write(tmp_path / "grid4.yaml", GRID4)
-    cmd = [sys.executable, "-m", "agegender", "sweep", str(config), "--space", str(space)]
-    cmd += ["--trials", "4", "--storage", postgres_url, "--study", "pg-shared"]
-    cmd += ["--out", str(tmp_path / "w")]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    workers = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for _ in range(2)
-    ]
-    outputs = [w.communicate(timeout=240)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    outputs, pids = _two_workers(tmp_path, utkface_dir, postgres_url, "pg-shared")
 
     study = optuna.load_study(study_name="pg-shared", storage=postgres_url)
     assert study.user_attrs["metric"] == "val/gender_acc"
@@ -346,7 +345,7 @@ def test_two_workers_share_one_study_on_postgresql(
     assert sum(ran) == 4, outputs  # each trial reported once, by the worker that ran it
     # both workers ran trials (they start together and a trial takes seconds)
     assert all(ran), outputs
-    assert {t.user_attrs["worker"]["pid"] for t in finished} == {w.pid for w in workers}
+    assert {t.user_attrs["worker"]["pid"] for t in finished} == pids
 
     result = CliRunner().invoke(
         __import__("agegender.cli", fromlist=["app"]).app,

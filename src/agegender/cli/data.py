@@ -38,32 +38,25 @@ def data_folds(
     """Write grouped, stratified k folds: no subject or duplicate group spans two folds."""
     import json
 
-    from agegender.data.folds import make_folds, write_folds
+    from agegender.data.folds import write_folds
 
     check_writable(out)
-    from agegender.data.prepare import read_rows
+    from agegender.data.prepare import read_folds
     from agegender.data.readers import DatasetError
 
     try:
-        rows = read_rows(
+        rows, folds = read_folds(
             path,
             format,
-            drop_conflicts=False,  # make_folds drops them (--conflicts) after grouping
+            k,
+            seed=seed,
+            conflicts=conflicts,
+            official=official,
             workers=workers,
             progress=console.is_terminal and not as_json,
         )
-        folds = make_folds(
-            rows.table,
-            k,
-            seed=seed,
-            dup_group=rows.dup_group,
-            conflict=rows.conflict,
-            conflicts=conflicts,
-            use_official=official,
-        )
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
-    rows.counts.reject("conflicting", folds.dropped_conflicts)
     write_folds(folds, out)
     sizes = folds.table["fold"].value_counts().sort_index()
     how = "official dataset folds" if folds.official else f"StratifiedGroupKFold seed {seed}"

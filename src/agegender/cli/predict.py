@@ -102,7 +102,7 @@ def predict_cmd(
         None,
         "--margin",
         help="Crop margin per side around a Haar box, as a fraction of its size (default: "
-        "the model's, else 0: the box matches UTKFace's framing).",
+        "the detector's; Haar 0: its box matches UTKFace's framing).",
     ),
     detect_size: int | None = typer.Option(
         None,

@@ -168,4 +168,51 @@ def read_rows(
     return rows
 
 
-__all__ = ["REASONS", "DatasetRows", "RowCounts", "read_rows", "reject_failed_images"]
+def read_folds(
+    path: str | Path,
+    format: str,
+    k: int,
+    *,
+    seed: int = 0,
+    conflicts: str = "drop",
+    official: bool = True,
+    limit: int | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> tuple[DatasetRows, Any]:
+    """:func:`read_rows` (audited) then grouped, stratified ``k`` folds
+    (:func:`~agegender.data.folds.make_folds`); conflicting duplicate groups are dropped
+    there (``conflicts="drop"``), after they have joined split groups, and counted as
+    rejected rows. Returns ``(rows, folds)``; used by ``data folds`` and ``cv``."""
+    from agegender.data.folds import make_folds
+
+    rows = read_rows(
+        path,
+        format,
+        drop_conflicts=False,
+        limit=limit,
+        seed=seed,
+        workers=workers,
+        progress=progress,
+    )
+    folds = make_folds(
+        rows.table,
+        k,
+        seed=seed,
+        dup_group=rows.dup_group,
+        conflict=rows.conflict,
+        conflicts=conflicts,
+        use_official=official,
+    )
+    rows.counts.reject("conflicting", folds.dropped_conflicts)
+    return rows, folds
+
+
+__all__ = [
+    "REASONS",
+    "DatasetRows",
+    "RowCounts",
+    "read_folds",
+    "read_rows",
+    "reject_failed_images",
+]

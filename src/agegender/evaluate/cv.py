@@ -64,32 +64,22 @@ def build_folds(
 ) -> dict[str, Any]:
     """Read, sample, audit and split the dataset of ``config``; write ``out/folds.csv``
     and ``out/folds.json`` (``row_counts``: the rows read, kept and rejected)."""
-    from agegender.data.folds import make_folds, write_folds
-    from agegender.data.prepare import read_rows
+    from agegender.data.folds import write_folds
+    from agegender.data.prepare import read_folds
 
     d = config.data
-    # conflicts go in make_folds: their duplicate groups still join split groups first
-    rows = read_rows(
+    rows, folds = read_folds(
         d.path,
         d.format,
-        drop_conflicts=False,
-        limit=d.limit,
+        k,
         seed=d.seed,
+        conflicts="drop" if d.drop_conflicts else "keep",
+        limit=d.limit,
         workers=workers,
         progress=progress,
     )
     info = rows.info
     info["audit"] = True
-    folds = make_folds(
-        rows.table,
-        k,
-        seed=d.seed,
-        dup_group=rows.dup_group,
-        conflict=rows.conflict,
-        conflicts="drop" if d.drop_conflicts else "keep",
-        use_official=True,
-    )
-    rows.counts.reject("conflicting", folds.dropped_conflicts)
     if folds.k < 2:
         raise DatasetError(f"{d.path}: only {folds.k} fold(s) of data: cannot cross-validate")
     write_folds(folds, out / "folds.csv")
