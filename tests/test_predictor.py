@@ -20,7 +20,6 @@ from agegender.infer import (
     ImageResult,
     NoModelError,
     Predictor,
-    parse_meta,
     save_torch_model,
 )
 from agegender.infer import predictor as predictor_mod
@@ -52,33 +51,6 @@ def predictor() -> Predictor:
 def _save(img: Image.Image, path: Path, **kw) -> Path:
     img.save(path, **kw)
     return path
-
-
-def test_parse_meta_reads_what_make_meta_writes() -> None:
-    """The artifact's reader takes exactly the writer's layout, and names what is missing."""
-    from agegender.artifact import make_meta
-    from agegender.config import Config
-
-    cfg = Config.model_validate(
-        {"data": {"path": "."}, "model": {"name": "small_cnn"}, "task": {"age": "dex"}}
-    )
-    meta = make_meta(cfg, size=72, input_size=64, code_version="test")
-    spec = parse_meta(meta, name="m")
-    assert (spec.name, spec.arch, spec.input_size, spec.resize, spec.age) == (
-        "m",
-        "small_cnn",
-        64,
-        72,
-        "dex",
-    )
-    assert spec.gender and spec.output_names == ["gender_probs", "age_probs"]
-    assert spec.template == tuple(tuple(p) for p in meta["face_crop"]["template"])
-    with pytest.raises(ValueError, match="input_size"):
-        parse_meta({"arch": "x", "tasks": {"gender": True}})
-    with pytest.raises(ValueError, match="no tasks"):
-        parse_meta({"arch": "x", "preprocessing": meta["preprocessing"]})
-    with pytest.raises(ValueError, match="age mode"):
-        parse_meta({**meta, "tasks": {"gender": True, "age": "decades"}})
 
 
 def test_bad_and_odd_inputs_each_get_a_result(
@@ -380,25 +352,3 @@ def test_cli_bench_predict_json(utkface_dir: Path) -> None:
     ):
         assert figures[key] > 0, key
     assert figures["arch"] == "small_cnn" and 0.5 <= figures["detected_fraction"] <= 1.0
-
-
-def test_prediction_does_not_import_training_or_lightning(tmp_path: Path) -> None:
-    """The artifact and the predictor stand alone: a .pt and a .ckpt-free ONNX model load
-    and predict without the training package or Lightning being imported."""
-    import subprocess
-    import sys
-
-    model, meta = make_model()
-    pt = save_torch_model(model, meta, tmp_path / "m.pt")
-    code = f"""
-import sys
-from agegender.infer import Predictor
-for m in ("default", {str(pt)!r}):
-    r = Predictor.load(m).predict("{Path(__file__).parents[1] / "examples" / "man_40-49.jpg"}")
-    assert r.faces, r.error
-bad = sorted(k for k in sys.modules if k.split(".")[0] in ("lightning", "pytorch_lightning"))
-bad += [k for k in sys.modules if k.startswith("agegender.train")]
-assert not bad, bad
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
