@@ -100,6 +100,19 @@ def test_utkface_plus_celeba_trains_with_masked_age(
     assert s["dataset"]["splits"]["test"] == utk["test"]
     assert np.isfinite(s["best"]["val/loss"]) and np.isfinite(s["test"]["test/age_mae"])
     assert res.best_checkpoint is not None
+    # validation metrics per dataset as well as overall; CelebA has no ages to score
+    best = s["best"]
+    for name in ("gender_acc", "age_acc", "age_mae"):
+        assert 0 <= best[f"val/utkface/{name}"] < 100
+    assert 0 <= best["val/celeba-10k/gender_acc"] <= 1
+    assert "val/celeba-10k/age_mae" not in best and "val/celeba-10k/age_acc" not in best
+    # the overall gender accuracy is the two datasets' weighted by their validation faces
+    n_utk, n_cel = utk["val"], cel["val"]
+    pooled = best["val/utkface/gender_acc"] * n_utk + best["val/celeba-10k/gender_acc"] * n_cel
+    assert abs(best["val/gender_acc"] - pooled / (n_utk + n_cel)) < 1e-4
+    # the test split is UTKFace's alone: its per-dataset line is the overall one
+    assert s["test"]["test/utkface/gender_acc"] == s["test"]["test/gender_acc"]
+    assert "test/celeba-10k/gender_acc" not in s["test"]
 
 
 # --------------------------------------------------------------------------- FairFace

@@ -238,13 +238,29 @@ class CachedBatches(Dataset):
         return batch
 
 
+def source_names(table: pd.DataFrame) -> list[str]:
+    """The datasets a training table mixes (``source`` column, in order of appearance: the
+    main dataset first), or ``[]`` when it holds one dataset."""
+    if "source" not in table.columns:
+        return []
+    names = pd.unique(table["source"].astype(str)).tolist()
+    return names if len(names) > 1 else []
+
+
 def label_arrays(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    """gender int64 (-1 unknown), age float32 (NaN unknown), age_group int64 (-1 unknown)."""
-    return {
+    """gender int64 (-1 unknown), age float32 (NaN unknown), age_group int64 (-1 unknown),
+    and for a table that mixes datasets ``source``: each row's index in
+    :func:`source_names` (so validation and test metrics can be given per dataset)."""
+    labels = {
         "gender": table["gender"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64),
         "age": pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=np.float32),
         "age_group": table["age_group"].astype("Int64").fillna(-1).to_numpy(dtype=np.int64),
     }
+    names = source_names(table)
+    if names:
+        codes = {name: i for i, name in enumerate(names)}
+        labels["source"] = table["source"].astype(str).map(codes).to_numpy(dtype=np.int64)
+    return labels
 
 
 class FaceDataModule(L.LightningDataModule):

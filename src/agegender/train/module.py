@@ -142,9 +142,13 @@ class FaceModule(L.LightningModule):
         meta: dict,
         pretrained_file: str | None = None,
         pretrained: str | None = None,
+        sources: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config, "meta": meta})
+        # datasets mixed in validation / test (data.extra): their metrics are also logged
+        # one by one, as ``val/<source>/<metric>``
+        self.sources = list(sources or [])
         self.cfg = Config.model_validate(config)
         self.meta = meta
         self.model = build_model(meta, pretrained_file, pretrained)
@@ -162,6 +166,13 @@ class FaceModule(L.LightningModule):
         self.task = self.cfg.task
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_": self._make_metrics() for stage in ("train", "val", "test")}
+        )
+        self.source_metrics = torch.nn.ModuleDict(
+            {
+                f"{stage}_{i}": self._make_metrics()
+                for stage in ("val", "test")
+                for i in range(len(self.sources))
+            }
         )
         self._forward = self.model
         self.last_metrics: dict[str, float] = {}
@@ -205,34 +216,48 @@ class FaceModule(L.LightningModule):
             batch["image"] = self.preprocess.eval(images)
         return batch
 
+    def _update(self, metrics: MetricCollection, out: dict, batch: dict, keep: Any) -> None:
+        """Update ``metrics`` with the samples ``keep`` selects (a mask, or ``slice(None)``)."""
+        if self.task.gender:
+            metrics["gender_acc"].update(out["gender"].detach()[keep], batch["gender"][keep])
+        mode = self.task.age
+        if mode == "none":
+            return
+        age_out = out["age"].detach()[keep]
+        target_group, age = batch["age_group"][keep], batch["age"][keep]
+        if mode == "groups":
+            pred_group = age_out.argmax(-1)
+        else:
+            years = predicted_years(age_out, mode)
+            pred_group = _age_group_of(years)
+            known = ~torch.isnan(age)
+            if known.any():
+                metrics["age_mae"].update(years[known], age[known])
+        valid = target_group >= 0
+        if valid.any():
+            metrics["age_acc"].update(F.one_hot(pred_group, 8).float(), target_group)
+            off = ((pred_group - target_group).abs() <= 1).float()
+            metrics["age_acc_1off"].update(off[valid])
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self(batch["image"])
         n = batch["image"].shape[0]
         losses: dict[str, torch.Tensor] = {}
-        metrics = self.metrics[f"{stage}_"]
         if self.task.gender:
             losses["gender"] = masked_ce(out["gender"], batch["gender"])
-            metrics["gender_acc"].update(out["gender"].detach(), batch["gender"])
         mode = self.task.age
-        if mode != "none":
-            age_out = out["age"]
-            target_group = batch["age_group"]
-            if mode == "groups":
-                losses["age"] = masked_ce(age_out, target_group)
-                pred_group = age_out.detach().argmax(-1)
-            else:
-                if mode == "regression":
-                    losses["age"] = masked_l1(age_out, batch["age"])
-                else:
-                    losses["age"] = masked_ce(age_out, dex_targets(batch["age"]))
-                years = predicted_years(age_out.detach(), mode)
-                pred_group = _age_group_of(years)
-                known = ~torch.isnan(batch["age"])
-                metrics["age_mae"].update(years[known], batch["age"][known])
-            metrics["age_acc"].update(F.one_hot(pred_group, 8).float(), target_group)
-            valid = target_group >= 0
-            off = ((pred_group - target_group).abs() <= 1).float()
-            metrics["age_acc_1off"].update(off[valid])
+        if mode == "groups":
+            losses["age"] = masked_ce(out["age"], batch["age_group"])
+        elif mode == "regression":
+            losses["age"] = masked_l1(out["age"], batch["age"])
+        elif mode == "dex":
+            losses["age"] = masked_ce(out["age"], dex_targets(batch["age"]))
+        self._update(self.metrics[f"{stage}_"], out, batch, slice(None))
+        if stage != "train" and self.sources and "source" in batch:
+            for i in range(len(self.sources)):
+                mask = batch["source"] == i
+                if mask.any():
+                    self._update(self.source_metrics[f"{stage}_{i}"], out, batch, mask)
         if len(losses) == 2:
             g = self.task.gamma
             loss = g * losses["gender"] + (1 - g) * losses["age"]
@@ -254,12 +279,24 @@ class FaceModule(L.LightningModule):
         return loss
 
     def _log_metrics(self, stage: str) -> None:
-        for name, metric in self.metrics[f"{stage}_"].items():
-            if metric.update_count:
-                value = metric.compute()
-                # computed (and synced) by torchmetrics; sync_dist only averages equal values
-                self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=stage == "val")
-            metric.reset()
+        collections = [(f"{stage}/", self.metrics[f"{stage}_"])]
+        if stage != "train":
+            collections += [
+                (f"{stage}/{source}/", self.source_metrics[f"{stage}_{i}"])
+                for i, source in enumerate(self.sources)
+            ]
+        for prefix, metrics in collections:
+            for name, metric in metrics.items():
+                if metric.update_count:
+                    value = metric.compute()
+                    # computed (and synced) by torchmetrics; sync_dist averages equal values
+                    self.log(
+                        prefix + name,
+                        value,
+                        sync_dist=True,
+                        prog_bar=prefix == "val/",
+                    )
+                metric.reset()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -574,7 +574,7 @@ def train(
     import torch
 
     from agegender.artifact import make_meta
-    from agegender.data.datamodule import FaceDataModule
+    from agegender.data.datamodule import FaceDataModule, source_names
     from agegender.models import load_weights, read_state_dict
     from agegender.train.module import FaceModule
 
@@ -616,6 +616,7 @@ def train(
         meta,
         pretrained_file=None if resume else config.model.pretrained_file,
         pretrained=None if resume else config.model.pretrained,
+        sources=source_names(data.table),
     )
     init_report = None
     if config.model.init_from and not resume:
