@@ -36,6 +36,15 @@ def _resolve(v: str | None, info: ValidationInfo) -> str | None:
     return expand_path(v, Path(base) if base else None)
 
 
+def _one_of(kind: str, value: str, names: list[str]) -> str:
+    """``value`` if it is one of ``names``, else a ValueError with the closest name."""
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(names)}"
+        raise ValueError(f"unknown {kind} {value!r}; {hint}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -185,12 +194,7 @@ class ModelConfig(_Section):
     def _name(cls, v: str) -> str:
         from agegender.models import list_models
 
-        names = list(list_models())
-        if v not in names:
-            close = difflib.get_close_matches(v, names, n=1)
-            hint = f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(names)}"
-            raise ValueError(f"unknown model {v!r}{hint}")
-        return v
+        return _one_of("model", v, list(list_models()))
 
     @field_validator("head_hidden")
     @classmethod
@@ -515,11 +519,7 @@ class TrainerConfig(_Section):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            close = difflib.get_close_matches(v, STRATEGIES, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"choose {', '.join(STRATEGIES)}"
-            raise ValueError(f"unknown strategy {v!r}; {hint}")
-        return v
+        return _one_of("strategy", v, list(STRATEGIES))
 
     @field_validator("devices")
     @classmethod
