@@ -18,13 +18,17 @@ from agegender.config.schema import Config
 
 def check_files(config: Config) -> None:
     """Check that every path the run will read exists, and that weights files
-    (``model.pretrained_file``, ``model.init_from``) hold tensors, before any work starts."""
+    (``model.pretrained_file``, ``model.init_from``, ``distill.teacher``) hold tensors,
+    before any work starts."""
     checks = [
         ("data.path", config.data.path),
         ("data.folds_file", config.data.folds_file),
         ("model.pretrained_file", config.model.pretrained_file),
         ("model.init_from", config.model.init_from),
+        ("distill.teacher", config.distill.teacher if config.distill else None),
     ]
+    # a teacher per CV fold ({fold} in the path) is checked once the fold fills it in
+    checks = [(k, v) for k, v in checks if v is None or "{fold}" not in v]
     root = default_data_root()
     for key, value in checks:
         if value is not None and not Path(value).exists():
@@ -33,8 +37,8 @@ def check_files(config: Config) -> None:
                 how = "from AGEGENDER_DATA" if os.environ.get("AGEGENDER_DATA") else "default"
                 hint = f" (data root {root}, {how}; see README 'Data')"
             raise ConfigError(f"{key}: no such file or directory: {value}{hint}")
-    for key, value in checks[2:]:  # weights files: loadable (a mapped, cheap read)
-        if value is not None:
+    for key, value in checks:  # weights files: loadable (a mapped, cheap read)
+        if value is not None and key.split(".")[0] != "data":
             from agegender.models.registry import read_state_dict
 
             try:

@@ -22,6 +22,7 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("data", "cache_dir"),
     ("model", "pretrained_file"),
     ("model", "init_from"),
+    ("distill", "teacher"),
 )
 
 

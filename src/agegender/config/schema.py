@@ -269,6 +269,26 @@ class TaskConfig(_Section):
         return self
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation: a trained teacher's outputs on every training face are soft
+    targets for this model (the student), beside the faces' own labels.
+
+    ``L = (1 - weight) * L_labels + weight * L_teacher``, where ``L_teacher`` is the
+    task-weighted KL divergence from the teacher's softened distributions (``temperature``;
+    times ``temperature**2``, Hinton et al. 2015) for gender and DEX / group age. Faces with
+    no label for a task (CelebA has no ages) still learn that task from the teacher.
+    ``teacher``: a ``.ckpt`` or ``.pt`` with the same tasks; ``{fold}`` in the path is the
+    cross-validation fold (``agegender cv``) or ``data.fold``.
+    """
+
+    teacher: str
+    weight: float = Field(0.5, description="share of the loss from the teacher's outputs")
+    temperature: float = Field(1.0, gt=0, description="softens teacher and student alike")
+
+    _paths = field_validator("teacher")(_resolve)
+    _weight = field_validator("weight")(_within(0, 1))
+
+
 # --------------------------------------------------------------------------- optim
 class OptimConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -558,6 +578,7 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     logger: LoggerConfig = Field(default_factory=LoggerConfig)
+    distill: DistillConfig | None = None
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -579,6 +600,11 @@ class Config(_Section):
             raise ValueError(
                 f"augment.recipe: random_crop needs data.size ({d.size}) >= "
                 f"data.input_size ({d.input_size})"
+            )
+        if self.distill is not None and self.task.age == "regression":
+            raise ValueError(
+                "distill: a regression age has no distribution to distil; use task.age dex "
+                "or groups"
             )
         return self
 

@@ -266,7 +266,8 @@ def label_arrays(table: pd.DataFrame) -> dict[str, np.ndarray]:
 class FaceDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``images`` (``(M, S, S, 3)`` uint8) for the table row
     indices in ``splits``; table row ``i`` is ``images[cache_rows[i]]`` (default: row
-    ``i``, i.e. ``images`` row-aligned with ``table``)."""
+    ``i``, i.e. ``images`` row-aligned with ``table``). ``extra_labels``: more per-row
+    arrays the batches carry under their keys (a teacher's outputs)."""
 
     def __init__(
         self,
@@ -280,6 +281,7 @@ class FaceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        extra_labels: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if cache_rows is None and len(images) != len(table):
@@ -292,7 +294,12 @@ class FaceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
-        self.dataset = CachedBatches(images, label_arrays(table), cache_rows)
+        labels = label_arrays(table)
+        for key, values in (extra_labels or {}).items():  # e.g. a teacher's outputs per row
+            if len(values) != len(table):
+                raise ValueError(f"{key}: {len(values)} values for {len(table)} table rows")
+            labels[key] = values
+        self.dataset = CachedBatches(images, labels, cache_rows)
 
     @property
     def size(self) -> int:

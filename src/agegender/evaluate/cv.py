@@ -173,7 +173,10 @@ def _fold_config(config: Config, out: Path, k: int) -> Config:
         limit=None,
         audit=False,
     )
-    return validate_config(raw, base_dir=out)
+    fold_config = validate_config(raw, base_dir=out)
+    from agegender.train.distill import with_fold
+
+    return with_fold(fold_config, k)  # fold k's teacher never saw fold k's test faces
 
 
 def _with_defaults(raw: dict) -> dict:

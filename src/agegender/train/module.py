@@ -10,6 +10,10 @@ that term (but still count for the other one):
 - age ``dex``: cross-entropy over ages 0..100 (DEX); the prediction is the softmax's
   expected value.
 
+With ``distill`` (:mod:`agegender.train.distill`) the training loss becomes
+``(1 - w) * L + w * L_teacher`` (``train/loss_distill`` is logged); validation and test
+losses stay the labels' own, so runs with and without a teacher compare.
+
 Metrics (torchmetrics, synchronised across DDP ranks) per epoch for ``train/`` and
 ``val/`` (and ``test/``): ``loss``, ``gender_acc``, ``age_acc`` (8 groups; predicted ages
 are mapped to groups for regression/DEX), ``age_acc_1off`` (within one group, as Levi &
@@ -42,6 +46,7 @@ from agegender.data.records import AGE_GROUP_CUTS
 from agegender.evaluate.metrics import logged_metrics
 from agegender.models import dex_expected_age
 from agegender.models.heads import DEX_MAX_AGE
+from agegender.train.distill import distill_loss
 
 # The model artifact (meta, rebuilding, checkpoint files) lives in agegender.artifact.
 
@@ -263,6 +268,10 @@ class FaceModule(L.LightningModule):
             loss = g * losses["gender"] + (1 - g) * losses["age"]
         else:
             loss = next(iter(losses.values()))
+        kd = self.cfg.distill
+        if kd is not None and stage == "train" and any(k.startswith("teacher_") for k in batch):
+            losses["distill"] = distill_loss(out, batch, self.task.gamma, kd.temperature)
+            loss = (1 - kd.weight) * loss + kd.weight * losses["distill"]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         for name, value in losses.items():

@@ -12,6 +12,7 @@ The run directory::
                               (the row is on disk before the last.ckpt of its epoch end)
     summary.json              best/last epoch's metrics, "test" (the test split's metrics:
                               never a metrics.csv row), epochs, params, size, speed, data sizes
+    teacher.npz               with distill: the teacher's outputs on the training faces
     checkpoints/best.ckpt     best epoch by train.early_stopping.monitor
     checkpoints/last.ckpt     every train.checkpoint_every_n_steps steps and epoch end
     logs/tensorboard/, logs/csv/ (Lightning's raw step log), mlflow/wandb when enabled
@@ -576,6 +577,7 @@ def train(
     from agegender.artifact import make_meta
     from agegender.data.datamodule import FaceDataModule, source_names
     from agegender.models import load_weights, read_state_dict
+    from agegender.train.distill import teacher_outputs, with_fold
     from agegender.train.module import FaceModule
 
     quiet_lightning()
@@ -591,6 +593,7 @@ def train(
             f"--out: {out} already holds a run; pass --resume to continue it or choose another"
             " --out"
         )
+    config = with_fold(config, config.data.fold)
     check_files(config)
     check_environment(config)
     size, input_size = resolve_sizes(config)
@@ -607,6 +610,12 @@ def train(
 
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
+    teacher: dict[str, np.ndarray] = {}
+    distill_info = None
+    if config.distill is not None:
+        teacher, distill_info = teacher_outputs(
+            config, data, out, printer=printer if rank0 else (lambda _: None), progress=progress
+        )
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     precision = resolve_precision(config)
     meta = make_meta(config, size=size, input_size=input_size, code_version=code_version())
@@ -643,6 +652,7 @@ def train(
         num_workers=config.train.num_workers,
         seed=config.train.seed,
         pin_memory=use_gpu,
+        extra_labels=teacher,
     )
     cbs = _callbacks(config, out, progress, printer)
     t = config.trainer
@@ -718,6 +728,7 @@ def train(
         "weights": meta["weights"],
         "init_from": config.model.init_from,
         "init_report": {k: len(v) for k, v in init_report.items()} if init_report else None,
+        "distill": distill_info,
         "precision": precision,
         "accelerator": str(trainer.accelerator.__class__.__name__),
         "world_size": trainer.world_size,
