@@ -120,3 +120,21 @@ def test_bad_teachers_are_one_line_errors(cv_run: Path, tiny_config: Path, tmp_p
     cfg = _student(tmp_path, tiny_config, str(junk))
     with pytest.raises(ConfigError, match=r"^distill.teacher: "):
         train(cfg, tmp_path / "c", overrides=QUIET)
+
+
+def test_cv_refuses_a_teacher_whose_folds_differ(
+    cv_run: Path, tiny_config: Path, tmp_path: Path
+) -> None:
+    """A teacher CV with other folds would leak test faces into the student: refused."""
+    import shutil
+
+    from agegender.evaluate.cv import run_cv
+
+    fake = tmp_path / "teacher-cv"
+    shutil.copytree(cv_run, fake)
+    folds = pd.read_csv(fake / "folds.csv")
+    folds["fold"] = 1 - folds["fold"]  # every face in the other fold
+    folds.to_csv(fake / "folds.csv", index=False)
+    cfg = _student(tmp_path, tiny_config, str(fake / "fold_{fold}" / "checkpoints" / "best.ckpt"))
+    with pytest.raises(ConfigError, match=r"distill.teacher: .*folds.csv puts \d+ faces in other"):
+        run_cv(cfg, folds=2, out_dir=tmp_path / "s", overrides=QUIET)

@@ -353,6 +353,11 @@ def run_cv(
     if info.get("row_counts"):
         printer(RowCounts.from_dict(info["row_counts"]).line())
     table = read_folds(folds_csv)
+    from agegender.train.distill import check_teacher_folds
+
+    note = check_teacher_folds(config, table)
+    if note:
+        printer(note)
     ks = sorted(int(x) for x in table["fold"].unique())
     if only is not None:
         bad = sorted(set(only) - set(ks))

@@ -47,6 +47,35 @@ def with_fold(config: Config, fold: int | None) -> Config:
     return config.model_copy(update={"distill": d.model_copy(update={"teacher": teacher})})
 
 
+def check_teacher_folds(config: Config, folds: Any) -> str | None:
+    """With a teacher per CV fold (``{fold}`` in ``distill.teacher``), the teacher's
+    cross-validation must have put every face in the same fold as ``folds`` (this run's
+    ``path, fold`` table), else a fold's teacher trained on that fold's test faces.
+    Compared with the teacher run's ``folds.csv`` (the folder above ``fold_{fold}``);
+    returns a line to print when there is none to compare with."""
+    import pandas as pd
+
+    d = config.distill
+    if d is None or FOLD not in d.teacher:
+        return None
+    parts = Path(d.teacher).parts
+    at = next(i for i, part in enumerate(parts) if FOLD in part)
+    theirs_csv = Path(*parts[:at]) / "folds.csv"
+    if not theirs_csv.is_file():
+        return f"distill.teacher: no {theirs_csv} to check the teacher's folds against"
+    theirs = pd.read_csv(theirs_csv, usecols=["path", "fold"])
+    mine = folds[["path", "fold"]].astype({"fold": int})
+    both = mine.merge(theirs.astype({"fold": int}), on="path", how="left", suffixes=("", "_t"))
+    moved = int((both["fold_t"].notna() & (both["fold"] != both["fold_t"])).sum())
+    if moved:
+        raise ConfigError(
+            f"distill.teacher: {theirs_csv} puts {moved} faces in other folds than this run; "
+            "a fold's teacher would have trained on its test faces (use the same data and "
+            "data.seed as the teacher's cross-validation)"
+        )
+    return None
+
+
 def check_teacher(config: Config, meta: dict) -> None:
     """The teacher must predict what the student learns, in the same form."""
     t, tasks = config.task, meta.get("tasks") or {}
