@@ -159,6 +159,9 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"| {pct(m.get('gender_accuracy'))} | {pct(m.get('age_bin_exact_all'))} "
             f"| {'–' if mae is None else f'{mae:.2f}'} | {m['seconds_per_photo']:.4f} |"
         )
+    notes = meta.get("notes") or []
+    if notes:
+        lines += ["", *(f"**Note:** {n}" for n in notes)]
     bins = [r for r in results if "by_age_bin" in r["metrics"]]
     if bins:
         names = list(bins[0]["metrics"]["by_age_bin"])
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks"))
     ap.add_argument(
+        "--note", action="append", default=[], help="a line for the page (e.g. what a model saw)"
+    )
+    ap.add_argument(
         "--append",
         action="store_true",
         help="merge into an existing crossdata.json (rows of the same model, detector and set "
@@ -243,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "command": "python benchmarks/crossdata.py " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
+        "notes": list(args.note),
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = [r for r in old["results"] if (r["model"], r["detector"], r["set"]) not in new_keys]
         results = kept + results
         commands = list(dict.fromkeys([*old["meta"].get("commands", []), meta["command"]]))
-        meta = {**meta, "commands": commands}
+        notes = list(dict.fromkeys([*old["meta"].get("notes", []), *meta["notes"]]))
+        meta = {**meta, "commands": commands, "notes": notes}
     else:
         meta["commands"] = [meta["command"]]
     write_json({"meta": meta, "results": results}, out / "crossdata.json")
