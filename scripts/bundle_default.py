@@ -14,6 +14,7 @@ fairness table pooled over all test predictions); ``--extra NAME=results.json`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -115,6 +116,42 @@ def _origin(summary: dict) -> str:
     if w.get("init") in ("file", "init_from"):
         return f"weights from `{Path(w.get('pretrained_file') or w.get('init_from')).name}`"
     return "random initialisation"
+
+
+def _pretrain_steps(summary: dict) -> list[str]:
+    """The command that made the run ``model.init_from`` started from (its config is
+    ``configs/<its name>.yaml`` when that file exists)."""
+    parent = _parent_run(summary)
+    init = (summary.get("weights") or {}).get("init_from") or summary.get("init_from")
+    if parent is None or not init:
+        return []
+    run_dir = Path(init).parent.parent
+    with contextlib.suppress(ValueError):
+        run_dir = run_dir.relative_to(REPO)
+    cfg = REPO / "configs" / f"{parent.get('name')}.yaml"
+    cfg_text = cfg.relative_to(REPO) if cfg.is_file() else "CONFIG"
+    return [f"agegender train {cfg_text} --out {run_dir} --set trainer.threads=1"]
+
+
+def _photo_limits(crossdata: dict | None, name: str) -> list[str]:
+    """A limits line from the model's FairFace row: which gender it gets wrong more."""
+    rows = [
+        r
+        for r in (crossdata or {}).get("results", [])
+        if r["model"] == name and r["set"] == "fairface"
+    ]
+    if not rows:
+        return []
+    m = rows[0]["metrics"]
+    f, male = m.get("gender_recall_female_all"), m.get("gender_recall_male_all")
+    if f is None or male is None:
+        return []
+    worse, better = ("women", "men") if f < male else ("men", "women")
+    return [
+        f"- On FairFace-540 photos (never trained on) it recognises {100 * min(f, male):.1f} % "
+        f"of {worse} and {100 * max(f, male):.1f} % of {better}: on photos unlike its training "
+        f"faces it errs towards calling {worse} {better}; see the FairFace table above."
+    ]
 
 
 def _licences(summary: dict) -> list[str]:
@@ -309,9 +346,11 @@ def card(
         "or mis-frames degrade results.",
         "- Probabilities are reported for every face; the expected calibration error above "
         "says how far to trust them as frequencies.",
+        *_photo_limits(crossdata, name),
         "",
         "## Reproduce",
         "```bash",
+        *_pretrain_steps(summary),
         f"agegender cv {rel} --folds 5 --out {cv_dir} --set trainer.threads=1",
         f"python scripts/bundle_default.py {cv_dir} --fold {fold} --name {name} --config {rel}"
         + (" --crossdata benchmarks/crossdata.json" if crossdata else ""),
