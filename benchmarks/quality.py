@@ -155,15 +155,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
         "| --- |",
     ]
+    names = [r.get("name") for r in rows]
     for r in rows:
         cs5 = r["age_cs5_mean"]
+        label = r.get("name")
+        if label is not None and names.count(label) > 1:  # one config, run with overrides
+            label = Path(r.get("run_dir", "")).name or label
         lines.append(
             "| "
             + " | ".join(
                 [
-                    str(r["model"])
-                    if r.get("name") in (None, r["model"])
-                    else f"{r['model']} ({r['name']})",
+                    str(r["model"]) if label in (None, r["model"]) else f"{r['model']} ({label})",
                     f"{r['input_size']} of {r['size']}"
                     if r["size"] != r["input_size"]
                     else str(r["input_size"]),
