@@ -215,8 +215,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"Rows kept from the previous run of this benchmark: {', '.join(meta['kept'])}.",
             "",
         ]
-    if meta.get("note"):
-        lines += [f"**Note:** {meta['note']}", ""]
+    notes = [r["note"] for r in rows if r.get("note")]  # each row keeps its command's note
+    for note in dict.fromkeys(notes):
+        lines += [f"**Note:** {note}", ""]
     if meta.get("missing"):
         lines += [
             f"**Not in this table** (no finished cross-validation): {', '.join(meta['missing'])}.",
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "quality")
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
     ap.add_argument("--tta", default="none", choices=("none", "flip", "oversample"))
-    ap.add_argument("--note", default="", help="a line of context for quality.md")
+    ap.add_argument(
+        "--note", default="", help="a line of context for quality.md, kept with this run's rows"
+    )
     ap.add_argument(
         "--collect", action="store_true", help="do not train: collect the results of finished runs"
     )
@@ -329,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             row["folds"] = results["partial"]
         if args.fairface:
             row |= fairface_scores(run_dir)
+        if args.note:
+            row["note"] = args.note
         rows.append(row)
         print(f"== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
     meta = {
