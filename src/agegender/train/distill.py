@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from agegender.config import Config, ConfigError
+from agegender.fileio import atomic_path
 
 TEACHER_FILE = "teacher.npz"
 FOLD = "{fold}"
@@ -184,10 +185,8 @@ def teacher_outputs(
         full = np.full((len(paths), values.shape[1]), np.nan, np.float32)
         full[rows] = values
         result[f"teacher_{name}"] = full
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (TEACHER_FILE + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **result)
-    tmp.replace(saved)
+    with atomic_path(saved) as tmp, open(tmp, "wb") as fh:  # DDP ranks may write it together
+        np.savez(fh, key=np.array(key), **result)
     rate = len(rows) / max(seconds, 1e-9)
     printer(f"teacher outputs: {len(rows)} faces at {size} px in {seconds:.0f} s ({rate:.0f}/s)")
     return result, {**info, "seconds": round(seconds, 1), "reused": False}
