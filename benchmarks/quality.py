@@ -345,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         "folds": args.folds,
         "missing": failed,
-        "note": args.note,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if not args.replace:

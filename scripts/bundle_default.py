@@ -86,9 +86,14 @@ LICENCES = {
 }
 
 
+def _init_from(summary: dict) -> str | None:
+    """The checkpoint ``model.init_from`` started the run from, if any."""
+    return (summary.get("weights") or {}).get("init_from") or summary.get("init_from")
+
+
 def _parent_run(summary: dict) -> dict | None:
     """The summary.json of the run whose checkpoint ``model.init_from`` started from."""
-    init = (summary.get("weights") or {}).get("init_from") or summary.get("init_from")
+    init = _init_from(summary)
     if not init:
         return None
     path = Path(init).parent.parent / "summary.json"  # RUN/checkpoints/best.ckpt
@@ -122,10 +127,9 @@ def _pretrain_steps(summary: dict) -> list[str]:
     """The command that made the run ``model.init_from`` started from (its config is
     ``configs/<its name>.yaml`` when that file exists)."""
     parent = _parent_run(summary)
-    init = (summary.get("weights") or {}).get("init_from") or summary.get("init_from")
-    if parent is None or not init:
+    if parent is None:  # (a parent run implies an init_from checkpoint)
         return []
-    run_dir = Path(init).parent.parent
+    run_dir = Path(_init_from(summary)).parent.parent
     with contextlib.suppress(ValueError):
         run_dir = run_dir.relative_to(REPO)
     cfg = REPO / "configs" / f"{parent.get('name')}.yaml"
