@@ -115,6 +115,60 @@ def test_utkface_plus_celeba_trains_with_masked_age(
     assert "test/celeba-10k/gender_acc" not in s["test"]
 
 
+def test_framing_template_follows_the_crop() -> None:
+    """A box k times the UTKFace box shrinks the landmark template k times about the same
+    face; the reader's own box (or none given) keeps UTKFace's template exactly."""
+    from agegender.infer.align import UTKFACE_TEMPLATE, framing_template
+
+    assert framing_template(None, None) == UTKFACE_TEMPLATE
+    assert framing_template(None, ALIGNED_FACE_CROP) == UTKFACE_TEMPLATE
+    assert framing_template(list(ALIGNED_FACE_CROP), ALIGNED_FACE_CROP) == UTKFACE_TEMPLATE
+    # UTKFace chips: the middle half of the chip is a 2x zoom on the face
+    zoom = framing_template([0.25, 0.25, 0.75, 0.75], None)
+    assert np.allclose(zoom, [((u - 0.25) * 2, (v - 0.25) * 2) for u, v in UTKFACE_TEMPLATE])
+    # CelebA: a box 1.6x the reader's (same centre) keeps the face centred at 1/1.6 its size
+    x0, y0, x1, y1 = ALIGNED_FACE_CROP
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * (x1 - x0), 0.8 * (y1 - y0)
+    wide = np.asarray(framing_template([cx - hw, cy - hh, cx + hw, cy + hh], ALIGNED_FACE_CROP))
+    utk = np.asarray(UTKFACE_TEMPLATE)
+    assert np.allclose(wide - 0.5, (utk - 0.5) / 1.6, atol=1e-3)
+
+
+@pytest.mark.realdata
+def test_a_wider_crop_travels_with_the_model(
+    utkface_dir: Path, celeba_dir: Path, tmp_path: Path
+) -> None:
+    """A model trained on CelebA faces cut wider than UTKFace's records the smaller
+    template, the predictor aligns photos with it, and mixing that framing with UTKFace's
+    tight chips in one run is refused naming the key."""
+    from agegender.infer import Predictor
+    from agegender.infer.align import framing_template
+    from agegender.train import train
+
+    wide = [0.0408, 0.1536, 0.9592, 0.9035]
+    cfg = write_config(tmp_path, celeba_dir)
+    res = train(
+        cfg,
+        tmp_path / "run",
+        overrides=[*FAST, "task.age=none", "train.epochs=1", f"data.crop={wide}"],
+        printer=lambda _: None,
+    )
+    want = framing_template(wide, ALIGNED_FACE_CROP)
+    eyes = want[1][0] - want[0][0]
+    assert 0.2 < eyes < 0.3  # UTKFace's eyes are 0.39 of the side apart
+    p = Predictor.load(res.best_checkpoint, detector="blazeface")
+    assert np.allclose(p.spec.template, want)
+    rgb = np.asarray(Image.open(sorted((celeba_dir / "img_align_celeba").glob("*.jpg"))[0]))
+    face = p.predict(rgb).faces[0]
+    assert face.aligned and 0 <= face.p_female <= 1
+    p.close()
+    (tmp_path / "m").mkdir()
+    mixed = write_config(tmp_path / "m", utkface_dir)
+    extra = f"[{{path: '{celeba_dir}', limit: 50, crop: {wide}}}]"
+    with pytest.raises(ConfigError, match=r"data\.extra\[0\]\.crop: .*framed unlike"):
+        train(mixed, tmp_path / "m" / "run", overrides=[*FAST, f"data.extra={extra}"])
+
+
 # --------------------------------------------------------------------------- FairFace
 def test_fairface_reader(fairface_dir: Path) -> None:
     r = read_dataset(fairface_dir)

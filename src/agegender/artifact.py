@@ -153,8 +153,16 @@ def _builder_defaults(name: str) -> dict[str, Any]:
     return out
 
 
-def make_meta(config: Config, *, size: int, input_size: int, code_version: str) -> dict:
-    """Everything needed to rebuild and feed the model, as plain JSON-able types."""
+def make_meta(
+    config: Config,
+    *,
+    size: int,
+    input_size: int,
+    code_version: str,
+    template: Sequence[Sequence[float]] | None = None,
+) -> dict:
+    """Everything needed to rebuild and feed the model, as plain JSON-able types;
+    ``template``: where the landmarks fall in its training crops (default UTKFace's)."""
     from agegender.models.heads import DEX_MAX_AGE
     from agegender.models.registry import get_model_entry
 
@@ -183,19 +191,23 @@ def make_meta(config: Config, *, size: int, input_size: int, code_version: str) 
             "age_group_cuts": [float(c) for c in AGE_GROUP_CUTS],
             "dex_ages": [0, DEX_MAX_AGE] if config.task.age == "dex" else None,
         },
-        "face_crop": face_crop_meta(),
+        "face_crop": face_crop_meta(template),
         "weights": weights_origin(config),
         "code_version": code_version,
     }
 
 
-def face_crop_meta() -> dict[str, Any]:
+def face_crop_meta(template: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
     """The face geometry the model is trained on, for the predictor's alignment: where the
     eyes, nose tip and mouth fall in a training crop (fractions of its side)."""
+    points = [[float(v) for v in p] for p in (template or UTKFACE_TEMPLATE)]
+    utk = points == [list(p) for p in UTKFACE_TEMPLATE]
     return {
-        "template": [list(p) for p in UTKFACE_TEMPLATE],
+        "template": points,
         "landmarks": ["right_eye", "left_eye", "nose_tip", "mouth_center"],
-        "framing": "UTKFace aligned crops (other datasets are cut to match: data crop / align)",
+        "framing": "UTKFace aligned crops (other datasets are cut to match: data crop / align)"
+        if utk
+        else "data.crop: a box other than UTKFace's (the predictor cuts photos the same way)",
     }
 
 

@@ -28,6 +28,32 @@ UTKFACE_TEMPLATE: tuple[tuple[float, float], ...] = (
 )
 
 
+def framing_template(crop: Sequence[float] | None, reference: Sequence[float] | None) -> tuple:
+    """Where the landmarks fall in faces cut with ``crop`` (a box ``[x0, y0, x1, y1]`` as
+    fractions of the image) from images in which ``reference`` is the box that gives
+    UTKFace's framing (a reader's default crop; None: the whole image already is). ``crop``
+    None or equal to ``reference`` gives :data:`UTKFACE_TEMPLATE` itself; a box 1.6x as
+    large gives a template 1/1.6 the size: the model sees hair and neck, and the predictor
+    cuts photos the same way."""
+    ref = tuple(float(v) for v in (reference or (0.0, 0.0, 1.0, 1.0)))
+    box = tuple(float(v) for v in crop) if crop is not None else ref
+    if np.allclose(box, ref, atol=1e-6):
+        return UTKFACE_TEMPLATE
+    out = []
+    for u, v in UTKFACE_TEMPLATE:
+        x = ref[0] + u * (ref[2] - ref[0])
+        y = ref[1] + v * (ref[3] - ref[1])
+        out.append(
+            (round((x - box[0]) / (box[2] - box[0]), 4), round((y - box[1]) / (box[3] - box[1]), 4))
+        )
+    return tuple(out)
+
+
+def template_gap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """The largest distance between two templates' points, as a fraction of the crop side."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
 def similarity_transform(
     landmarks: Sequence[Sequence[float]],
     size: int,

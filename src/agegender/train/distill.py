@@ -130,8 +130,9 @@ def teacher_outputs(
     ``data.table`` (a :class:`~agegender.train.run.PreparedData`): the teacher's logits on
     the training rows, NaN elsewhere. Reads ``out/teacher.npz`` when it holds the same
     teacher file and rows."""
-    from agegender.artifact import load_model
+    from agegender.artifact import load_model, parse_meta
     from agegender.errors import ModelFileError
+    from agegender.infer.align import UTKFACE_TEMPLATE, template_gap
     from agegender.train.run import prepare_data
 
     d = config.distill
@@ -142,6 +143,13 @@ def teacher_outputs(
     except (ModelFileError, FileNotFoundError) as exc:
         raise ConfigError(f"distill.teacher: {str(exc).splitlines()[0]}") from None
     check_teacher(config, meta)
+    theirs = parse_meta(meta).template
+    mine = data.info.get("face_template") or UTKFACE_TEMPLATE
+    if template_gap(theirs, mine) > 0.02:
+        raise ConfigError(
+            f"distill.teacher: {teacher} was trained on faces framed unlike this run's "
+            "(face_crop.template); it would judge crops it never saw: use the same data.crop"
+        )
     rows = np.unique(data.splits.train)
     paths = data.table["path"].astype(str).to_numpy()
     key = _key(teacher, paths, rows)

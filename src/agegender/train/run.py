@@ -258,6 +258,7 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
     crop = d.crop if d.crop is not None else default_crop(result.format)
+    info["face_template"] = _framing(d.crop, result.format, d.align)
     images, cache_rows, ok, failures = _load_images(
         table, size, d.cache_dir, progress, crop, d.align
     )
@@ -286,6 +287,17 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     return PreparedData(table, images, cache_rows, splits, info, row_counts)
 
 
+def _framing(crop: Sequence[float] | None, format: str, align: bool) -> tuple:
+    """The landmark template of a dataset's cached faces: UTKFace's when aligned by the
+    face path or cut with its reader's own box, else scaled by ``crop``."""
+    from agegender.data.readers import default_crop
+    from agegender.infer.align import UTKFACE_TEMPLATE, framing_template
+
+    if align:
+        return UTKFACE_TEMPLATE
+    return framing_template(crop, default_crop(format))
+
+
 def _source_name(path: str) -> str:
     return Path(path).name or str(path)
 
@@ -306,6 +318,7 @@ def _add_extra(
     and validation rows; the test split stays the main dataset's. Rows get a ``source``;
     each dataset's :class:`RowCounts` is appended to ``row_counts``."""
     from agegender.data.readers import default_crop, sample_rows
+    from agegender.infer.align import template_gap
 
     d = config.data
     tables = [table.assign(source=_source_name(d.path))]
@@ -329,6 +342,14 @@ def _add_extra(
         if xt.empty:
             raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
         crop = extra.crop if extra.crop is not None else default_crop(result.format)
+        framing = _framing(extra.crop, result.format, extra.align)
+        gap = template_gap(framing, info["face_template"])
+        if gap > 0.02:
+            raise ConfigError(
+                f"{key}.crop: its faces would be framed unlike data.path's (landmarks up to "
+                f"{100 * gap:.0f} % of the side apart); one model needs one framing: set the "
+                "same kind of box for both"
+            )
         x_images, x_rows, ok, failures = _load_images(
             xt, size, d.cache_dir, progress, crop, extra.align
         )
@@ -618,7 +639,13 @@ def train(
         )
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     precision = resolve_precision(config)
-    meta = make_meta(config, size=size, input_size=input_size, code_version=code_version())
+    meta = make_meta(
+        config,
+        size=size,
+        input_size=input_size,
+        code_version=code_version(),
+        template=data.info.get("face_template"),
+    )
     config_dict = config.model_dump(mode="json")
     module = FaceModule(
         config_dict,
