@@ -167,6 +167,30 @@ def test_random_erasing_fills_a_rectangle_with_zero() -> None:
         assert box == len(ys)  # a filled rectangle
 
 
+def test_downscale_blurs_only_the_samples_drawn() -> None:
+    """p=1: every image loses high-frequency detail but keeps its mean colour; p=0 (or the
+    full side) leaves the eval view untouched; the result equals shrinking and enlarging."""
+    import torch.nn.functional as F
+
+    x = batch(6)
+    plain = prep([]).train(x, 0)
+    low = prep([{"downscale": {"scale": [0.25, 0.25], "p": 1.0}}]).train(x, 0)
+    assert torch.allclose(prep([{"downscale": {"p": 0.0}}]).train(x, 0), plain)
+    assert torch.allclose(prep([{"downscale": [1.0, 1.0]}]).train(x, 0), plain)
+
+    def detail(z: torch.Tensor) -> torch.Tensor:  # mean absolute neighbour difference
+        return (z[..., 1:] - z[..., :-1]).abs().flatten(1).mean(1)
+
+    assert (detail(low) < 0.6 * detail(plain)).all()
+    assert torch.allclose(low.mean((2, 3)), plain.mean((2, 3)), atol=0.05)
+    small = F.interpolate(x.float(), size=(10, 10), mode="area")
+    want = F.interpolate(small, size=(40, 40), mode="bilinear", align_corners=False)
+    assert torch.allclose(unnormalise(low) * 255, want, atol=1e-2)
+    half = prep([{"downscale": {"scale": [0.25, 0.25], "p": 0.5}}]).train(batch(64), 1)
+    changed = ~torch.isclose(half, prep([]).train(batch(64), 1)).flatten(1).all(1)
+    assert 16 <= int(changed.sum()) <= 48
+
+
 def test_bad_input_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"expected a \(B, 3, H, W\) batch"):
         prep([]).train(torch.zeros(2, 40, 40, 3, dtype=torch.uint8))

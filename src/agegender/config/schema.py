@@ -394,6 +394,17 @@ class GaussianNoiseOp(_Op):
     std: float = Field(0.02, ge=0, le=1, description="in [0, 1] pixel units")
 
 
+class DownscaleOp(_Op):
+    """Shrink to a random fraction ``scale`` of the side (area average) and back (bilinear):
+    the soft detail of a face photographed small, as in photos from the wild."""
+
+    op: Literal["downscale"] = "downscale"
+    p: float = 0.5
+    scale: tuple[float, float] = (0.25, 1.0)
+
+    _scale = field_validator("scale")(_pair_within(0.05, 1))
+
+
 class RandomErasingOp(_Op):
     op: Literal["random_erasing"] = "random_erasing"
     p: float = 0.25
@@ -414,6 +425,7 @@ AUGMENT_OPS: dict[str, type[_Op]] = {
         ColorJitterOp,
         GrayscaleOp,
         GaussianNoiseOp,
+        DownscaleOp,
         RandomErasingOp,
     )
 }
@@ -425,6 +437,7 @@ _PRIMARY = {
     "rotation": "degrees",
     "grayscale": "p",
     "gaussian_noise": "std",
+    "downscale": "scale",
     "random_erasing": "p",
 }
 
@@ -441,6 +454,7 @@ AugmentOp = Annotated[
     | Annotated[ColorJitterOp, Tag("color_jitter")]
     | Annotated[GrayscaleOp, Tag("grayscale")]
     | Annotated[GaussianNoiseOp, Tag("gaussian_noise")]
+    | Annotated[DownscaleOp, Tag("downscale")]
     | Annotated[RandomErasingOp, Tag("random_erasing")],
     Discriminator(_op_tag),
 ]
@@ -472,7 +486,7 @@ class AugmentConfig(_Section):
 
     ``recipe`` is a list of ops, each written ``- name``, ``- name: value`` (its main
     parameter) or ``- name: {param: value}``; ops: random_crop, resized_crop, hflip,
-    rotation, color_jitter, grayscale, gaussian_noise, random_erasing.
+    rotation, color_jitter, grayscale, gaussian_noise, downscale, random_erasing.
     """
 
     recipe: list[AugmentOp] = Field(

@@ -11,7 +11,9 @@ whole-batch tensor passes with per-sample random parameters:
    the final mean/std normalisation are all per-sample linear maps of the pixel and its
    luma, so they are folded into ``z = A*x + B*luma(x) + C`` (two fused multiply-adds),
    plus noise, then one clamp to the valid [0, 1] range (expressed in normalised units);
-3. random_erasing — a per-sample rectangle set to 0 (the mean colour), as torchvision.
+3. downscale — the samples drawn are shrunk to a random fraction of the side (area
+   average) and enlarged back (bilinear), one ``F.interpolate`` pair per distinct size;
+4. random_erasing — a per-sample rectangle set to 0 (the mean colour), as torchvision.
 
 Random parameters are drawn per sample with a NumPy generator (cheap, device-independent,
 reproducible from a seed); only the noise image is drawn with torch on the device.
@@ -217,6 +219,7 @@ class Preprocess:
             x = self._resample(images, self.geometry(n, rng))  # float, 0..255
         else:
             x = self.eval(images).sub_(const["shift"]).div_(const["scale"])  # back to 0..255
+        x = self._downscale(x, rng)
         params = self._colour_params(n, rng)
         if params is None:
             z = x.mul_(const["scale"]).add_(const["shift"])
@@ -261,6 +264,25 @@ class Preprocess:
             noise = torch.randn(z.shape, generator=gen, device=dev)
             z.addcmul_(noise, col(p["sigma"]) * scale * 255.0)  # sigma in [0, 1] pixel units
         return z.clamp_(min=const["lo"], max=const["hi"])
+
+    def _downscale(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Low resolution: each sample drawn (``p``) loses detail to a random side
+        ``scale * S`` (at least 4 px), area-averaged down and bilinear back up."""
+        op = self._ops.get("downscale")
+        if op is None:
+            return x
+        n, _, hh, ww = x.shape
+        use = rng.random(n) < op.p
+        frac = rng.uniform(op.scale[0], op.scale[1], n)
+        sides = np.maximum(4, np.round(frac * hh)).astype(int)
+        for side in np.unique(sides[use]):
+            if side >= hh:
+                continue
+            idx = torch.from_numpy(np.flatnonzero(use & (sides == side))).to(x.device)
+            small_size = (int(side), max(4, round(side * ww / hh)))
+            small = F.interpolate(x[idx], size=small_size, mode="area")
+            x[idx] = F.interpolate(small, size=(hh, ww), mode="bilinear", align_corners=False)
+        return x
 
     def _erase(self, z: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         op = self._ops.get("random_erasing")
