@@ -244,7 +244,8 @@ def merge_rows(previous: Path, rows: list[dict]) -> tuple[list[dict], list[str]]
         stem = Path(r.get("run_dir", "")).name
         return (order.index(stem) if stem in order else len(order), stem)
 
-    return sorted(rows + kept, key=rank), [str(r.get("name") or r.get("model")) for r in kept]
+    labels = [Path(r.get("run_dir", "")).name or str(r.get("name") or r.get("model")) for r in kept]
+    return sorted(rows + kept, key=rank), labels
 
 
 def _shown_args(argv: list[str] | None) -> list[str]:
