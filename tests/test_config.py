@@ -21,6 +21,8 @@ from agegender.train.run import resolve_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+#: run configs in sub-folders (benchmark rows, studies); configs/sweeps holds sweep files
+STUDY_CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "sweeps")
 
 
 @pytest.fixture(autouse=True)
@@ -183,7 +185,11 @@ def test_augment_shorthands() -> None:
     assert ops["resized_crop"].scale == (0.5, 1.0)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize(
+    "path",
+    CONFIGS + STUDY_CONFIGS,
+    ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS + STUDY_CONFIGS],
+)
 def test_every_shipped_config_validates(path: Path) -> None:
     c = load_config(path)
     size, input_size = resolve_sizes(c)  # model min input size respected
