@@ -246,6 +246,40 @@ def _photo_rows(crossdata: dict | None, name: str) -> list[str]:
     return [*out, ""]
 
 
+INPUT_LINE = (
+    "- Input: a square face crop, resized, normalised with the mean/std stored in the "
+    "model's metadata. Faces are found by the predictor's detector and cropped square "
+    "around the box with the framing that matches UTKFace's aligned crops (see the "
+    "README's design section)."
+)
+
+
+def refresh_photos(text: str, crossdata: dict, name: str) -> str:
+    """A shipped card with its face-path line, its "Photos it never trained on" section
+    and its FairFace limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
+    for a model whose cross-validation run is not on this machine."""
+    lines = text.splitlines()
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith("## "):
+            skipping = line.startswith("## Photos it never trained on")
+            if line.startswith(("## Beyond UTKFace", "## Intended use")) and out:
+                photos = _photo_rows(crossdata, name)
+                if photos and not any(x.startswith("## Photos it never") for x in out):
+                    out += photos
+        if skipping:
+            continue
+        if line.startswith("- Input:"):
+            line = INPUT_LINE
+        if line.startswith("- On FairFace-540 photos (never trained on)"):
+            continue
+        out.append(line)
+        if line.startswith("- Probabilities are reported for every face"):
+            out += _photo_limits(crossdata, name)
+    return "\n".join(out) + "\n"
+
+
 def card(
     cv_dir: Path,
     results: dict,
@@ -277,10 +311,7 @@ def card(
         f"- Architecture: `{summary.get('model')}` trained from {_origin(summary)}; "
         f"{summary.get('params', 0) / 1e6:.2f} M parameters, "
         f"{summary.get('model_size_mb', 0):.1f} MB (float32). Input size: {size} px.",
-        "- Input: a square face crop, resized, normalised with the mean/std stored in the "
-        "model's metadata. Faces are found by the predictor's detector and cropped square "
-        "around the box with the framing that matches UTKFace's aligned crops (see the "
-        "README's design section).",
+        INPUT_LINE,
         "- Outputs: P(male), P(female); a distribution over ages 0..100 (DEX): the age in "
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",
@@ -408,7 +439,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--card-only", action="store_true", help="do not re-export the weights")
     ap.add_argument("--config", type=Path, default=None, help="the recipe (for the card)")
     ap.add_argument("--crossdata", type=Path, default=None, help="benchmarks/crossdata.json")
+    ap.add_argument(
+        "--refresh-photos",
+        action="store_true",
+        help="only rebuild the shipped card's face-path and photo sections from --crossdata "
+        "(no cross-validation run needed)",
+    )
     args = ap.parse_args(argv)
+    out = WEIGHTS / ("MODEL_CARD.md" if args.name == "default" else f"MODEL_CARD_{args.name}.md")
+    if args.refresh_photos:
+        if args.crossdata is None:
+            print("error: --refresh-photos needs --crossdata", file=sys.stderr)
+            return 2
+        crossdata = json.loads(args.crossdata.read_text())
+        if not any(r["model"] == args.name for r in crossdata.get("results", [])):
+            print(f"error: {args.crossdata}: no rows for model {args.name!r}", file=sys.stderr)
+            return 2
+        out.write_text(refresh_photos(out.read_text(), crossdata, args.name))
+        print(f"wrote {out}")
+        return 0
 
     res_path = args.cv_dir / "results.json"
     fold_path = args.cv_dir / f"fold_{args.fold}" / "results.json"
@@ -441,7 +490,6 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = item.partition("=")
         extra[name] = json.loads(Path(path).read_text())
     crossdata = json.loads(args.crossdata.read_text()) if args.crossdata else None
-    out = WEIGHTS / ("MODEL_CARD.md" if args.name == "default" else f"MODEL_CARD_{args.name}.md")
     text = card(
         args.cv_dir,
         results,

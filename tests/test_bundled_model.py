@@ -42,6 +42,31 @@ def test_bundle_is_installed_with_card(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BUNDLED)
+def test_card_shows_the_measured_photo_figures(name: str) -> None:
+    """Each card's never-seen-photos section (FairFace by gender x age bin included) is
+    exactly what benchmarks/crossdata.json measured: rebuilding it changes nothing."""
+    import importlib.util
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bundle", repo / "scripts" / "bundle_default.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    crossdata = json.loads((repo / "benchmarks" / "crossdata.json").read_text())
+    card = WEIGHTS_DIR / ("MODEL_CARD.md" if name == "default" else f"MODEL_CARD_{name}.md")
+    text = card.read_text()
+    assert bundle.refresh_photos(text, crossdata, name) == text
+    row = next(
+        r
+        for r in crossdata["results"]
+        if (r["model"], r["detector"], r["set"]) == (name, "blazeface", "fairface")
+    )
+    acc = row["metrics"]["gender_accuracy_all"]
+    assert f"| blazeface | fairface | 540 | 100.0 % | {100 * acc:.1f} % |" in text
+    assert "FairFace-540 by gender and age bin (blazeface" in text
+
+
+@pytest.mark.parametrize("name", BUNDLED)
 def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]], name: str) -> None:
     onnx = Predictor.load(name, threads=1)
     torch_p = Predictor.load(name, runtime="torch", threads=1)
