@@ -258,16 +258,15 @@ def refresh_photos(text: str, crossdata: dict, name: str) -> str:
     """A shipped card with its face-path line, its "Photos it never trained on" section
     and its FairFace limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
     for a model whose cross-validation run is not on this machine."""
-    lines = text.splitlines()
+    photos = _photo_rows(crossdata, name)  # goes before the first of these sections
     out: list[str] = []
     skipping = False
-    for line in lines:
+    for line in text.splitlines():
         if line.startswith("## "):
             skipping = line.startswith("## Photos it never trained on")
-            if line.startswith(("## Beyond UTKFace", "## Intended use")) and out:
-                photos = _photo_rows(crossdata, name)
-                if photos and not any(x.startswith("## Photos it never") for x in out):
-                    out += photos
+            if line.startswith(("## Beyond UTKFace", "## Intended use")):
+                out += photos
+                photos = []
         if skipping:
             continue
         if line.startswith("- Input:"):

@@ -49,6 +49,10 @@ def framing_template(crop: Sequence[float] | None, reference: Sequence[float] | 
     return tuple(out)
 
 
+#: Two templates farther apart than this (a fraction of the crop side) are two framings.
+FRAMING_TOLERANCE = 0.02
+
+
 def template_gap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
     """The largest distance between two templates' points, as a fraction of the crop side."""
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())

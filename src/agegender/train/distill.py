@@ -132,7 +132,7 @@ def teacher_outputs(
     teacher file and rows."""
     from agegender.artifact import load_model, parse_meta
     from agegender.errors import ModelFileError
-    from agegender.infer.align import UTKFACE_TEMPLATE, template_gap
+    from agegender.infer.align import FRAMING_TOLERANCE, UTKFACE_TEMPLATE, template_gap
     from agegender.train.run import prepare_data
 
     d = config.distill
@@ -145,7 +145,7 @@ def teacher_outputs(
     check_teacher(config, meta)
     theirs = parse_meta(meta).template
     mine = data.info.get("face_template") or UTKFACE_TEMPLATE
-    if template_gap(theirs, mine) > 0.02:
+    if template_gap(theirs, mine) > FRAMING_TOLERANCE:
         raise ConfigError(
             f"distill.teacher: {teacher} was trained on faces framed unlike this run's "
             "(face_crop.template); it would judge crops it never saw: use the same data.crop"

@@ -318,7 +318,7 @@ def _add_extra(
     and validation rows; the test split stays the main dataset's. Rows get a ``source``;
     each dataset's :class:`RowCounts` is appended to ``row_counts``."""
     from agegender.data.readers import default_crop, sample_rows
-    from agegender.infer.align import template_gap
+    from agegender.infer.align import FRAMING_TOLERANCE, template_gap
 
     d = config.data
     tables = [table.assign(source=_source_name(d.path))]
@@ -344,7 +344,7 @@ def _add_extra(
         crop = extra.crop if extra.crop is not None else default_crop(result.format)
         framing = _framing(extra.crop, result.format, extra.align)
         gap = template_gap(framing, info["face_template"])
-        if gap > 0.02:
+        if gap > FRAMING_TOLERANCE:
             raise ConfigError(
                 f"{key}.crop: its faces would be framed unlike data.path's (landmarks up to "
                 f"{100 * gap:.0f} % of the side apart); one model needs one framing: set the "
