@@ -18,6 +18,20 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_script(relative: str):
+    """Import a repo script (``benchmarks/x.py``, ``scripts/x.py``) as a module; it is
+    registered in ``sys.modules`` (dataclasses look their module up there)."""
+    import importlib.util
+    import sys
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def data_root() -> Path:
     return Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
 

@@ -45,14 +45,12 @@ def test_bundle_is_installed_with_card(name: str) -> None:
 def test_card_shows_the_measured_photo_figures(name: str) -> None:
     """Each card's never-seen-photos section (FairFace by gender x age bin included) is
     exactly what benchmarks/crossdata.json measured: rebuilding it changes nothing."""
-    import importlib.util
     import json
 
-    repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bundle", repo / "scripts" / "bundle_default.py")
-    bundle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle)
-    crossdata = json.loads((repo / "benchmarks" / "crossdata.json").read_text())
+    from conftest import REPO, load_script
+
+    bundle = load_script("scripts/bundle_default.py")
+    crossdata = json.loads((REPO / "benchmarks" / "crossdata.json").read_text())
     card = WEIGHTS_DIR / ("MODEL_CARD.md" if name == "default" else f"MODEL_CARD_{name}.md")
     text = card.read_text()
     assert bundle.refresh_photos(text, crossdata, name) == text

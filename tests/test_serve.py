@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -409,13 +408,9 @@ def test_reduced_load_and_abuse_benchmark() -> None:
     """benchmarks/serve_load.py --reduced against the real ``agegender serve``: normal
     requests all succeed (also while clients send pixel-heavy requests), trickled bodies
     are cut off, memory does not grow."""
-    import importlib.util
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/serve_load.py")
     out = bench.run(bench.Plan.reduced())
     checks = dict(out["checks"])
     # p99 on a shared 2-core CI machine: asserted loosely here, strictly in the benchmark
