@@ -8,7 +8,7 @@ Importing this package registers every model (the modules below register on impo
 """
 
 # importing the model modules registers their models
-from agegender.models import levi_hassner, small_cnn, timm_backbones  # noqa: F401
+from agegender.models import dlib_resnet, levi_hassner, small_cnn, timm_backbones  # noqa: F401
 from agegender.models.heads import AGE_MODES, TaskSpec, dex_expected_age
 from agegender.models.registry import (
     FaceModel,
