@@ -229,6 +229,11 @@ def weights_origin(config: Config) -> dict[str, Any]:
         if packaged is not None:
             out["source"] = packaged.source()
             out["license"] = packaged.license
+    if m.pretrained == "face":
+        from agegender.models.dlib_resnet import FACE_LICENSE, face_weights_source
+
+        out["source"] = face_weights_source()
+        out["license"] = FACE_LICENSE
     if out["init"] is None:
         out["init"] = "random"
     return out

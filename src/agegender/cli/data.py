@@ -130,6 +130,11 @@ def data_cache(
         False, "--align", help="Photos, not face crops: detect and align the largest face."
     ),
     detector: str = typer.Option("blazeface", "--detector", help="Detector for --align."),
+    template: str = typer.Option(
+        "utkface",
+        "--template",
+        help="Framing for --align: utkface (most models) or dlib_chip (dlib_resnet29).",
+    ),
 ) -> None:
     """Decode every image once into a uint8 cache (reused while the files are unchanged).
 
@@ -140,10 +145,12 @@ def data_cache(
     from agegender.data.cache import build_cache
     from agegender.data.prepare import read_rows, reject_failed_images
     from agegender.data.readers import DatasetError
+    from agegender.infer.align import named_template
 
     if cache_dir is not None:
         check_writable(cache_dir, folder=True)
     try:
+        points = named_template(template)
         rows = read_rows(path, format, audit=False)
         cache = build_cache(
             rows.table,
@@ -153,6 +160,7 @@ def data_cache(
             progress=console.is_terminal and not as_json,
             console=console,
             align=detector if align else None,
+            template=points if align and template != "utkface" else None,
         )
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
@@ -163,6 +171,7 @@ def data_cache(
         "failed": cache.failed,
         "size": cache.size,
         "align": cache.meta.get("align"),
+        "template": template if align else None,
         "no_face": sum(p.reason == "no face found" for p in cache.problems),
         "reused": cache.reused,
         "build_seconds": cache.meta.get("build_seconds"),

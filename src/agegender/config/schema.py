@@ -171,10 +171,11 @@ class ModelConfig(_Section):
     """Architecture, weights and the freeze/unfreeze schedule."""
 
     name: str = "small_resnet"
-    pretrained: Literal["imagenet", "hub"] | None = Field(
+    pretrained: Literal["imagenet", "face", "hub"] | None = Field(
         None,
-        description="imagenet: weights from an installed package (offline); hub: timm's "
-        "download (opt-in)",
+        description="imagenet: ImageNet weights from an installed package (offline); face: "
+        "dlib's face-recognition weights from an installed package (dlib_resnet29, offline); "
+        "hub: timm's download (opt-in)",
     )
     pretrained_file: str | None = Field(None, description="local backbone weights")
     init_from: str | None = Field(None, description="checkpoint of an earlier run to start from")
@@ -186,6 +187,12 @@ class ModelConfig(_Section):
     unfreeze_at_epoch: int | None = Field(None, ge=1)
     unfreeze_last_n: int | None = Field(None, ge=1)
     backbone_lr_factor: float = Field(1.0, gt=0, le=1)
+    precompute_blocks: int | None = Field(
+        None,
+        ge=1,
+        description="run the first N backbone blocks (frozen all along) once per face and "
+        "train the rest on their stored output (augmentation: hflip only)",
+    )
 
     _paths = field_validator("pretrained_file", "init_from")(_resolve)
 
@@ -228,6 +235,13 @@ class ModelConfig(_Section):
                 )
             if self.pretrained_file is not None:
                 raise ValueError("model.pretrained: set pretrained or pretrained_file, not both")
+            face = get_model_entry(self.name).cfg["family"] == "dlib_resnet"
+            if (self.pretrained == "face") != face:
+                raise ValueError(
+                    f"model.pretrained: {self.pretrained} weights do not exist for model "
+                    f"{self.name!r}"
+                    + (" (use pretrained: face)" if face else " (face: dlib_resnet29 only)")
+                )
         for key in (*given, *self.options):
             if key not in accepted:
                 where = f"model.{key}" if key in given else f"model.options.{key}"
@@ -241,6 +255,17 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _freeze(self) -> ModelConfig:
+        if self.precompute_blocks is not None and not self.freeze_backbone:
+            raise ValueError("model.precompute_blocks: needs model.freeze_backbone: true")
+        if (
+            self.precompute_blocks is not None
+            and self.unfreeze_at_epoch is not None
+            and self.unfreeze_last_n is None
+        ):
+            raise ValueError(
+                "model.precompute_blocks: the stored blocks must stay frozen; set "
+                "model.unfreeze_last_n to the blocks after them"
+            )
         if not self.freeze_backbone:
             if self.unfreeze_at_epoch is not None:
                 raise ValueError("model.unfreeze_at_epoch: needs model.freeze_backbone: true")
@@ -615,6 +640,15 @@ class Config(_Section):
                 f"augment.recipe: random_crop needs data.size ({d.size}) >= "
                 f"data.input_size ({d.input_size})"
             )
+        if self.model.precompute_blocks is not None:
+            other = [op.op for op in self.augment.recipe if op.op != "hflip"]
+            if other:
+                raise ValueError(
+                    f"augment.recipe: {', '.join(other)} cannot run on stored features "
+                    "(model.precompute_blocks): keep hflip only"
+                )
+            if self.distill is not None:
+                raise ValueError("distill: not with model.precompute_blocks")
         if self.distill is not None and self.task.age == "regression":
             raise ValueError(
                 "distill: a regression age has no distribution to distil; use task.age dex "

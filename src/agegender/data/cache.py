@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -71,17 +72,19 @@ def cache_key(
     size: int,
     crop: Crop | None = None,
     align: str | None = None,
+    template: Sequence[Sequence[float]] | None = None,
 ) -> str:
     """20 hex digits of SHA-256 over the files (in order), their sizes and mtimes, ``size``,
-    the ``crop`` box and the ``align`` detector (caches made before those existed keep
-    their key)."""
+    the ``crop`` box, the ``align`` detector and its ``template`` (caches made before those
+    existed keep their key)."""
     head = f"agegender-cache v{CACHE_VERSION} size={size} n={len(paths)}\n"
     if crop is not None:
         head += f"crop={','.join(f'{c:.4f}' for c in crop)}\n"
     if align is not None:
         from agegender.infer.align import UTKFACE_TEMPLATE
 
-        head += f"align={align} template={UTKFACE_TEMPLATE}\n"
+        points = UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
+        head += f"align={align} template={points}\n"
     h = hashlib.sha256(head.encode())
     for p, s, m in zip(paths, sizes.tolist(), mtimes.tolist(), strict=True):
         h.update(f"{p}\t{s}\t{m}\n".encode())
@@ -186,15 +189,22 @@ def _writer(npy: str) -> np.ndarray:
     return mm
 
 
-def load_aligned(path: str, size: int, detector: str) -> np.ndarray:
+def load_aligned(
+    path: str, size: int, detector: str, template: Sequence[Sequence[float]] | None = None
+) -> np.ndarray:
     """The largest face of a photo through the predictor's face path (detect, padded
-    retry, align on landmarks or crop) at ``size`` px; ``ImageError`` when none is found."""
+    retry, align on landmarks to ``template`` (default UTKFace's) or crop) at ``size`` px;
+    ``ImageError`` when none is found."""
     from agegender.data.imageio import load_rgb
     from agegender.infer.detector import shared_detector
+    from agegender.infer.align import UTKFACE_TEMPLATE
     from agegender.infer.faces import find_faces, largest_face
 
     det = shared_detector(detector)
-    faces = find_faces(load_rgb(path), det, size, margin=det.margin, shift=det.shift)
+    points = UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
+    faces = find_faces(
+        load_rgb(path), det, size, margin=det.margin, shift=det.shift, template=points
+    )
     if not faces:
         raise ImageError("no face found")
     return largest_face(faces).crop
@@ -206,12 +216,13 @@ def _decode_into(
     size: int,
     crop: Crop | None = None,
     align: str | None = None,
+    template: Sequence[Sequence[float]] | None = None,
 ) -> str | None:
     """Decode ``item = (row, path)`` into row ``row`` of ``npy``; the error or None."""
     row, path = item
     try:
         if align is not None:
-            _writer(npy)[row] = load_aligned(path, size, align)
+            _writer(npy)[row] = load_aligned(path, size, align, template)
         else:
             _writer(npy)[row] = load_resized(path, size, crop=crop)
     except ImageError as exc:
@@ -266,11 +277,13 @@ def build_cache(
     console: Console | None = None,
     crop: Crop | None = None,
     align: str | None = None,
+    template: Sequence[Sequence[float]] | None = None,
 ) -> ImageCache:
     """Decode every image of ``table`` once into a ``(N, size, size, 3)`` uint8 cache
     (``crop``: the face box of every image, as fractions; see ``load_resized``; ``align``:
     a detector name: photos go through the predictor's face path and keep their largest
-    face, and a photo without one is a problem ``no face found``, never silently dropped).
+    face, aligned to ``template`` (default UTKFace's), and a photo without one is a problem
+    ``no face found``, never silently dropped).
 
     Returns the existing cache when the files (paths, sizes, mtimes) and ``size`` match,
     without decoding anything. Images that fail are zero-filled, flagged in ``ok`` and
@@ -282,7 +295,7 @@ def build_cache(
         raise ValueError("cannot cache an empty table")
     paths = table["path"].astype(str).tolist()
     sizes, mtimes = file_stats(paths)
-    key = cache_key(paths, sizes, mtimes, size, crop, align)
+    key = cache_key(paths, sizes, mtimes, size, crop, align, template)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     folder = root / cache_name(size, key)
     found = _try_load(folder)
@@ -301,7 +314,9 @@ def build_cache(
         )
         del mm  # zero-filled; workers open it read-write themselves
         errors = parallel_map(
-            partial(_decode_into, npy=npy, size=size, crop=crop, align=align),
+            partial(
+                _decode_into, npy=npy, size=size, crop=crop, align=align, template=template
+            ),
             list(enumerate(paths)),
             workers=workers,
             progress=progress,
@@ -324,6 +339,7 @@ def build_cache(
             "size": size,
             "crop": None if crop is None else list(crop),
             "align": align,
+            "template": None if template is None else [list(map(float, p)) for p in template],
             "key": key,
             "count": len(paths),
             "failed": len(problems),

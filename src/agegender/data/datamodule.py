@@ -231,7 +231,10 @@ class CachedBatches(Dataset):
         order = np.argsort(where, kind="stable")  # ascending memmap offsets: one sweep
         rows_np, where = rows_np[order], where[order]
         pixels = np.ascontiguousarray(self.images[where])  # (B, H, W, 3) uint8
-        batch = {"image": torch.from_numpy(pixels).permute(0, 3, 1, 2)}
+        if pixels.ndim == 5:  # stored features (B, views, C, h, w): train/features.py
+            batch = {"image": torch.from_numpy(pixels)}
+        else:
+            batch = {"image": torch.from_numpy(pixels).permute(0, 3, 1, 2)}
         for key, values in self.labels.items():
             batch[key] = torch.from_numpy(values[rows_np])
         batch["row"] = torch.from_numpy(rows_np)

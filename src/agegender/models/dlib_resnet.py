@@ -335,12 +335,13 @@ class DlibFaceModel(FaceModel):
 @register_model(
     "dlib_resnet29",
     input_size=150,
-    min_input_size=64,
+    min_input_size=103,  # the last strided conv needs a 3x3 map
     mean=tuple(a / 255 for a in DLIB_AVG_RGB),
     std=(DLIB_SCALE / 255,) * 3,
     description="dlib's face-recognition ResNet (29 convs, 5.6M; face weights offline: "
     "pretrained=face, CC0) + MLP head; dlib 150 px chips, about 190 faces/s here",
     family="dlib_resnet",
+    face_template="dlib_chip",
 )
 def dlib_resnet29(
     tasks: TaskSpec,

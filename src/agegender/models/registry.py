@@ -49,6 +49,9 @@ _CFG_DEFAULTS: dict[str, Any] = {
     "std": IMAGENET_STD,
     "description": "",
     "family": None,  # None -> the defining module's name (levi_hassner, small_cnn, timm, ...)
+    # the face framing its input expects (agegender.infer.align.FACE_TEMPLATES): training
+    # faces and photos are cut to it
+    "face_template": "utkface",
 }
 
 # Options create_model handles itself, never passed to a builder.
@@ -96,6 +99,21 @@ class FaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
+
+    def forward_from(self, block: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs from the output ``x`` of the first ``block`` backbone blocks (a
+        backbone that is an ``nn.Sequential`` of them: the frozen-prefix feature cache)."""
+        for b in self.backbone_blocks()[block:]:
+            x = b(x)
+        return self.forward_head(x)
+
+    def forward_prefix(self, block: int, x: torch.Tensor) -> torch.Tensor:
+        """The output of the first ``block`` backbone blocks (``forward_from``'s input)."""
+        if not isinstance(self.backbone, nn.Sequential):
+            raise ValueError(f"model {self.name!r}: its backbone is not a sequence of blocks")
+        for b in self.backbone_blocks()[:block]:
+            x = b(x)
+        return x
 
     def backbone_blocks(self) -> list[nn.Module]:
         """The backbone's layers ordered input -> output, for "train only the last N"."""

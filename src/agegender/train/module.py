@@ -180,6 +180,8 @@ class FaceModule(L.LightningModule):
             }
         )
         self._forward = self.model
+        # model.precompute_blocks: batches hold the stored output of the first N blocks
+        self.precomputed = self.cfg.model.precompute_blocks
         self.last_metrics: dict[str, float] = {}
 
     def _make_metrics(self) -> MetricCollection:
@@ -201,11 +203,38 @@ class FaceModule(L.LightningModule):
             self._forward = torch.compile(self.model)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.precomputed:
+            return self.model.forward_from(self.precomputed, x)
         return self._forward(x)
+
+    def _stored_view(self, feats: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        """One view per sample of stored features ``(B, views, C, h, w)``: the mirror image
+        with ``hflip``'s probability in training, else the face as it is."""
+        hflip = self.preprocess.recipe.get("hflip")
+        view = torch.zeros(len(feats), dtype=torch.long, device=feats.device)
+        if rng is not None and hflip is not None and feats.shape[1] > 1:
+            view = torch.from_numpy(rng.random(len(feats)) < hflip.p).long().to(feats.device)
+        x = feats[torch.arange(len(feats), device=feats.device), view].float()
+        if self.cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = batch["image"]
         trainer = self._trainer
+        if self.precomputed:
+            rng = None
+            if trainer is not None and trainer.training:
+                rng = np.random.default_rng(
+                    [
+                        self.cfg.train.seed,
+                        trainer.global_rank,
+                        trainer.current_epoch,
+                        trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                    ]
+                )
+            batch["image"] = self._stored_view(images, rng)
+            return batch
         if trainer is not None and trainer.training:
             # a pure function of (seed, rank, epoch, batch): identical after --resume
             rng = np.random.default_rng(

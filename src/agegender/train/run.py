@@ -185,10 +185,11 @@ def _load_images(
     progress: bool,
     crop: Sequence[float] | None = None,
     align: bool = False,
+    template: Sequence[Sequence[float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """``(images, cache_rows, ok, failures)`` for the rows of ``table`` through the image
-    cache (``align``: photos through the predictor's face path with the default detector);
-    ``failures``: the reason of each row that is not ``ok``."""
+    cache (``align``: photos through the predictor's face path with the default detector,
+    aligned to ``template``); ``failures``: the reason of each row that is not ``ok``."""
     from agegender.data.cache import build_cache
     from agegender.infer.detector import DEFAULT_DETECTOR
 
@@ -200,6 +201,7 @@ def _load_images(
         progress=progress,
         crop=box,
         align=DEFAULT_DETECTOR if align else None,
+        template=template if align else None,
     )
     ok = np.asarray(cache.ok, dtype=bool)
     rows = np.arange(len(table), dtype=np.int64)
@@ -258,9 +260,11 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     table = sample_rows(table, d.limit, d.seed)
     size, _ = resolve_sizes(config)
     crop = d.crop if d.crop is not None else default_crop(result.format)
-    info["face_template"] = _framing(d.crop, result.format, d.align)
+    model_template = model_face_template(config)
+    _check_model_framing(config, "data.align", d.align)
+    info["face_template"] = _framing(d.crop, result.format, d.align, model_template)
     images, cache_rows, ok, failures = _load_images(
-        table, size, d.cache_dir, progress, crop, d.align
+        table, size, d.cache_dir, progress, crop, d.align, model_template
     )
     if not ok.all():
         info["undecodable"] = int((~ok).sum())
@@ -287,14 +291,40 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     return PreparedData(table, images, cache_rows, splits, info, row_counts)
 
 
-def _framing(crop: Sequence[float] | None, format: str, align: bool) -> tuple:
-    """The landmark template of a dataset's cached faces: UTKFace's when aligned by the
-    face path or cut with its reader's own box, else scaled by ``crop``."""
+def model_face_template(config: Config) -> tuple:
+    """The landmark template the model's input expects (its registered ``face_template``:
+    UTKFace's crops for most models, dlib's face chip for ``dlib_resnet29``)."""
+    from agegender.infer.align import named_template
+    from agegender.models import get_model_entry
+
+    return named_template(get_model_entry(config.model.name).cfg["face_template"])
+
+
+def _check_model_framing(config: Config, key: str, align: bool) -> None:
+    """A model that expects another framing than UTKFace's needs its faces cut through the
+    face path (``align``): a reader's box gives UTKFace's framing."""
+    from agegender.models import get_model_entry
+
+    name = get_model_entry(config.model.name).cfg["face_template"]
+    if name != "utkface" and not align:
+        raise ConfigError(
+            f"{key}: model {config.model.name!r} expects faces framed as {name!r} "
+            "(agegender.infer.align.FACE_TEMPLATES); set it to true so every face is cut "
+            "through the face path to that framing"
+        )
+
+
+def _framing(
+    crop: Sequence[float] | None, format: str, align: bool, template: Sequence | None = None
+) -> tuple:
+    """The landmark template of a dataset's cached faces: ``template`` (default UTKFace's)
+    when aligned by the face path, UTKFace's when cut with its reader's own box, else
+    scaled by ``crop``."""
     from agegender.data.readers import default_crop
     from agegender.infer.align import UTKFACE_TEMPLATE, framing_template
 
     if align:
-        return UTKFACE_TEMPLATE
+        return UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
     return framing_template(crop, default_crop(format))
 
 
@@ -342,7 +372,8 @@ def _add_extra(
         if xt.empty:
             raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
         crop = extra.crop if extra.crop is not None else default_crop(result.format)
-        framing = _framing(extra.crop, result.format, extra.align)
+        _check_model_framing(config, f"{key}.align", extra.align)
+        framing = _framing(extra.crop, result.format, extra.align, info["face_template"])
         gap = template_gap(framing, info["face_template"])
         if gap > FRAMING_TOLERANCE:
             raise ConfigError(
@@ -351,7 +382,7 @@ def _add_extra(
                 "same kind of box for both"
             )
         x_images, x_rows, ok, failures = _load_images(
-            xt, size, d.cache_dir, progress, crop, extra.align
+            xt, size, d.cache_dir, progress, crop, extra.align, model_face_template(config)
         )
         reject_failed_images(counts, failures)
         row_counts.append(counts)
@@ -391,6 +422,45 @@ def _add_extra(
         notes=list(splits.notes),
     )
     return merged, all_images, np.arange(len(merged), dtype=np.int64), new_splits
+
+
+def _stored_features(
+    config: Config,
+    module: Any,
+    data: PreparedData,
+    resume_from: Path | None,
+    printer: Callable[[str], Any] | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``model.precompute_blocks``: the stored output of the frozen first blocks for every
+    table row (``train/features.py``), with its row map and what was done."""
+    from agegender.models import load_weights, read_state_dict
+    from agegender.train.features import precompute_features
+
+    m = config.model
+    if resume_from is not None:  # the frozen blocks' weights as the run had them
+        load_weights(module.model, read_state_dict(resume_from), source=str(resume_from))
+    try:
+        feats, info = precompute_features(
+            module.model,
+            data.images,
+            data.cache_rows,
+            data.table["path"].astype(str).tolist(),
+            int(m.precompute_blocks),
+            module.preprocess,
+            flip=config.augment.get("hflip") is not None,
+            cache_dir=config.data.cache_dir,
+            unfrozen_last_n=m.unfreeze_last_n if m.unfreeze_at_epoch is not None else None,
+            printer=printer or (lambda _: None),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if printer is not None:
+        how = "reused" if info["reused"] else f"computed in {info['seconds']:.0f} s"
+        printer(
+            f"features of the first {info['blocks']} blocks, {len(feats):,} faces x "
+            f"{info['shape']}: {how} ({info['file']})"
+        )
+    return feats, np.arange(len(feats), dtype=np.int64), info
 
 
 def _resume_summary(out: Path, resume: bool) -> dict[str, Any]:
@@ -662,6 +732,12 @@ def train(
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"model.init_from: {exc}") from None
 
+    images, cache_rows, features_info = data.images, data.cache_rows, None
+    if config.model.precompute_blocks is not None:
+        images, cache_rows, features_info = _stored_features(
+            config, module, data, last if resume else None, printer if rank0 else None
+        )
+
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
@@ -670,10 +746,10 @@ def train(
         config.trainer.accelerator == "auto" and torch.cuda.is_available()
     )
     dm = FaceDataModule(
-        data.images,
+        images,
         data.table,
         data.splits,
-        cache_rows=data.cache_rows,
+        cache_rows=cache_rows,
         batch_size=config.train.batch_size,
         eval_batch_size=config.train.eval_batch_size or 2 * config.train.batch_size,
         num_workers=config.train.num_workers,
@@ -756,6 +832,7 @@ def train(
         "init_from": config.model.init_from,
         "init_report": {k: len(v) for k, v in init_report.items()} if init_report else None,
         "distill": distill_info,
+        "precomputed_features": features_info,
         "precision": precision,
         "accelerator": str(trainer.accelerator.__class__.__name__),
         "world_size": trainer.world_size,
