@@ -76,8 +76,17 @@ def main() -> None:
         (0.5, round(med[2, 1], 4)),
         (0.5, round(med[3, 1], 4)),
     ]
-    print(json.dumps({"counts": counts, "median": med.round(4).tolist(),
-                      "iqr": iqr.round(4).tolist(), "template": template}, indent=1))
+    print(
+        json.dumps(
+            {
+                "counts": counts,
+                "median": med.round(4).tolist(),
+                "iqr": iqr.round(4).tolist(),
+                "template": template,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.realdata)
 
 
+@pytest.fixture()
+def config_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A data root for validating configs, which name ``${AGEGENDER_DATA}`` but read no
+    images: the real one when it exists, else a temporary stand-in (a clone with nothing
+    beside it would otherwise fail on the missing root)."""
+    import agegender.config
+
+    if os.environ.get("AGEGENDER_DATA") or agegender.config.DEFAULT_DATA_ROOT.is_dir():
+        return data_root()
+    monkeypatch.setenv("AGEGENDER_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
 @pytest.fixture(scope="session")
 def real_data_root() -> Path:
     """``data_root()`` for a test that looks in several of its folders; skips without it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,9 @@ STUDY_CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.paren
 
 
 @pytest.fixture(autouse=True)
-def _data_root(monkeypatch, tmp_path: Path) -> None:
+def _data_root(config_data_root: Path) -> None:
     """Configs name ``${AGEGENDER_DATA}``; validating them reads no data, so without the
-    data a temporary root stands in (else the missing root is the error)."""
-    if not os.environ.get("AGEGENDER_DATA") and not agegender.config.DEFAULT_DATA_ROOT.is_dir():
-        monkeypatch.setenv("AGEGENDER_DATA", str(tmp_path / "data"))
+    data a temporary root stands in (conftest's ``config_data_root``)."""
 
 
 @pytest.fixture()

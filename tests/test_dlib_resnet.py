@@ -265,7 +265,9 @@ def _cfg(tmp_path: Path, text: str) -> Path:
 def test_config_checks_name_the_key(tmp_path) -> None:
     base = "data: {path: .}\nmodel: {name: dlib_resnet29}\n"
     with pytest.raises(ConfigError, match="model.pretrained: face weights do not exist"):
-        load_config(_cfg(tmp_path, base), ["model.name=efficientnet_lite0", "model.pretrained=face"])
+        load_config(
+            _cfg(tmp_path, base), ["model.name=efficientnet_lite0", "model.pretrained=face"]
+        )
     with pytest.raises(ConfigError, match="model.pretrained: imagenet weights do not exist"):
         load_config(_cfg(tmp_path, base), ["model.pretrained=imagenet"])
     with pytest.raises(ConfigError, match="model.precompute_blocks: needs model.freeze_backbone"):

@@ -242,3 +242,42 @@ def test_auto_unrecognised_names_every_layout(tmp_path) -> None:
     assert all(r.layout in str(err.value) for r in READERS.values())
     with pytest.raises(DatasetError, match="unknown format 'imagenet'; choose one of auto, "):
         read_dataset(tmp_path, "imagenet")
+
+
+def test_predict_output_is_never_read_as_labels(tmp_path) -> None:
+    """``predict --out photos/preds.csv`` then ``evaluate --data photos/``: our own
+    predictions are refused as labels with a one-line error naming the file, and the
+    columns that mark them are the predictor's own."""
+    from PIL import Image
+
+    from agegender.data.readers import read_dataset
+    from agegender.data.readers.csv_manifest import PREDICTION_COLUMNS
+    from agegender.data.records import DatasetError
+    from agegender.infer.outputs import BASE_COLUMNS
+
+    assert PREDICTION_COLUMNS <= set(BASE_COLUMNS)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 40)).save(folder / "a.jpg")
+    preds = folder / "preds.csv"
+    preds.write_text(
+        ",".join(BASE_COLUMNS) + "\na.jpg,0,1,1,30,30,0.9,0.2,0.8,male,30.0,25-32,detected,\n"
+    )
+    with pytest.raises(DatasetError, match="written by agegender predict") as err:
+        read_dataset(folder)
+    assert str(preds) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_row_counts_name_the_label_file(tmp_path) -> None:
+    from PIL import Image
+
+    from agegender.data.prepare import read_rows
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 40)).save(folder / "a.jpg")
+    (folder / "labels.csv").write_text("path,gender\na.jpg,f\n")
+    counts = read_rows(folder, "auto", audit=False).counts
+    assert counts.labels == str(folder / "labels.csv")
+    assert f"(labels: {folder / 'labels.csv'})" in counts.line()
+    assert counts.to_dict()["labels"] == str(folder / "labels.csv")

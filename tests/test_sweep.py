@@ -195,7 +195,7 @@ def test_space_checked_against_config(
     assert "\n" not in str(info.value)
 
 
-def test_reports_sweeps_validate_against_their_base_config() -> None:
+def test_reports_sweeps_validate_against_their_base_config(config_data_root) -> None:
     base = SWEEPS / "base_small.yaml"
     spaces = {p.stem: p for p in sorted(SWEEPS.glob("*.yaml")) if p != base}
     assert set(spaces) == {"batch_lr_fc", "weight_decay", "dropout", "tpe_lr_wd_dropout"}

@@ -56,9 +56,9 @@ def _age_range(face: object) -> str:
 
 
 def _face_table_rows(result: object) -> list[tuple[str, ...]]:
+    """The table rows of one image's faces (none for an image without a result: those are
+    listed under the table with their reason)."""
     name = Path(result.source).name  # type: ignore[attr-defined]
-    if not result.faces:  # type: ignore[attr-defined]
-        return [(name, "-", "-", "-", result.error or "no face")]  # type: ignore[attr-defined]
     rows = []
     for f in result.faces:  # type: ignore[attr-defined]
         p = max(f.p_female or 0.0, f.p_male or 0.0)
@@ -153,6 +153,7 @@ def predict_cmd(
     )
     as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
     table_rows: list[tuple[str, ...]] = []
+    without: list[tuple[str, str]] = []  # (path, reason) of the inputs without a result
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -168,15 +169,22 @@ def predict_cmd(
             writer.write(result)
             if as_table:
                 table_rows.extend(_face_table_rows(result))
+                if not result.faces:
+                    without.append((result.source, result.error or "no face found"))
             progress.advance(task)
             if strict and writer.unreadable:
                 break
     if as_table:
         _print_face_table(table_rows)
+        if without:
+            console.print("without a result:", highlight=False)
+            for path, reason in without:
+                console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
     where = "the table above" if as_table else "stdout" if out == "-" else out
+    see = "listed above" if as_table else "see the error column"
     console.print(
         f"{len(files)} images: {writer.faces} faces, {writer.failed} without a result "
-        f"(see the error column; {writer.unreadable} could not be read); wrote {where}",
+        f"({see}; {writer.unreadable} could not be read); wrote {where}",
         highlight=False,
         soft_wrap=True,
     )

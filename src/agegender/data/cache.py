@@ -196,8 +196,8 @@ def load_aligned(
     retry, align on landmarks to ``template`` (default UTKFace's) or crop) at ``size`` px;
     ``ImageError`` when none is found."""
     from agegender.data.imageio import load_rgb
-    from agegender.infer.detector import shared_detector
     from agegender.infer.align import UTKFACE_TEMPLATE
+    from agegender.infer.detector import shared_detector
     from agegender.infer.faces import find_faces, largest_face
 
     det = shared_detector(detector)
@@ -314,9 +314,7 @@ def build_cache(
         )
         del mm  # zero-filled; workers open it read-write themselves
         errors = parallel_map(
-            partial(
-                _decode_into, npy=npy, size=size, crop=crop, align=align, template=template
-            ),
+            partial(_decode_into, npy=npy, size=size, crop=crop, align=align, template=template),
             list(enumerate(paths)),
             workers=workers,
             progress=progress,

@@ -46,17 +46,23 @@ class RowCounts:
     path: str
     read: int
     reasons: dict[str, int] = field(default_factory=dict)
+    labels: str = ""  # the label file, when the reader found one inside ``path``
 
     @classmethod
     def of(cls, result: ReadResult, path: str | Path) -> RowCounts:
         """The reader's rows plus its problems (each is one line or file it could not use)."""
-        counts = cls(str(path), len(result.table) + len(result.problems))
+        counts = cls(str(path), len(result.table) + len(result.problems), labels=result.labels)
         counts.reject("bad_rows", len(result.problems))
         return counts
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RowCounts:
-        return cls(str(d.get("path", "")), int(d["read"]), dict(d.get("reasons") or {}))
+        return cls(
+            str(d.get("path", "")),
+            int(d["read"]),
+            dict(d.get("reasons") or {}),
+            labels=str(d.get("labels", "")),
+        )
 
     def reject(self, reason: str, n: int) -> None:
         """Count ``n`` more rows rejected for ``reason`` (a key of :data:`REASONS`)."""
@@ -81,11 +87,18 @@ class RowCounts:
             "kept": self.kept,
             "rejected": self.rejected,
             "reasons": {k: self.reasons[k] for k in order},
+            **({"labels": self.labels} if self._labels_elsewhere() else {}),
         }
+
+    def _labels_elsewhere(self) -> bool:
+        return bool(self.labels) and Path(self.labels) != Path(self.path)
 
     def line(self) -> str:
         """``read N rows from PATH: kept K, rejected R (n1 reason1, n2 reason2)``."""
-        text = f"read {self.read:,} rows from {self.path}: kept {self.kept:,}, "
+        where = self.path
+        if self._labels_elsewhere():
+            where += f" (labels: {self.labels})"
+        text = f"read {self.read:,} rows from {where}: kept {self.kept:,}, "
         text += f"rejected {self.rejected:,}"
         parts = [
             f"{n:,} {REASONS[k][0] if n == 1 else REASONS[k][1]}"

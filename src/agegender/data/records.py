@@ -177,6 +177,7 @@ class ReadResult:
     table: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     format: str = ""
+    labels: str = ""  # the file the labels came from, where it is not the path itself
 
 
 def make_table(rows: list[dict] | None = None) -> pd.DataFrame:

@@ -34,10 +34,10 @@ FEATURES_VERSION = 1
 def _key(
     paths: list[str], prefix: torch.nn.Module, blocks: int, preprocess: Any, flip: bool
 ) -> str:
+    mean, std = list(map(float, preprocess.mean)), list(map(float, preprocess.std))
     h = hashlib.sha256(
         f"agegender-features v{FEATURES_VERSION} blocks={blocks} flip={flip} "
-        f"size={preprocess.size} input={preprocess.input_size} "
-        f"mean={list(map(float, preprocess.mean))} std={list(map(float, preprocess.std))}\n".encode()
+        f"size={preprocess.size} input={preprocess.input_size} mean={mean} std={std}\n".encode()
     )
     for p in paths:
         h.update(p.encode() + b"\n")

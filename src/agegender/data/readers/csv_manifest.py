@@ -25,6 +25,11 @@ from agegender.data.records import (
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
 
 
+#: Columns only a CSV written by ``agegender predict`` has (``infer.outputs.BASE_COLUMNS``):
+#: such a file is our own output, never read as labels.
+PREDICTION_COLUMNS = frozenset({"face_index", "p_female", "p_male", "face_source"})
+
+
 def _delimiter(header: str) -> str:
     counts = {d: header.count(d) for d in (",", "\t", ";")}
     return max(counts, key=counts.get) if max(counts.values()) else ","
@@ -54,6 +59,12 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
         for name in ("gender", "age", "subject", "race", "fold")
         if name in header
     }
+    if PREDICTION_COLUMNS <= set(header):
+        raise DatasetError(
+            f"{manifest}: written by agegender predict (columns "
+            f"{', '.join(sorted(PREDICTION_COLUMNS))}): predictions, not labels; give a "
+            "label manifest (path,gender[,age]) or the dataset's own labels"
+        )
     if "gender" not in col and "age" not in col:
         raise DatasetError(f"{manifest}:1: needs a gender or an age column")
     base = manifest.parent
@@ -106,7 +117,7 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
                 line=lineno,
             )
         )
-    return ReadResult(make_table(rows), problems, "csv")
+    return ReadResult(make_table(rows), problems, "csv", labels=str(manifest))
 
 
 def recognise(path: Path) -> bool:
