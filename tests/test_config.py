@@ -16,7 +16,7 @@ from agegender.config import (
     parse_override,
     validate_config,
 )
-from agegender.train.run import resolve_sizes
+from agegender.train.data import resolve_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

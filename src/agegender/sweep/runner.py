@@ -334,7 +334,8 @@ def _loop(
 
     from agegender.train import train
     from agegender.train.callbacks import PruningCallback
-    from agegender.train.run import best_row, quiet_lightning
+    from agegender.train.run import best_row
+    from agegender.train.trainer_kit import quiet_lightning
 
     worker = {"host": socket.gethostname(), "pid": os.getpid()}
     current: dict[str, Any] = {}

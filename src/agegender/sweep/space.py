@@ -440,7 +440,7 @@ def _check_model(config: Config) -> None:
 
     from agegender.artifact import model_options
     from agegender.models import TaskSpec, create_model
-    from agegender.train.run import resolve_sizes
+    from agegender.train.data import resolve_sizes
 
     resolve_sizes(config)
     with torch.device("meta"):

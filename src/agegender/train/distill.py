@@ -127,13 +127,13 @@ def teacher_outputs(
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``({"teacher_gender": (N, 2), "teacher_age": (N, K)}, info)`` for the N rows of
-    ``data.table`` (a :class:`~agegender.train.run.PreparedData`): the teacher's logits on
+    ``data.table`` (a :class:`~agegender.train.data.PreparedData`): the teacher's logits on
     the training rows, NaN elsewhere. Reads ``out/teacher.npz`` when it holds the same
     teacher file and rows."""
     from agegender.artifact import load_model, parse_meta
     from agegender.errors import ModelFileError
     from agegender.infer.align import FRAMING_TOLERANCE, UTKFACE_TEMPLATE, template_gap
-    from agegender.train.run import prepare_data
+    from agegender.train.data import prepare_data
 
     d = config.distill
     assert d is not None

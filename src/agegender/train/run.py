@@ -20,15 +20,13 @@ The run directory::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +36,10 @@ import pandas as pd
 
 from agegender import __version__
 from agegender.config import Config, ConfigError, check_files, load_config
-from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
-from agegender.data.prepare import RowCounts, read_rows, reject_failed_images
 from agegender.data.records import DatasetError
 from agegender.fileio import read_epoch_metrics
+from agegender.train.data import PreparedData, prepare_data, resolve_sizes
+from agegender.train.trainer_kit import make_callbacks, make_loggers, quiet_lightning
 
 
 @dataclass
@@ -53,19 +51,6 @@ class RunResult:
     best_checkpoint: Path | None
     last_checkpoint: Path
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-@dataclass
-class PreparedData:
-    """The table rows a run uses, their cached images and the splits."""
-
-    table: pd.DataFrame
-    images: np.ndarray
-    cache_rows: np.ndarray
-    splits: Splits
-    info: dict
-    #: rows read, kept and rejected: the main dataset, then each ``data.extra`` dataset
-    row_counts: list[RowCounts] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,28 +76,6 @@ def code_version() -> str:
     return __version__
 
 
-def resolve_sizes(config: Config) -> tuple[int, int]:
-    """``(cache size, input size)``: as configured, else from the model's default_cfg
-    (``resize`` and ``input_size``, keeping their ratio when only one is given)."""
-    from agegender.models.registry import get_model_entry
-
-    cfg = get_model_entry(config.model.name).cfg
-    d_in, d_resize = int(cfg["input_size"]), int(cfg["resize"])
-    size, inp = config.data.size, config.data.input_size
-    if size is None and inp is None:
-        size, inp = d_resize, d_in
-    elif size is None:
-        size = round(inp * d_resize / d_in)
-    elif inp is None:
-        inp = round(size * d_in / d_resize)
-    if inp < cfg["min_input_size"]:
-        raise ConfigError(
-            f"data.input_size: model {config.model.name!r} needs >= {cfg['min_input_size']} "
-            f"(got {inp})"
-        )
-    return int(size), int(inp)
-
-
 def check_environment(config: Config) -> None:
     """Optional loggers must be installed."""
     import importlib.util
@@ -134,294 +97,6 @@ def resolve_precision(config: Config) -> str:
     if gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-# --------------------------------------------------------------------------- data
-def _label_masks(config: Config, table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """``(has_gender, has_age)`` per row, age meaning what ``task.age`` trains on."""
-    exact = config.task.age in ("regression", "dex")
-    return table["gender"].notna(), table["age" if exact else "age_group"].notna()
-
-
-def _useful(config: Config, table: pd.DataFrame) -> pd.Series:
-    """Rows with at least one label the task uses."""
-    t = config.task
-    has_gender, has_age = _label_masks(config, table)
-    return (has_gender if t.gender else False) | (has_age if t.age != "none" else False)
-
-
-def _check_labels(config: Config, table: pd.DataFrame) -> pd.DataFrame:
-    """Task vs labels, then keep rows with at least one label the task uses."""
-    t = config.task
-    has_gender, has_age = _label_masks(config, table)
-    if t.gender and not has_gender.any():
-        raise ConfigError("task.gender: dataset has no gender labels")
-    if t.age != "none" and not has_age.any():
-        what = "exact ages" if t.age in ("regression", "dex") else "age labels"
-        raise ConfigError(f"task.age: dataset has no age labels ({what} needed for {t.age!r})")
-    return table[_useful(config, table)]
-
-
-def _merge_folds(config: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    from agegender.data.folds import read_folds
-
-    folds = read_folds(config.data.folds_file)
-    cols = ["path", "fold"] + (["split_group"] if "split_group" in folds.columns else [])
-    folds = folds[cols].drop_duplicates("path")
-    base = table.drop(columns=[c for c in ("fold", "split_group") if c in table.columns])
-    merged = base.reset_index().merge(folds, on="path", how="inner").set_index("index")
-    if merged.empty:
-        raise ConfigError(
-            f"data.folds_file: none of its {len(folds)} paths are images of data.path "
-            f"({config.data.path})"
-        )
-    return merged.sort_index(), len(table) - len(merged)
-
-
-def _load_images(
-    table: pd.DataFrame,
-    size: int,
-    cache_dir: str | None,
-    progress: bool,
-    crop: Sequence[float] | None = None,
-    align: bool = False,
-    template: Sequence[Sequence[float]] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """``(images, cache_rows, ok, failures)`` for the rows of ``table`` through the image
-    cache (``align``: photos through the predictor's face path with the default detector,
-    aligned to ``template``); ``failures``: the reason of each row that is not ``ok``."""
-    from agegender.data.cache import build_cache
-    from agegender.infer.detector import DEFAULT_DETECTOR
-
-    box = None if crop is None else tuple(float(c) for c in crop)
-    cache = build_cache(
-        table,
-        size,
-        cache_dir=cache_dir,
-        progress=progress,
-        crop=box,
-        align=DEFAULT_DETECTOR if align else None,
-        template=template if align else None,
-    )
-    ok = np.asarray(cache.ok, dtype=bool)
-    rows = np.arange(len(table), dtype=np.int64)
-    if len(ok) != len(table):
-        rows = np.asarray(cache.rows_for(table["path"].tolist()), dtype=np.int64)
-        ok = ok[rows]
-    why = {p.path: p.reason for p in cache.problems}
-    paths = table["path"].astype(str).to_numpy()
-    failures = [why.get(p, "unreadable") for p in paths[~ok]]
-    return cache.images, rows, ok, failures
-
-
-def baselines(table: pd.DataFrame, splits: Splits) -> dict[str, float]:
-    """What a model that ignores the image scores on the validation split: the training
-    split's majority gender / age group, and its median age (for MAE)."""
-    train, val = table.iloc[splits.train], table.iloc[splits.val]
-    out: dict[str, float] = {}
-    for key, col in (("val/gender_acc", "gender"), ("val/age_acc", "age_group")):
-        known, target = train[col].dropna(), val[col].dropna()
-        if len(known) and len(target):
-            out[key] = float((target == known.mode().iloc[0]).mean())
-    ages, target = train["age"].dropna(), val["age"].dropna()
-    if len(ages) and len(target):
-        out["val/age_mae"] = float((target - ages.median()).abs().mean())
-    return out
-
-
-def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
-    """Read, filter, split and cache the dataset described by ``config.data``; every row
-    left out is counted in ``info["row_counts"]`` (:class:`RowCounts`)."""
-    from agegender.data.readers import default_crop, sample_rows
-
-    d = config.data
-    rows = read_rows(
-        d.path, d.format, audit=d.audit, drop_conflicts=d.drop_conflicts, progress=progress
-    )
-    result, table, info, counts = rows.result, rows.table, rows.info, rows.counts
-    if d.audit:
-        table = table.assign(group=rows.dup_group)
-        info.setdefault("conflicts_dropped", 0)
-    if d.folds_file is not None:
-        table, missing = _merge_folds(config, table)
-        info["not_in_folds_file"] = missing
-        counts.reject("not_in_folds_file", missing)
-    elif d.fold is not None and table["fold"].isna().any():
-        raise ConfigError(
-            f"data.fold: the {result.format} dataset has no folds of its own for every face; "
-            "make a folds file (agegender data folds) and set data.folds_file"
-        )
-    labelled = _check_labels(config, table)
-    counts.reject("no_task_labels", len(table) - len(labelled))
-    table = labelled
-    if d.limit is not None and d.limit < len(table):
-        info["limit"] = d.limit
-        counts.reject("limit", len(table) - d.limit)
-    table = sample_rows(table, d.limit, d.seed)
-    size, _ = resolve_sizes(config)
-    crop = d.crop if d.crop is not None else default_crop(result.format)
-    model_template = model_face_template(config)
-    _check_model_framing(config, "data.align", d.align)
-    info["face_template"] = _framing(d.crop, result.format, d.align, model_template)
-    images, cache_rows, ok, failures = _load_images(
-        table, size, d.cache_dir, progress, crop, d.align, model_template
-    )
-    if not ok.all():
-        info["undecodable"] = int((~ok).sum())
-        reject_failed_images(counts, failures)
-        table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
-    info["row_counts"] = counts.to_dict()
-    row_counts = [counts]
-    if d.fold is not None:
-        splits = split_by_fold(table, d.fold, d.val_fold)
-    else:
-        splits = split_by_fractions(table, d.split, d.seed)
-    for name, idx in splits.as_dict().items():
-        if len(idx) == 0:
-            raise ConfigError(f"data: the {name} split is empty ({splits.how})")
-    if d.extra:
-        info["sources"] = {_source_name(d.path): dict(splits.sizes())}
-        table, images, cache_rows, splits = _add_extra(
-            config, table, images, cache_rows, splits, info, size, progress, row_counts
-        )
-    info["used"] = len(table)
-    info["splits"] = splits.sizes()
-    info["split"] = splits.how
-    info["baselines"] = baselines(table, splits)
-    return PreparedData(table, images, cache_rows, splits, info, row_counts)
-
-
-def model_face_template(config: Config) -> tuple:
-    """The landmark template the model's input expects (its registered ``face_template``:
-    UTKFace's crops for most models, dlib's face chip for ``dlib_resnet29``)."""
-    from agegender.infer.align import named_template
-    from agegender.models import get_model_entry
-
-    return named_template(get_model_entry(config.model.name).cfg["face_template"])
-
-
-def _check_model_framing(config: Config, key: str, align: bool) -> None:
-    """A model that expects another framing than UTKFace's needs its faces cut through the
-    face path (``align``): a reader's box gives UTKFace's framing."""
-    from agegender.models import get_model_entry
-
-    name = get_model_entry(config.model.name).cfg["face_template"]
-    if name != "utkface" and not align:
-        raise ConfigError(
-            f"{key}: model {config.model.name!r} expects faces framed as {name!r} "
-            "(agegender.infer.align.FACE_TEMPLATES); set it to true so every face is cut "
-            "through the face path to that framing"
-        )
-
-
-def _framing(
-    crop: Sequence[float] | None, format: str, align: bool, template: Sequence | None = None
-) -> tuple:
-    """The landmark template of a dataset's cached faces: ``template`` (default UTKFace's)
-    when aligned by the face path, UTKFace's when cut with its reader's own box, else
-    scaled by ``crop``."""
-    from agegender.data.readers import default_crop
-    from agegender.infer.align import UTKFACE_TEMPLATE, framing_template
-
-    if align:
-        return UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
-    return framing_template(crop, default_crop(format))
-
-
-def _source_name(path: str) -> str:
-    return Path(path).name or str(path)
-
-
-def _add_extra(
-    config: Config,
-    table: pd.DataFrame,
-    images: np.ndarray,
-    cache_rows: np.ndarray,
-    splits: Splits,
-    info: dict,
-    size: int,
-    progress: bool,
-    row_counts: list[RowCounts],
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, Splits]:
-    """Append ``data.extra`` datasets: each is read, cached at ``size`` through its own
-    face box and split by its own groups into training (drawn ``weight`` times per epoch)
-    and validation rows; the test split stays the main dataset's. Rows get a ``source``;
-    each dataset's :class:`RowCounts` is appended to ``row_counts``."""
-    from agegender.data.readers import default_crop, sample_rows
-    from agegender.infer.align import FRAMING_TOLERANCE, template_gap
-
-    d = config.data
-    tables = [table.assign(source=_source_name(d.path))]
-    arrays = [np.asarray(images[cache_rows])]
-    train, val = [splits.train], [splits.val]
-    offset = len(table)
-    rng = np.random.default_rng(d.seed)
-    for k, extra in enumerate(d.extra):
-        key = f"data.extra[{k}]"
-        name = extra.name or _source_name(extra.path)
-        try:
-            x = read_rows(extra.path, extra.format, audit=False)
-        except DatasetError as exc:
-            raise ConfigError(f"{key}.path: {exc}") from None
-        result, xt, counts = x.result, x.table, x.counts
-        labelled = xt[_useful(config, xt)]
-        counts.reject("no_task_labels", len(xt) - len(labelled))
-        if extra.limit is not None and extra.limit < len(labelled):
-            counts.reject("limit", len(labelled) - extra.limit)
-        xt = sample_rows(labelled, extra.limit, d.seed)
-        if xt.empty:
-            raise ConfigError(f"{key}.path: no faces with labels for this task in {extra.path}")
-        crop = extra.crop if extra.crop is not None else default_crop(result.format)
-        _check_model_framing(config, f"{key}.align", extra.align)
-        framing = _framing(extra.crop, result.format, extra.align, info["face_template"])
-        gap = template_gap(framing, info["face_template"])
-        if gap > FRAMING_TOLERANCE:
-            raise ConfigError(
-                f"{key}.crop: its faces would be framed unlike data.path's (landmarks up to "
-                f"{100 * gap:.0f} % of the side apart); one model needs one framing: set the "
-                "same kind of box for both"
-            )
-        x_images, x_rows, ok, failures = _load_images(
-            xt, size, d.cache_dir, progress, crop, extra.align, model_face_template(config)
-        )
-        reject_failed_images(counts, failures)
-        row_counts.append(counts)
-        xt, x_rows = xt[ok].reset_index(drop=True), x_rows[ok]
-        if extra.val_fraction > 0:
-            xs = split_by_fractions(xt, [1 - extra.val_fraction, extra.val_fraction], d.seed)
-            x_train, x_val = xs.train, xs.val
-        else:
-            x_train, x_val = np.arange(len(xt)), np.array([], dtype=np.int64)
-        whole, part = divmod(extra.weight, 1.0)
-        drawn = [x_train] * int(whole)
-        if part > 0:
-            drawn.append(rng.choice(x_train, round(part * len(x_train)), replace=False))
-        x_train = np.sort(np.concatenate(drawn)) if drawn else x_train[:0]
-        tables.append(xt.assign(source=name))
-        arrays.append(np.asarray(x_images[x_rows]))
-        train.append(x_train + offset)
-        val.append(x_val + offset)
-        info["sources"][name] = {
-            "read": int(len(result.table)),
-            "used": int(len(xt)),
-            "train": int(len(x_train)),
-            "val": int(len(x_val)),
-            "undecodable": int((~ok).sum()),
-            "crop": None if crop is None else [float(c) for c in crop],
-            "row_counts": counts.to_dict(),
-        }
-        offset += len(xt)
-    merged = pd.concat(tables, ignore_index=True)
-    all_images = np.concatenate(arrays)
-    new_splits = Splits(
-        train=np.concatenate(train),
-        val=np.concatenate(val),
-        test=splits.test,
-        how=splits.how + f" + {len(d.extra)} extra dataset(s) in train/val",
-        groups=splits.groups,
-        notes=list(splits.notes),
-    )
-    return merged, all_images, np.arange(len(merged), dtype=np.int64), new_splits
 
 
 def _stored_features(
@@ -481,79 +156,6 @@ def _total_train_time(throughput: Any, this_run: float, previous: dict[str, Any]
     return this_run + float(previous.get("train_time_total_s", 0.0))
 
 
-# --------------------------------------------------------------------------- trainer
-def _loggers(config: Config, out: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from agegender.train.callbacks import EpochCSVLogger
-
-    lg = config.logger
-    loggers: list = [EpochCSVLogger(out / "metrics.csv")]
-    if lg.csv:
-        loggers.append(CSVLogger(out / "logs", name="csv"))
-    if lg.tensorboard:
-        loggers.append(TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False))
-    if lg.mlflow:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        uri = lg.mlflow_tracking_uri or (out / "mlruns").resolve().as_uri()
-        loggers.append(MLFlowLogger(experiment_name=config.name or "agegender", tracking_uri=uri))
-    if lg.wandb:
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(
-            WandbLogger(
-                project=lg.wandb_project,
-                save_dir=str(out / "logs"),
-                offline=lg.wandb_offline,
-                name=config.name,
-            )
-        )
-    return loggers
-
-
-def _callbacks(config: Config, out: Path, progress: bool, printer: Callable) -> dict[str, Any]:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-
-    from agegender.train.callbacks import (
-        BackboneFreeze,
-        EpochPrinter,
-        LastCheckpoint,
-        Throughput,
-    )
-
-    es = config.train.early_stopping
-    ckpt_dir = out / "checkpoints"
-    cbs: dict[str, Any] = {
-        "best": ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="best",
-            monitor=es.monitor,
-            mode=es.resolved_mode,
-            save_top_k=1,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ),
-        "last": LastCheckpoint(ckpt_dir / "last.ckpt", config.train.checkpoint_every_n_steps),
-        "throughput": Throughput(),
-        "lr": LearningRateMonitor(logging_interval="step"),
-    }
-    if es.patience is not None:
-        cbs["early_stopping"] = EarlyStopping(
-            monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta
-        )
-    m = config.model
-    if m.freeze_backbone:
-        cbs["freeze"] = BackboneFreeze(m.unfreeze_at_epoch, m.unfreeze_last_n, m.backbone_lr_factor)
-    if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs["progress"] = RichProgressBar(leave=True)
-    else:
-        cbs["printer"] = EpochPrinter(printer)
-    return cbs
-
-
 def best_row(rows: pd.DataFrame | None, metric: str, mode: str) -> dict | None:
     """The ``metrics.csv`` row (empty cells left out) of the epoch where ``metric`` is best:
     ``mode`` is ``max``/``maximize`` or ``min``/``minimize``; None when it was never logged.
@@ -595,49 +197,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, np.floating | float):
         return None if np.isnan(obj) else float(obj)
     return obj
-
-
-class _QuietLightning(logging.Filter):
-    """Drop Lightning's start-up chatter (hardware lines, tips)."""
-
-    NOISE = ("GPU available", "TPU available", "HPU available", "💡", "`weights_only`")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.NOISE)
-
-
-_LIGHTNING_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.trainer.connectors.checkpoint_connector",
-)
-
-
-def quiet_lightning(*, info: bool = False) -> contextlib.AbstractContextManager:
-    """Drop Lightning's start-up chatter (:class:`_QuietLightning`) from now on.
-
-    Returns a context manager: with ``info=True`` it also hides Lightning's info lines
-    (``Trainer.fit stopped``...) inside its block, as a sweep does to print one line per
-    trial; else it does nothing (:func:`train` calls ``quiet_lightning()`` and drops it).
-    """
-    for name in _LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietLightning) for f in logger.filters):
-            logger.addFilter(_QuietLightning())
-    if not info:
-        return contextlib.nullcontext()
-    return _warnings_only(logging.getLogger(_LIGHTNING_LOGGERS[0]))
-
-
-@contextlib.contextmanager
-def _warnings_only(logger: logging.Logger) -> Iterator[None]:
-    """``logger`` passes warnings and errors only inside the block."""
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- train
@@ -757,7 +316,7 @@ def train(
         pin_memory=use_gpu,
         extra_labels=teacher,
     )
-    cbs = _callbacks(config, out, progress, printer)
+    cbs = make_callbacks(config, out, progress, printer)
     t = config.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator,
@@ -768,7 +327,7 @@ def train(
         max_epochs=config.train.epochs,
         deterministic=config.train.deterministic,
         callbacks=[*cbs.values(), *callbacks],
-        logger=_loggers(config, out),
+        logger=make_loggers(config, out),
         default_root_dir=str(out),
         log_every_n_steps=config.train.log_every_n_steps,
         gradient_clip_val=config.train.gradient_clip_val,

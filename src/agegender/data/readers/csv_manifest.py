@@ -59,7 +59,7 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
         for name in ("gender", "age", "subject", "race", "fold")
         if name in header
     }
-    if PREDICTION_COLUMNS <= set(header):
+    if set(header) >= PREDICTION_COLUMNS:
         raise DatasetError(
             f"{manifest}: written by agegender predict (columns "
             f"{', '.join(sorted(PREDICTION_COLUMNS))}): predictions, not labels; give a "
