@@ -262,7 +262,7 @@ def _cfg(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_config_checks_name_the_key(tmp_path) -> None:
+def test_config_checks_name_the_key(tmp_path, config_data_root) -> None:
     base = "data: {path: .}\nmodel: {name: dlib_resnet29}\n"
     with pytest.raises(ConfigError, match="model.pretrained: face weights do not exist"):
         load_config(
@@ -286,9 +286,8 @@ def test_config_checks_name_the_key(tmp_path) -> None:
                 "model.unfreeze_at_epoch=1",
             ],
         )
-    cfg = load_config(REPO_CONFIG) if REPO_CONFIG.is_file() else None
-    if cfg is not None:
-        assert cfg.model.precompute_blocks == 11 and cfg.data.align
+    cfg = load_config(REPO_CONFIG)
+    assert cfg.model.precompute_blocks == 11 and cfg.data.align
 
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "face" / "dlib_top_finetune.yaml"
