@@ -58,6 +58,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture()
+def hide_module(monkeypatch: pytest.MonkeyPatch):
+    """``hide_module(owner, name)``: ``owner.importlib.import_module(name)`` raises
+    ImportError, as if the package ``name`` were not installed."""
+
+    def hide(owner, name: str) -> None:
+        real = owner.importlib.import_module
+
+        def fake(mod: str, *args, **kwargs):
+            if mod == name:
+                raise ImportError(mod)
+            return real(mod, *args, **kwargs)
+
+        monkeypatch.setattr(owner.importlib, "import_module", fake)
+
+    return hide
+
+
+@pytest.fixture()
 def config_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A data root for validating configs, which name ``${AGEGENDER_DATA}`` but read no
     images: the real one when it exists, else a temporary stand-in (a clone with nothing

