@@ -191,8 +191,7 @@ def _sources(summary: dict, ds: dict) -> list[str]:
                 f"(grouped by identity; "
                 + (
                     "each face cut through the face path to the model's framing"
-                    if (summary.get("dataset") or {}).get("face_template")
-                    and info.get("crop") is None
+                    if info.get("align") or input_line(summary) == DLIB_INPUT_LINE
                     else f"face box {info.get('crop')} of each aligned image"
                 )
                 + "); "

@@ -331,6 +331,7 @@ def _add_extra(
             "val": int(len(x_val)),
             "undecodable": int((~ok).sum()),
             "crop": None if crop is None else [float(c) for c in crop],
+            "align": bool(extra.align),
             "row_counts": counts.to_dict(),
         }
         offset += len(xt)
