@@ -160,7 +160,7 @@ def data_cache(
             progress=console.is_terminal and not as_json,
             console=console,
             align=detector if align else None,
-            template=points if align and template != "utkface" else None,
+            template=points if align else None,
         )
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))

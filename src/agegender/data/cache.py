@@ -81,10 +81,9 @@ def cache_key(
     if crop is not None:
         head += f"crop={','.join(f'{c:.4f}' for c in crop)}\n"
     if align is not None:
-        from agegender.infer.align import UTKFACE_TEMPLATE
+        from agegender.infer.align import as_template
 
-        points = UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
-        head += f"align={align} template={points}\n"
+        head += f"align={align} template={as_template(template)}\n"
     h = hashlib.sha256(head.encode())
     for p, s, m in zip(paths, sizes.tolist(), mtimes.tolist(), strict=True):
         h.update(f"{p}\t{s}\t{m}\n".encode())
@@ -196,14 +195,18 @@ def load_aligned(
     retry, align on landmarks to ``template`` (default UTKFace's) or crop) at ``size`` px;
     ``ImageError`` when none is found."""
     from agegender.data.imageio import load_rgb
-    from agegender.infer.align import UTKFACE_TEMPLATE
+    from agegender.infer.align import as_template
     from agegender.infer.detector import shared_detector
     from agegender.infer.faces import find_faces, largest_face
 
     det = shared_detector(detector)
-    points = UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
     faces = find_faces(
-        load_rgb(path), det, size, margin=det.margin, shift=det.shift, template=points
+        load_rgb(path),
+        det,
+        size,
+        margin=det.margin,
+        shift=det.shift,
+        template=as_template(template),
     )
     if not faces:
         raise ImageError("no face found")

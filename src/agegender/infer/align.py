@@ -58,6 +58,11 @@ def named_template(name: str) -> tuple[tuple[float, float], ...]:
         ) from None
 
 
+def as_template(template: Sequence[Sequence[float]] | None) -> tuple[tuple[float, float], ...]:
+    """``template`` as a tuple of ``(x, y)`` tuples; None is :data:`UTKFACE_TEMPLATE`."""
+    return UTKFACE_TEMPLATE if template is None else tuple(tuple(p) for p in template)
+
+
 def framing_template(crop: Sequence[float] | None, reference: Sequence[float] | None) -> tuple:
     """Where the landmarks fall in faces cut with ``crop`` (a box ``[x0, y0, x1, y1]`` as
     fractions of the image) from images in which ``reference`` is the box that gives

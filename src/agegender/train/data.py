@@ -244,10 +244,10 @@ def _framing(
     when aligned by the face path, UTKFace's when cut with its reader's own box, else
     scaled by ``crop``."""
     from agegender.data.readers import default_crop
-    from agegender.infer.align import UTKFACE_TEMPLATE, framing_template
+    from agegender.infer.align import as_template, framing_template
 
     if align:
-        return UTKFACE_TEMPLATE if template is None else tuple(map(tuple, template))
+        return as_template(template)
     return framing_template(crop, default_crop(format))
 
 
