@@ -235,12 +235,11 @@ class ModelConfig(_Section):
                 )
             if self.pretrained_file is not None:
                 raise ValueError("model.pretrained: set pretrained or pretrained_file, not both")
-            face = get_model_entry(self.name).cfg["family"] == "dlib_resnet"
-            if (self.pretrained == "face") != face:
+            choices = get_model_entry(self.name).cfg["pretrained_choices"]
+            if self.pretrained not in choices:
                 raise ValueError(
                     f"model.pretrained: {self.pretrained} weights do not exist for model "
-                    f"{self.name!r}"
-                    + (" (use pretrained: face)" if face else " (face: dlib_resnet29 only)")
+                    f"{self.name!r} (use pretrained: {' or '.join(choices)})"
                 )
         for key in (*given, *self.options):
             if key not in accepted:

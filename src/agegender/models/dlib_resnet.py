@@ -342,6 +342,7 @@ class DlibFaceModel(FaceModel):
     "pretrained=face, CC0) + MLP head; dlib 150 px chips, about 330 faces/s here (ONNX)",
     family="dlib_resnet",
     face_template="dlib_chip",
+    pretrained_choices=("face",),
 )
 def dlib_resnet29(
     tasks: TaskSpec,

@@ -52,6 +52,8 @@ _CFG_DEFAULTS: dict[str, Any] = {
     # the face framing its input expects (agegender.infer.align.FACE_TEMPLATES): training
     # faces and photos are cut to it
     "face_template": "utkface",
+    # the values of model.pretrained its builder can load (none: no ``pretrained`` option)
+    "pretrained_choices": (),
 }
 
 # Options create_model handles itself, never passed to a builder.
@@ -187,7 +189,8 @@ def register_model(name: str, **default_cfg: Any) -> Callable[[Callable[..., Fac
     """Register ``fn(tasks, **options) -> FaceModel`` as ``name`` with its ``default_cfg``.
 
     ``default_cfg`` keys: ``input_size``, ``resize`` (defaults to input_size),
-    ``min_input_size``, ``mean``, ``std``, ``description``, ``family``.
+    ``min_input_size``, ``mean``, ``std``, ``description``, ``family``, ``face_template``,
+    ``pretrained_choices``.
     A builder that accepts ``pretrained_file`` loads it itself; for the others
     :func:`create_model` loads the file as a FaceModel state dict.
     """

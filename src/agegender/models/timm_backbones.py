@@ -34,6 +34,8 @@ from agegender.models.pretrained import load_pretrained, packaged_for
 from agegender.models.registry import FaceModel, read_state_dict, register_model
 
 HEADS = ("mlp", "conv5")
+#: model.pretrained values a timm backbone takes (agegender.models.pretrained)
+TIMM_PRETRAINED = ("imagenet", "hub")
 _logger = logging.getLogger(__name__)
 
 
@@ -242,6 +244,7 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
         std=std,
         description=f"{note}; timm {timm_name} + MLP or conv5 head",
         family="timm",
+        pretrained_choices=TIMM_PRETRAINED,
     )(build)
 
 
@@ -256,6 +259,7 @@ for _name, (_candidates, _note) in _TIMM_MODELS.items():
     description="frozen ResNet-50 7x7 map + Levi-Hassner conv 256/384 + FC 512-512 head; "
     "CPU-friendly at 112-160 px",
     family="timm",
+    pretrained_choices=TIMM_PRETRAINED,
 )
 def resnet50_lh_head(
     tasks: TaskSpec,
