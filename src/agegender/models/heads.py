@@ -220,6 +220,36 @@ def conv5_neck(
     return nn.Sequential(*layers, PoolFlatten(), mlp), mlp.out_features
 
 
+def conv5_bn_neck(
+    in_channels: int,
+    channels: Sequence[int] = CONV5_CHANNELS,
+    hidden: Sequence[int] = (2048, 2048, 2048),
+    dropout: float | Sequence[float] = 0.0,
+) -> tuple[nn.Module, int]:
+    """Report 001's head as its parameter counts imply (Keras, reconstructed).
+
+    Five ``conv3x3 (same) -> ReLU -> BatchNorm`` layers (512, 128, 384, 384, 500), a 2x2
+    max-pool, then ``Dense 2048`` x 3 (the abstract's "4 dense layers" with the output).
+    At 64 px a stride-32 backbone leaves a 2x2 map, which the pool takes to 1x1, exactly
+    as in the report; at other sizes an average pool to 1x1 follows, so the parameter
+    count never depends on the input size. Returns ``(neck, out_features)``.
+    """
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for c in channels:
+        layers += [nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(c)]
+        prev = c
+    mlp = MLP(prev, hidden, dropout)
+    pool = nn.MaxPool2d(2, ceil_mode=True)
+    return nn.Sequential(*layers, pool, GridPool(1), nn.Flatten(1), mlp), mlp.out_features
+
+
+def flatten_neck(in_channels: int, grid: int) -> tuple[nn.Module, int]:
+    """Resample the map to ``grid x grid`` (:class:`GridPool`) and flatten it, Keras's
+    ``Flatten`` at the size the report used, for any input size; ``(neck, width)``."""
+    return nn.Sequential(GridPool(grid), nn.Flatten(1)), in_channels * grid * grid
+
+
 def dex_expected_age(logits: torch.Tensor) -> torch.Tensor:
     """Expected age in years from ``(B, 101)`` DEX logits: ``sum_k softmax_k * k``."""
     ages = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)

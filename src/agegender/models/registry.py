@@ -32,6 +32,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "model_info",
+    "keras_param_count",
     "register_model",
 ]
 
@@ -291,6 +292,27 @@ def create_model(
     if state is not None:
         model.load_report = load_weights(model, state, source=str(pretrained_file))
     return model
+
+
+def keras_param_count(model: nn.Module) -> int:
+    """Parameters as Keras's ``model.summary()`` counts them, to compare with the reports.
+
+    Every weight, plus BatchNorm's moving mean and variance (Keras counts them as
+    non-trainable parameters; PyTorch keeps them as buffers), with a binary gender output
+    counted as the reports build it: one sigmoid unit, where our head has two logits (the
+    same function, one ``in_features + 1`` more parameters).
+    """
+    count = sum(p.numel() for p in model.parameters())
+    count += sum(
+        b.numel()
+        for key, b in model.named_buffers()
+        if key.endswith(("running_mean", "running_var"))
+    )
+    heads = getattr(model, "heads", None)
+    if heads is not None and "gender" in heads:
+        last = [m for m in heads["gender"].modules() if isinstance(m, nn.Linear)][-1]
+        count -= last.in_features + 1
+    return int(count)
 
 
 def model_info(name: str) -> dict[str, Any]:

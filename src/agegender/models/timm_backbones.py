@@ -6,7 +6,11 @@ model runs its ``forward_features`` (the last spatial map), then one of two head
 - ``head="mlp"`` (default): global average pool -> MLP ``head_hidden`` (default [512])
   with ``dropout`` (float or one per layer) -> task outputs;
 - ``head="conv5"``: the reports' 5 extra conv layers (512, 128, 384, 384, 500) on the map
-  -> global average pool -> 2x dense 2048 (``head_hidden`` overrides the dense part).
+  -> global average pool -> 2x dense 2048 (``head_hidden`` overrides the dense part);
+- ``head="conv5_bn"``: report 001's head as its four parameter counts imply (each conv
+  followed by BatchNorm, a 2x2 max-pool, 3x dense 2048; :func:`~.heads.conv5_bn_neck`);
+- ``head="branches"``: the map resampled to ``grid x grid`` and flattened (Keras
+  ``Flatten``), then one MLP ``head_hidden`` *per task* (report 004's transfer model).
 
 ``pretrained_file`` loads local weights through timm
 (``pretrained_cfg_overlay=dict(file=...)``); ``pretrained="imagenet"`` loads ImageNet weights
@@ -28,12 +32,19 @@ import torch
 from timm.models._manipulate import group_modules
 from torch import nn
 
-from agegender.models.heads import TaskSpec, conv5_neck, make_task_heads, mlp_neck
+from agegender.models.heads import (
+    TaskSpec,
+    conv5_bn_neck,
+    conv5_neck,
+    flatten_neck,
+    make_task_heads,
+    mlp_neck,
+)
 from agegender.models.levi_hassner import lh_conv_neck
 from agegender.models.pretrained import load_pretrained, packaged_for
 from agegender.models.registry import FaceModel, read_state_dict, register_model
 
-HEADS = ("mlp", "conv5")
+HEADS = ("mlp", "conv5", "conv5_bn", "branches")
 #: model.pretrained values a timm backbone takes (agegender.models.pretrained)
 TIMM_PRETRAINED = ("imagenet", "hub")
 _logger = logging.getLogger(__name__)
@@ -136,6 +147,7 @@ def _timm_face_model(
     dropout: float | Sequence[float] | None,
     freeze_backbone: bool,
     drop_path_rate: float | None,
+    grid: int = 7,
 ) -> FaceModel:
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -145,16 +157,29 @@ def _timm_face_model(
         timm_kwargs["mlp_ratio"] = 1 / 4096
     backbone, report = create_backbone(timm_name, pretrained_file, pretrained, **timm_kwargs)
     channels = backbone.num_features
+    branch_hidden: Sequence[int] = ()
+    branch_dropout: float | Sequence[float] = 0.0
     if head == "mlp":
         hidden = [512] if head_hidden is None else head_hidden
         neck, width = mlp_neck(channels, hidden, 0.3 if dropout is None else dropout)
-    else:
+    elif head == "conv5":
         neck, width = conv5_neck(
             channels,
             hidden=[2048, 2048] if head_hidden is None else head_hidden,
             dropout=0.5 if dropout is None else dropout,
         )
-    model = TimmFaceModel(backbone, neck, make_task_heads(width, tasks), tasks)
+    elif head == "conv5_bn":
+        neck, width = conv5_bn_neck(
+            channels,
+            hidden=[2048, 2048, 2048] if head_hidden is None else head_hidden,
+            dropout=0.0 if dropout is None else dropout,
+        )
+    else:  # branches
+        neck, width = flatten_neck(channels, grid)
+        branch_hidden = [128, 128] if head_hidden is None else head_hidden
+        branch_dropout = 0.5 if dropout is None else dropout
+    heads = make_task_heads(width, tasks, branch_hidden, branch_dropout)
+    model = TimmFaceModel(backbone, neck, heads, tasks)
     model.load_report = report
     if freeze_backbone:
         model.freeze_backbone()
@@ -175,6 +200,10 @@ _TIMM_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
     "tf_efficientnetv2_s": (
         ("tf_efficientnetv2_s",),
         "EfficientNetV2-S (TF port); CPU-friendly at 112-160 px",
+    ),
+    "tf_efficientnetv2_m": (
+        ("tf_efficientnetv2_m",),
+        "EfficientNetV2-M (TF port, Keras's EfficientNetV2M); CPU-friendly at 64-112 px",
     ),
     "legacy_xception": (
         ("legacy_xception", "xception"),
@@ -220,6 +249,7 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
         dropout: float | Sequence[float] | None = None,
         freeze_backbone: bool = False,
         drop_path_rate: float | None = None,
+        grid: int = 7,
     ) -> FaceModel:
         return _timm_face_model(
             timm_name,
@@ -231,11 +261,12 @@ def _register_timm(name: str, candidates: tuple[str, ...], note: str) -> None:
             dropout=dropout,
             freeze_backbone=freeze_backbone,
             drop_path_rate=drop_path_rate,
+            grid=grid,
         )
 
     build.__name__ = build.__qualname__ = name
     build.timm_name = timm_name  # type: ignore[attr-defined]
-    build.__doc__ = f"timm ``{timm_name}`` backbone + MLP or conv5 head. {note}."
+    build.__doc__ = f"timm ``{timm_name}`` backbone + MLP, conv5 or branch head. {note}."
     register_model(
         name,
         input_size=size,

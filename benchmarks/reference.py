@@ -1,0 +1,888 @@
+"""The five reports' experiments, run: one row per ``configs/reference/<id>.yaml``.
+
+    python benchmarks/reference.py                       # every row not done yet, 2 at a time
+    python benchmarks/reference.py --row 004_gender      # one row (and nothing else)
+    python benchmarks/reference.py --collect             # only rebuild the tables from runs
+    python benchmarks/reference.py --row 004_gender --set train.epochs=1 --set data.limit=200 \\
+        --runs-dir /tmp/ref --out-dir /tmp/ref           # a tiny-budget end-to-end check
+
+``configs/reference/rows.yaml`` lists the rows: the report and experiment, how the row runs
+(``agegender train``, ``agegender cv`` over UTKFace's grouped 5 folds, or ``agegender
+sweep`` over the report's whole grid), the rows it starts from (``after``: stage 2 waits for
+stage 1; a sweep starts from the winners of the sweep before it) and the report's figure.
+Every row runs as its own ``python -m agegender`` process with ``trainer.threads=1``
+(``--threads``), ``--jobs`` of them at a time, into ``RUNS_DIR/<id>``; a row whose result
+file exists is skipped and an interrupted one resumes (``train --resume``; ``cv`` and
+``sweep`` resume by themselves), so re-running the same command finishes the rest.
+
+The results go to ``OUT_DIR/reference.json`` (one object per row, plus the comparisons)
+and ``OUT_DIR/reference.md``: per row the report's figure beside ours, dataset and split,
+epochs, minutes, training images/s, parameters (Keras counting, as the reports print them:
+:func:`agegender.models.keras_param_count`), model size, forward time per face; the
+reports' own tables rebuilt with our numbers; and each claim the reports draw as a measured
+yes/no.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs" / "reference"
+ROWS_FILE = CONFIG_DIR / "rows.yaml"
+KINDS = ("train", "cv", "sweep")
+ROW_KEYS = {
+    "id",
+    "report",
+    "experiment",
+    "kind",
+    "config",
+    "space",
+    "folds",
+    "after",
+    "base",
+    "report_figure",
+    "report_value",
+    "report_params",
+    "report_train_s",
+    "report_loss",
+    "report_size_mb",
+    "report_mae",
+    "report_age",
+    "report_epochs",
+    "report_best",
+    "metric",
+}
+
+
+class RowError(ValueError):
+    """A bad ``rows.yaml`` entry: the message names the file and the row."""
+
+
+@dataclass
+class Row:
+    """One reference experiment (a ``rows.yaml`` entry)."""
+
+    id: str
+    report: str
+    experiment: str
+    kind: str
+    config: Path
+    base: str = ""
+    space: Path | None = None
+    folds: list[int] | None = None
+    after: list[str] = field(default_factory=list)
+    metric: str = "gender_accuracy"
+    report_figure: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # report_* values
+
+
+def load_rows(path: Path = ROWS_FILE) -> list[Row]:
+    """The rows of ``path``, checked: known keys and kinds, configs that exist, ``after``
+    naming earlier rows. Raises :class:`RowError` naming the file and the row."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rows: list[Row] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw.get("rows") or []):
+        where = f"{path}: row {i + 1} ({entry.get('id', '?')})"
+        unknown = set(entry) - ROW_KEYS
+        if unknown:
+            raise RowError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("id", "report", "experiment", "kind"):
+            if key not in entry:
+                raise RowError(f"{where}: missing key {key!r}")
+        if entry["kind"] not in KINDS:
+            raise RowError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        config = CONFIG_DIR / f"{entry.get('config', entry['id'])}.yaml"
+        if not config.is_file():
+            raise RowError(f"{where}: no config {config}")
+        space = CONFIG_DIR / entry["space"] if entry.get("space") else None
+        if entry["kind"] == "sweep" and (space is None or not space.is_file()):
+            raise RowError(f"{where}: a sweep needs an existing space file")
+        after = list(entry.get("after") or [])
+        for dep in after:
+            if dep not in seen:
+                raise RowError(f"{where}: after: {dep!r} is not an earlier row")
+        seen.add(entry["id"])
+        rows.append(
+            Row(
+                id=entry["id"],
+                report=str(entry["report"]),
+                experiment=entry["experiment"],
+                kind=entry["kind"],
+                config=config,
+                base=entry.get("base", ""),
+                space=space,
+                folds=entry.get("folds"),
+                after=after,
+                metric=entry.get("metric", "gender_accuracy"),
+                report_figure=entry.get("report_figure", ""),
+                extra={k: v for k, v in entry.items() if k.startswith("report_")},
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- running
+def result_file(row: Row, run_dir: Path) -> Path:
+    """The file whose presence means ``row`` is done."""
+    if row.kind == "cv":
+        if row.folds is not None and len(row.folds) == 1:
+            return run_dir / f"fold_{row.folds[0]}" / "results.json"
+        return run_dir / "results.json"
+    return run_dir / "summary.json"  # train: the run's; sweep: written by --summary
+
+
+def _sweep_winners(row: Row, rows: dict[str, Row], runs_dir: Path) -> list[str]:
+    """``--set`` overrides carrying the winners of the sweeps this one starts from."""
+    sets: list[str] = []
+    for dep in row.after:
+        if rows[dep].kind != "sweep":
+            continue
+        sets += _sweep_winners(rows[dep], rows, runs_dir)
+        summary = json.loads((runs_dir / dep / "summary.json").read_text(encoding="utf-8"))
+        best = (summary.get("best") or {}).get("params") or {}
+        sets += [f"{k}={v}" for k, v in best.items()]
+    return sets
+
+
+def commands(
+    row: Row, rows: dict[str, Row], runs_dir: Path, sets: list[str], threads: int
+) -> list[list[str]]:
+    """The ``python -m agegender`` command lines that run (or resume) ``row``."""
+    out = runs_dir / row.id
+    agegender = [sys.executable, "-m", "agegender"]
+    overrides = [f"trainer.threads={threads}", "train.progress_bar=false"]
+    if row.kind == "sweep":
+        overrides += _sweep_winners(row, rows, runs_dir)
+    overrides += sets
+    flags = [x for s in overrides for x in ("--set", s)]
+    if row.kind == "train":
+        resume = ["--resume"] if (out / "checkpoints" / "last.ckpt").is_file() else []
+        return [[*agegender, "train", str(row.config), "--out", str(out), *flags, *resume]]
+    if row.kind == "cv":
+        folds = [x for k in row.folds or [] for x in ("--fold", str(k))]
+        return [[*agegender, "cv", str(row.config), "--out", str(out), *flags, *folds]]
+    study = ["--study", f"ref-{row.id}", "--out", str(out)]
+    space = ["--space", str(row.space)]
+    return [
+        [*agegender, "sweep", str(row.config), *space, *study, *flags],
+        [*agegender, "sweep", "--summary", *study],
+    ]
+
+
+def run_row(row: Row, cmds: list[list[str]], log: Path) -> float:
+    """Run ``cmds`` one after the other, output to ``log``; seconds taken. Raises
+    ``RuntimeError`` naming the row and its log when a command fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("a", encoding="utf-8") as fh:
+        for cmd in cmds:
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+            if rc != 0:
+                raise RuntimeError(f"row {row.id}: exit {rc}; see {log}")
+    return time.perf_counter() - start
+
+
+def run_rows(
+    todo: list[Row],
+    rows: dict[str, Row],
+    runs_dir: Path,
+    sets: list[str],
+    jobs: int,
+    threads: int,
+) -> dict[str, str]:
+    """Run ``todo`` with ``jobs`` processes at a time, each row after the rows it starts
+    from; returns ``{id: error}`` for the rows that failed (the others keep going)."""
+    pending = [r for r in todo if not result_file(r, runs_dir / r.id).is_file()]
+    failed: dict[str, str] = {}
+    running: dict[Future, Row] = {}
+
+    def done(rid: str) -> bool:
+        return result_file(rows[rid], runs_dir / rid).is_file()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for row in list(pending):
+                if len(running) >= jobs:
+                    break
+                if any(d in failed for d in row.after):
+                    failed[row.id] = f"skipped: {', '.join(row.after)} failed"
+                    pending.remove(row)
+                elif all(done(d) for d in row.after):
+                    pending.remove(row)
+                    cmds = commands(row, rows, runs_dir, sets, threads)
+                    print(f"start {row.id}", flush=True)
+                    log = runs_dir / f"{row.id}.log"
+                    running[pool.submit(run_row, row, cmds, log)] = row
+            if not running:
+                for row in pending:  # waiting on a row outside --row that is not done
+                    failed[row.id] = f"needs {', '.join(row.after)} first"
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                row = running.pop(fut)
+                try:
+                    print(f"done {row.id} in {fut.result() / 60:.1f} min", flush=True)
+                except RuntimeError as exc:
+                    failed[row.id] = str(exc)
+                    print(f"FAILED {exc}", flush=True)
+    return failed
+
+
+# --------------------------------------------------------------------------- collecting
+def _forward_ms(model: Any, input_size: int, batch: int = 32) -> float:
+    """Median forward time per face (ms), batch ``batch``, one thread, eval mode."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(batch, 3, input_size, input_size)
+        model.eval()
+        times = []
+        with torch.inference_mode():
+            model(x)
+            for _ in range(3):
+                t = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t)
+        return round(sorted(times)[1] / batch * 1000, 3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _model_facts(ckpt: Path) -> dict[str, Any]:
+    from agegender.artifact import load_model
+    from agegender.models import keras_param_count
+
+    model, meta = load_model(ckpt)
+    size = int(meta.get("input_size") or model.default_cfg["input_size"])
+    return {
+        "params_keras": keras_param_count(model),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "forward_ms_per_face": _forward_ms(model, size),
+    }
+
+
+def _train_result(run: Path) -> dict[str, Any]:
+    from agegender.evaluate.metrics import from_logged
+
+    s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    held = "test" if s.get("test") else "val"
+    src = s.get("test") or s.get("best") or {}
+    metrics = from_logged(src, held)
+    ds = s.get("dataset") or {}
+    splits = ds.get("splits") or {}
+    out = {
+        "evaluated_on": f"{held} split ({splits.get(held)} faces, held out)",
+        "metrics": metrics,
+        "loss": src.get(f"{held}/loss"),
+        "baseline": (ds.get("baselines") or {}).get(f"{held}/gender_acc"),
+        "dataset": ds.get("path"),
+        "split": ds.get("split"),
+        "splits": splits,
+        "epochs": s.get("epochs_run"),
+        "best_epoch": (s.get("best") or {}).get("epoch"),
+        "minutes": round(s["train_time_total_s"] / 60, 2),
+        "train_images_per_s": s.get("train_images_per_sec"),
+        "model_size_mb": s.get("model_size_mb"),
+        "input_size": s.get("input_size"),
+    }
+    ckpt = Path(s["checkpoints"]["best"] or s["checkpoints"]["last"])
+    if ckpt.is_file():
+        out |= _model_facts(ckpt)
+    return out
+
+
+def _cv_result(row: Row, run: Path) -> dict[str, Any]:
+    path = result_file(row, run)
+    res = json.loads(path.read_text(encoding="utf-8"))
+    if "fold" in res:  # one fold only
+        metrics = {k: {"mean": v, "std": None} for k, v in res["metrics"].items()}
+        timing = {
+            k: {"mean": res.get(k)}
+            for k in (
+                "train_seconds",
+                "train_images_per_second",
+                "test_seconds_per_image",
+                "epochs_run",
+            )
+        }
+        n_folds, best_epochs = 1, [res.get("best_epoch")]
+        fold_dirs = [run / f"fold_{res['fold']}"]
+    else:
+        metrics, timing = res["metrics"], res["timing"]
+        fold_dirs = sorted(run.glob("fold_*"))
+        n_folds = len(fold_dirs)
+        best_epochs = []
+        for f in fold_dirs:
+            r = json.loads((f / "results.json").read_text(encoding="utf-8"))
+            best_epochs.append(r.get("best_epoch"))
+    first = json.loads((fold_dirs[0] / "summary.json").read_text(encoding="utf-8"))
+    out = {
+        "evaluated_on": f"test fold(s): {n_folds} of 5 grouped UTKFace folds",
+        "metrics": {k: v.get("mean") for k, v in metrics.items() if isinstance(v, dict)},
+        "metrics_std": {k: v.get("std") for k, v in metrics.items() if isinstance(v, dict)},
+        "dataset": (first.get("dataset") or {}).get("path"),
+        "split": f"{n_folds} fold(s), grouped 5-fold",
+        "epochs": timing["epochs_run"]["mean"],
+        "best_epoch": _mean([b + 1 for b in best_epochs if b is not None]),
+        "minutes": round((timing["train_seconds"]["mean"] or 0) / 60, 2),
+        "minutes_note": "per fold",
+        "train_images_per_s": timing["train_images_per_second"]["mean"],
+        "model_size_mb": first.get("model_size_mb"),
+        "input_size": first.get("input_size"),
+    }
+    ckpt = Path(first["checkpoints"]["best"] or first["checkpoints"]["last"])
+    if ckpt.is_file():
+        out |= _model_facts(ckpt)
+    return out
+
+
+def _sweep_result(run: Path) -> dict[str, Any]:
+    s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    trials = [
+        {
+            "params": t["params"],
+            "value": t["value"],
+            "state": t["state"],
+            "minutes": round((t.get("duration_s") or 0) / 60, 2),
+            "epochs": t.get("epochs"),
+        }
+        for t in s["trials"]
+    ]
+    best = s.get("best") or {}
+    return {
+        "evaluated_on": "validation split (the report's sweeps select on validation)",
+        "metrics": {"gender_accuracy": best.get("value")},
+        "best_params": best.get("params"),
+        "trials": trials,
+        "n_trials": s.get("n_trials"),
+        "minutes": round(sum(t["minutes"] for t in trials), 2),
+        "minutes_note": "all trials",
+        "epochs": trials[0]["epochs"] if trials else None,
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def collect(row: Row, runs_dir: Path) -> dict[str, Any] | None:
+    """Our measured figures for ``row`` (``None`` when it has not run)."""
+    run = runs_dir / row.id
+    if not result_file(row, run).is_file():
+        return None
+    if row.kind == "train":
+        return _train_result(run)
+    if row.kind == "cv":
+        return _cv_result(row, run)
+    return _sweep_result(run)
+
+
+# --------------------------------------------------------------------------- comparisons
+def _acc(results: dict[str, dict], rid: str, key: str = "gender_accuracy") -> float | None:
+    r = results.get(rid)
+    return None if r is None else (r.get("metrics") or {}).get(key)
+
+
+def _claim(
+    question: str,
+    left: str,
+    right: str,
+    results: dict,
+    key: str = "gender_accuracy",
+    report: str = "",
+) -> dict[str, Any]:
+    """``left`` beats ``right`` on ``key``? measured yes/no with both numbers."""
+    a, b = _acc(results, left, key), _acc(results, right, key)
+    answer = None if a is None or b is None else bool(a > b)
+    return {
+        "question": question,
+        "left": left,
+        "right": right,
+        "metric": key,
+        "left_value": a,
+        "right_value": b,
+        "answer": answer,
+        "report": report,
+    }
+
+
+def comparisons(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Each claim the reports draw, measured on our rows."""
+    multi = [f"004_multitask_g{g}" for g in ("03", "05", "07")]
+    best_multi = max(
+        (m for m in multi if _acc(results, m) is not None),
+        key=lambda m: _acc(results, m) or 0,
+        default=multi[1],
+    )
+    out = [
+        _claim(
+            "004: multi-task beats single-task on gender (best gamma)?",
+            best_multi,
+            "004_gender",
+            results,
+            report="no: 84.0 vs 84.8",
+        ),
+        _claim(
+            "004: multi-task beats single-task on age (best gamma for gender)?",
+            best_multi,
+            "004_age",
+            results,
+            key="age_group_exact",
+            report="yes: 47.3 vs 46.8",
+        ),
+        _claim(
+            "002: augmentation beats no augmentation?",
+            "002_augment_on",
+            "002_augment_off",
+            results,
+            report="no: 0.8491 vs 0.9",
+        ),
+        _claim(
+            "002: unfrozen at 1e-5 beats frozen at 1e-3 (fine-tuning from CelebA)?",
+            "002_finetune_unfrozen_lr1e-5",
+            "002_finetune_frozen_lr1e-3",
+            results,
+            report="yes: 0.9147 vs 0.7868",
+        ),
+        _claim(
+            "002: CelebA pre-training beats none (tuned model)?",
+            "002_tuned_pretrained",
+            "002_tuned",
+            results,
+            report="no: 0.9287 vs 0.934 (the text claims +4.6% over the untuned 0.8827)",
+        ),
+        _claim(
+            "000: CelebA pre-training beats none (Experiment 2 model)?",
+            "000_exp2_adience_finetune",
+            "000_exp2_no_pretrain",
+            results,
+            report="not run (51.42% with)",
+        ),
+        _claim(
+            "003: InceptionV3 beats the scratch CNN on gender (random-init InceptionV3)?",
+            "003_modelB_inceptionv3",
+            "003_modelA",
+            results,
+            report="yes, 'only by 2%'",
+        ),
+        _claim(
+            "003: InceptionV3 recipe on an ImageNet base beats the scratch CNN?",
+            "003_modelB_lite0",
+            "003_modelA",
+            results,
+            report="yes, 'only by 2%'",
+        ),
+        _claim(
+            "transfer beats scratch (000 Exp. 1: ImageNet Lite0 vs random ResNet50, frozen)?",
+            "000_exp1_lite0_frozen",
+            "000_exp1_resnet50_frozen",
+            results,
+        ),
+        _claim(
+            "transfer beats scratch (001: ImageNet Lite0 vs random VGG16)?",
+            "001_lite0_imagenet",
+            "001_vgg16",
+            results,
+        ),
+        _claim(
+            "transfer beats scratch (002: ImageNet Lite0 vs random MobileNetV2)?",
+            "002_lite0_imagenet",
+            "002_mobilenetv2",
+            results,
+        ),
+        _claim(
+            "transfer beats scratch (004: ImageNet Lite0 transfer vs the scratch CNN)?",
+            "004_transfer_lite0",
+            "004_gender",
+            results,
+            report="yes: 89.3 vs 84.8",
+        ),
+        _claim(
+            "004: transfer (random-init Xception) beats the scratch CNN?",
+            "004_transfer_xception",
+            "004_gender",
+            results,
+        ),
+    ]
+    epochs = {m: (results.get(m) or {}).get("best_epoch") for m in (best_multi, "004_gender")}
+    out.append(
+        {
+            "question": "004: multi-task converges in fewer epochs than single-task gender?",
+            "left": best_multi,
+            "right": "004_gender",
+            "metric": "best epoch (mean over folds)",
+            "left_value": epochs[best_multi],
+            "right_value": epochs["004_gender"],
+            "answer": None
+            if None in epochs.values()
+            else bool(epochs[best_multi] < epochs["004_gender"]),
+            "report": "yes: 26.0 vs 50.8 average training epochs",
+        }
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+def _pct(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f} ± {100 * std:.1f}" if std else f"{100 * v:.1f}"
+
+
+def _num(v: Any, fmt: str = "{:,}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _rep(v: Any) -> str:
+    return "–" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) and v <= 1 else str(v))
+
+
+def row_record(row: Row, res: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON object of one row: the report's side and ours."""
+    return {
+        "id": row.id,
+        "report": row.report,
+        "experiment": row.experiment,
+        "kind": row.kind,
+        "config": str(row.config.relative_to(REPO)),
+        "base": row.base,
+        "report_figure": row.report_figure,
+        **row.extra,
+        "metric": row.metric,
+        "ours": res,
+    }
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(line) + " |" for line in lines),
+        "",
+    ]
+
+
+def write_outputs(rows: list[Row], results: dict[str, dict], out_dir: Path) -> dict[str, Any]:
+    """``reference.json`` and ``reference.md`` in ``out_dir``; returns the JSON object."""
+    records = [row_record(r, results.get(r.id)) for r in rows]
+    claims = comparisons(results)
+    doc = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "written": time.strftime("%Y-%m-%d %H:%M"),
+        "rows": records,
+        "comparisons": claims,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "reference.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    by_id = {r.id: r for r in rows}
+    md = [
+        "# Reference experiments, replicated",
+        "",
+        "Written by `python benchmarks/reference.py` (configs: `configs/reference/`, rows: "
+        "`configs/reference/rows.yaml`; what each report ran: "
+        "`../shared/reference-experiments.md`). Every row ran as one single-thread process "
+        f"(`trainer.threads=1`), two at a time, on {doc['machine']['cpus']} CPU cores, "
+        "on the budget its config states (the reports trained for hours on GPUs). "
+        "Accuracies are %; *ours* is measured on held-out faces never trained on (a test "
+        "split, the 80:20 held-out part where the report had only that, or the test folds).",
+        "",
+        "## Every row",
+        "",
+    ]
+    lines = []
+    for r in rows:
+        res = results.get(r.id) or {}
+        m = res.get("metrics") or {}
+        s = res.get("metrics_std") or {}
+        key = r.metric
+        ours = _pct(m.get(key), s.get(key)) if res else "not run"
+        age = m.get("age_group_exact")
+        if age is not None and key != "age_group_exact":
+            ours += f"; age {_pct(age, s.get('age_group_exact'))}"
+        if m.get("age_mae") is not None:
+            ours += f"; MAE {m['age_mae']:.2f}"
+        lines.append(
+            [
+                f"`{r.id}`",
+                r.experiment,
+                r.base,
+                r.report_figure,
+                ours,
+                str(res.get("split") or "–"),
+                _num(res.get("epochs"), "{}"),
+                _num(res.get("minutes"), "{:.1f}"),
+                _num(res.get("train_images_per_s"), "{:.0f}"),
+                _num(res.get("params_keras")),
+                _num(res.get("model_size_mb"), "{:.1f}"),
+                _num(res.get("forward_ms_per_face"), "{:.2f}"),
+            ]
+        )
+    md += _table(
+        [
+            "row",
+            "experiment",
+            "our base",
+            "report",
+            "ours",
+            "split",
+            "epochs",
+            "min",
+            "img/s",
+            "params (Keras)",
+            "MB",
+            "ms/face",
+        ],
+        lines,
+    )
+    md += [
+        "min: training minutes (per fold for cv rows, all trials for sweeps); img/s: "
+        "training images per second; ms/face: forward time, batch 32, 1 thread.",
+        "",
+    ]
+    md += _report_tables(by_id, results)
+    md += ["## The reports' claims, measured", ""]
+    md += _table(
+        ["claim", "ours", "answer", "report"],
+        [
+            [
+                c["question"],
+                f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}",
+                {True: "yes", False: "no", None: "not measured"}[c["answer"]],
+                c["report"],
+            ]
+            for c in claims
+        ],
+    )
+    (out_dir / "reference.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return doc
+
+
+def _fmt_claim(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}" if v <= 1 else f"{v:.1f}"
+
+
+def _report_tables(rows: dict[str, Row], results: dict[str, dict]) -> list[str]:
+    md: list[str] = []
+
+    def res(rid: str) -> dict[str, Any]:
+        return results.get(rid) or {}
+
+    md += ["## 001, Table 2 (CelebA-10k at 64x64; report: a 202,599-image set)", ""]
+    md += _table(
+        [
+            "model",
+            "report acc",
+            "ours",
+            "report params",
+            "ours (Keras)",
+            "report train s",
+            "ours s",
+            "report loss",
+            "ours loss",
+            "report Mb",
+            "ours MB",
+        ],
+        [
+            [
+                rows[r].experiment,
+                _rep(rows[r].extra.get("report_value")),
+                _pct(_acc(results, r)),
+                _num(rows[r].extra.get("report_params")),
+                _num(res(r).get("params_keras")),
+                _num(rows[r].extra.get("report_train_s")),
+                _num(round(res(r)["minutes"] * 60) if res(r) else None),
+                _num(rows[r].extra.get("report_loss"), "{}"),
+                _num(res(r).get("loss"), "{:.3f}"),
+                _num(rows[r].extra.get("report_size_mb"), "{}"),
+                _num(res(r).get("model_size_mb")),
+            ]
+            for r in (
+                "001_mobilenetv2",
+                "001_vgg16",
+                "001_vgg19",
+                "001_efficientnetv2",
+                "001_lite0_imagenet",
+            )
+        ],
+    )
+    md += ["## 002, Comparison of model architectures (UTKFace 80:20 for Adience frontal)", ""]
+    md += _table(
+        [
+            "model",
+            "report test acc",
+            "ours",
+            "report test loss",
+            "ours",
+            "report training time",
+            "ours (min)",
+            "ms/face",
+        ],
+        [
+            [
+                rows[r].experiment,
+                _rep(rows[r].extra.get("report_value")),
+                _pct(_acc(results, r)),
+                _num(rows[r].extra.get("report_loss"), "{}"),
+                _num(res(r).get("loss"), "{:.3f}"),
+                _num(rows[r].extra.get("report_train_s"), "{:,} s"),
+                _num(res(r).get("minutes"), "{:.1f}"),
+                _num(res(r).get("forward_ms_per_face")),
+            ]
+            for r in ("002_hassner_cnn", "002_resnet50", "002_mobilenetv2", "002_lite0_imagenet")
+        ],
+    )
+    md += ["## 002, with and without data augmentation", ""]
+    md += _table(
+        ["augmentation", "report test acc", "ours", "report test loss", "ours", "ours (min)"],
+        [
+            [
+                a,
+                _rep(rows[r].extra.get("report_value")),
+                _pct(_acc(results, r)),
+                _num(rows[r].extra.get("report_loss"), "{}"),
+                _num(res(r).get("loss"), "{:.3f}"),
+                _num(res(r).get("minutes"), "{:.1f}"),
+            ]
+            for a, r in (("Yes", "002_augment_on"), ("No", "002_augment_off"))
+        ],
+    )
+    for rid in ("002_sweep_batch_lr_fc", "002_sweep_weight_decay", "002_sweep_dropout"):
+        r = res(rid)
+        md += [
+            f"## 002, {rows[rid].experiment}",
+            "",
+            f"Report: {rows[rid].report_figure}. Ours: "
+            + (
+                f"best {_pct(_acc(results, rid))} with "
+                + ", ".join(f"`{k}={v}`" for k, v in (r.get("best_params") or {}).items())
+                if r
+                else "not run"
+            ),
+            "",
+        ]
+        if r:
+            keys = list(r["trials"][0]["params"]) if r["trials"] else []
+            md += _table(
+                [*keys, "val acc (ours)", "state", "min"],
+                [
+                    [
+                        *(str(t["params"].get(k)) for k in keys),
+                        _pct(t["value"]),
+                        t["state"],
+                        _num(t["minutes"], "{:.1f}"),
+                    ]
+                    for t in r["trials"]
+                ],
+            )
+    md += ["## 004, Table 3 (UTKFace grouped 5 folds for Adience's subject-exclusive folds)", ""]
+    md += _table(
+        [
+            "model",
+            "report gender",
+            "ours",
+            "report age",
+            "ours",
+            "report epochs",
+            "ours (best epoch)",
+        ],
+        [
+            [
+                rows[r].experiment,
+                _rep(rows[r].extra.get("report_value"))
+                if rows[r].metric != "age_group_exact"
+                else "–",
+                _pct(_acc(results, r), (res(r).get("metrics_std") or {}).get("gender_accuracy")),
+                _rep(
+                    rows[r].extra.get("report_age")
+                    if rows[r].metric != "age_group_exact"
+                    else rows[r].extra.get("report_value")
+                ),
+                _pct(
+                    _acc(results, r, "age_group_exact"),
+                    (res(r).get("metrics_std") or {}).get("age_group_exact"),
+                ),
+                _num(rows[r].extra.get("report_epochs"), "{}"),
+                _num(res(r).get("best_epoch"), "{}"),
+            ]
+            for r in (
+                "004_gender",
+                "004_age",
+                "004_multitask_g03",
+                "004_multitask_g05",
+                "004_multitask_g07",
+                "004_transfer_lite0",
+                "004_transfer_xception",
+            )
+        ],
+    )
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--row", action="append", help="run only this row (repeatable)")
+    ap.add_argument("--set", action="append", default=[], help="override for every row")
+    ap.add_argument("--jobs", type=int, default=2, help="rows at a time (default 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "reference")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
+    ap.add_argument("--collect", action="store_true", help="only rebuild the tables")
+    args = ap.parse_args(argv)
+    try:
+        rows = load_rows()
+    except RowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    by_id = {r.id: r for r in rows}
+    unknown = [r for r in args.row or [] if r not in by_id]
+    if unknown:
+        print(
+            f"error: unknown row(s) {', '.join(unknown)}; rows: {', '.join(by_id)}", file=sys.stderr
+        )
+        return 2
+    todo = [by_id[r] for r in args.row] if args.row else rows
+    failed: dict[str, str] = {}
+    if not args.collect:
+        failed = run_rows(todo, by_id, args.runs_dir, args.set, args.jobs, args.threads)
+    results = {}
+    for r in rows:
+        try:
+            res = collect(r, args.runs_dir)
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"{r.id}: cannot read its results: {exc}", file=sys.stderr)
+            res = None
+        if res is not None:
+            results[r.id] = res
+    write_outputs(rows, results, args.out_dir)
+    print(f"wrote {args.out_dir / 'reference.md'} ({len(results)}/{len(rows)} rows measured)")
+    for rid, why in failed.items():
+        print(f"{rid}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
