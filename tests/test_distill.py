@@ -138,3 +138,41 @@ def test_cv_refuses_a_teacher_whose_folds_differ(
     cfg = _student(tmp_path, tiny_config, str(fake / "fold_{fold}" / "checkpoints" / "best.ckpt"))
     with pytest.raises(ConfigError, match=r"distill.teacher: .*folds.csv puts \d+ faces in other"):
         run_cv(cfg, folds=2, out_dir=tmp_path / "s", overrides=QUIET)
+
+
+def test_teacher_framed_its_own_way_reads_the_faces_through_its_face_path(
+    utkface_dir: Path, tmp_path: Path
+) -> None:
+    """A face-backbone teacher (the bundled accurate model: dlib's 150 px chip) teaches a
+    student trained on UTKFace's own 32 px crops: the teacher sees every training face cut
+    its way (face path, its template), so its gender is right on real faces."""
+    from agegender.infer.predictor import _resolve_model
+
+    teacher = _resolve_model("accurate").with_suffix(".pt")
+    raw = {
+        "name": "student",
+        "data": {"path": str(utkface_dir), "size": 32, "input_size": 32, "limit": 80},
+        "model": {"name": "small_cnn"},
+        "task": {"gender": True, "age": "dex"},
+        "distill": {"teacher": str(teacher), "weight": 0.5},
+        "optim": {"name": "adamw", "lr": 0.003},
+        "schedule": {"name": "none"},
+        "train": {"epochs": 1, "batch_size": 16, "progress_bar": False},
+        "logger": {"tensorboard": False, "csv": False},
+    }
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    from agegender.train.data import prepare_data
+
+    config = load_config(cfg, overrides=QUIET)
+    result = train(config, tmp_path / "run", printer=lambda s: None)
+    info = result.summary["distill"]
+    assert info["teacher_framing"] == "the teacher's own (face path)"
+    with np.load(tmp_path / "run" / TEACHER_FILE) as z:
+        gender = z["teacher_gender"]
+    has = ~np.isnan(gender).any(1)
+    assert has.sum() == info["faces"] - info.get("faces_without_teacher", 0)
+    assert has.sum() > 40  # the training faces (most of the 80) the detector found
+    labels = prepare_data(config).table["gender"].to_numpy()  # the same rows, in order
+    right = gender[has].argmax(1) == labels[has]
+    assert right.mean() >= 0.8, f"teacher right on {right.mean():.0%} of its faces"

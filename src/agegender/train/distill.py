@@ -145,10 +145,12 @@ def teacher_outputs(
     check_teacher(config, meta)
     theirs = parse_meta(meta).template
     mine = data.info.get("face_template") or UTKFACE_TEMPLATE
-    if template_gap(theirs, mine) > FRAMING_TOLERANCE:
+    reframe = template_gap(theirs, mine) > FRAMING_TOLERANCE
+    if reframe and not _named_template(meta):
         raise ConfigError(
             f"distill.teacher: {teacher} was trained on faces framed unlike this run's "
-            "(face_crop.template); it would judge crops it never saw: use the same data.crop"
+            "(face_crop.template) and its model has no face path of its own to cut them "
+            "its way; use the same data.crop"
         )
     rows = np.unique(data.splits.train)
     paths = data.table["path"].astype(str).to_numpy()
@@ -166,27 +168,34 @@ def teacher_outputs(
     pre = meta["preprocessing"]
     size, input_size = int(pre["resize"]), int(pre["input_size"])
     started = time.perf_counter()
-    if size == data.images.shape[1]:
-        images, cache_rows = data.images, data.cache_rows
-    else:  # the same rows, cut the same way, at the teacher's size
-        view = config.model_copy(
-            update={
-                "data": config.data.model_copy(update={"size": size, "input_size": input_size}),
-                "distill": None,
-            }
+    if size == data.images.shape[1] and not reframe:
+        images, cache_rows, teacher_rows = data.images, data.cache_rows, rows
+    else:  # the same faces, cut the teacher's way (its size; its framing when it differs)
+        tdata = prepare_data(
+            _teacher_view(config, meta, size, input_size, reframe), progress=progress
         )
-        tdata = prepare_data(view, progress=progress)
         tpaths = tdata.table["path"].astype(str).to_numpy()
-        if len(tpaths) != len(paths) or not (tpaths == paths).all():
+        where = {p: i for i, p in enumerate(tpaths)}
+        found = np.array([paths[r] in where for r in rows], dtype=bool)
+        if not found.any():
             raise ConfigError(
-                f"distill.teacher: the faces read at the teacher's size ({size} px) differ "
-                f"from the student's ({len(tpaths)} vs {len(paths)} rows)"
+                f"distill.teacher: none of the {len(rows)} training faces could be cut the "
+                f"teacher's way ({size} px)"
             )
+        if not found.all():
+            printer(
+                f"teacher outputs: {int((~found).sum())} of {len(rows)} training faces could "
+                "not be cut the teacher's way (no face found); they learn from labels only"
+            )
+        rows = rows[found]
+        teacher_rows = np.array([where[paths[r]] for r in rows], dtype=np.int64)
         images, cache_rows = tdata.images, tdata.cache_rows
+        info["faces_without_teacher"] = int((~found).sum())
+    info["teacher_framing"] = "the teacher's own (face path)" if reframe else "the student's"
     threads = config.trainer.threads
     if threads:
         torch.set_num_threads(threads)
-    logits = _forward(model, meta, images, cache_rows[rows], batch_size)
+    logits = _forward(model, meta, images, cache_rows[teacher_rows], batch_size)
     seconds = time.perf_counter() - started
     result: dict[str, np.ndarray] = {}
     for name, values in logits.items():
@@ -198,6 +207,34 @@ def teacher_outputs(
     rate = len(rows) / max(seconds, 1e-9)
     printer(f"teacher outputs: {len(rows)} faces at {size} px in {seconds:.0f} s ({rate:.0f}/s)")
     return result, {**info, "seconds": round(seconds, 1), "reused": False}
+
+
+def _named_template(meta: dict) -> str | None:
+    """The registered face template of the teacher's architecture, unless it is UTKFace's
+    (a reader box already gives that framing)."""
+    from agegender.models import get_model_entry, is_model
+
+    arch = meta.get("arch")
+    if not arch or not is_model(arch):
+        return None
+    name = get_model_entry(arch).cfg["face_template"]
+    return None if name == "utkface" else name
+
+
+def _teacher_view(config: Config, meta: dict, size: int, input_size: int, reframe: bool) -> Config:
+    """The run's data as the teacher reads it: its size, and with ``reframe`` every face
+    through the face path to the teacher's template (``data.align`` on the main dataset
+    and every ``data.extra``), as the teacher's own training did."""
+    from agegender.config.schema import ModelConfig
+
+    update: dict[str, Any] = {"size": size, "input_size": input_size}
+    if reframe:
+        update["align"] = True
+        update["extra"] = [x.model_copy(update={"align": True}) for x in config.data.extra]
+    view: dict[str, Any] = {"data": config.data.model_copy(update=update), "distill": None}
+    if reframe:  # the template comes from the model: the teacher's architecture
+        view["model"] = ModelConfig(name=meta["arch"])
+    return config.model_copy(update=view)
 
 
 def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
