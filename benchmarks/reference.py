@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -685,160 +686,139 @@ def _fmt_claim(v: float | None) -> str:
     return f"{100 * v:.1f}" if v <= 1 else f"{v:.1f}"
 
 
+#: a table column: (header, cell from the row and our result)
+Column = tuple[str, Callable[[Row, dict[str, Any]], str]]
+
+
+def _report(key: str, fmt: str | None = None) -> Callable[[Row, dict[str, Any]], str]:
+    """A cell with the report's own ``report_<key>`` (accuracies as %)."""
+    return lambda row, _: (
+        _rep(row.extra.get(f"report_{key}"))
+        if fmt is None
+        else _num(row.extra.get(f"report_{key}"), fmt)
+    )
+
+
+def _ours(key: str, fmt: str = "{:,}") -> Callable[[Row, dict[str, Any]], str]:
+    """A cell with our measured ``key`` (a metric, as % with its std, or a plain figure)."""
+
+    def cell(_: Row, res: dict[str, Any]) -> str:
+        metrics = res.get("metrics") or {}
+        if key in metrics:
+            return _pct(metrics[key], (res.get("metrics_std") or {}).get(key))
+        return _num(res.get(key), fmt)
+
+    return cell
+
+
+def _side_by_side(
+    rows: dict[str, Row], results: dict[str, dict], ids: tuple[str, ...], cols: list[Column]
+) -> list[str]:
+    """One line per row id, the report's figures beside ours."""
+    first: Column = ("model", lambda row, _: row.experiment)
+    return _table(
+        [c[0] for c in (first, *cols)],
+        [[f(rows[r], results.get(r) or {}) for _, f in (first, *cols)] for r in ids],
+    )
+
+
 def _report_tables(rows: dict[str, Row], results: dict[str, dict]) -> list[str]:
-    md: list[str] = []
-
-    def res(rid: str) -> dict[str, Any]:
-        return results.get(rid) or {}
-
-    md += ["## 001, Table 2 (CelebA-10k at 64x64; report: a 202,599-image set)", ""]
-    md += _table(
+    acc = [("report acc", _report("value")), ("ours", _ours("gender_accuracy"))]
+    loss = [("report loss", _report("loss", "{}")), ("ours", _ours("loss", "{:.3f}"))]
+    md = ["## 001, Table 2 (CelebA-10k at 64x64; report: a 202,599-image set)", ""]
+    md += _side_by_side(
+        rows,
+        results,
+        ("001_mobilenetv2", "001_vgg16", "001_vgg19", "001_efficientnetv2", "001_lite0_imagenet"),
         [
-            "model",
-            "report acc",
-            "ours",
-            "report params",
-            "ours (Keras)",
-            "report train s",
-            "ours s",
-            "report loss",
-            "ours loss",
-            "report Mb",
-            "ours MB",
-        ],
-        [
-            [
-                rows[r].experiment,
-                _rep(rows[r].extra.get("report_value")),
-                _pct(_acc(results, r)),
-                _num(rows[r].extra.get("report_params")),
-                _num(res(r).get("params_keras")),
-                _num(rows[r].extra.get("report_train_s")),
-                _num(round(res(r)["minutes"] * 60) if res(r) else None),
-                _num(rows[r].extra.get("report_loss"), "{}"),
-                _num(res(r).get("loss"), "{:.3f}"),
-                _num(rows[r].extra.get("report_size_mb"), "{}"),
-                _num(res(r).get("model_size_mb")),
-            ]
-            for r in (
-                "001_mobilenetv2",
-                "001_vgg16",
-                "001_vgg19",
-                "001_efficientnetv2",
-                "001_lite0_imagenet",
-            )
+            *acc,
+            ("report params", _report("params", "{:,}")),
+            ("ours (Keras)", _ours("params_keras")),
+            ("report train s", _report("train_s", "{:,}")),
+            ("ours min", _ours("minutes", "{:.1f}")),
+            *loss,
+            ("report Mb", _report("size_mb", "{}")),
+            ("ours MB", _ours("model_size_mb")),
         ],
     )
     md += ["## 002, Comparison of model architectures (UTKFace 80:20 for Adience frontal)", ""]
-    md += _table(
+    md += _side_by_side(
+        rows,
+        results,
+        ("002_hassner_cnn", "002_resnet50", "002_mobilenetv2", "002_lite0_imagenet"),
         [
-            "model",
-            "report test acc",
-            "ours",
-            "report test loss",
-            "ours",
-            "report training time",
-            "ours (min)",
-            "ms/face",
-        ],
-        [
-            [
-                rows[r].experiment,
-                _rep(rows[r].extra.get("report_value")),
-                _pct(_acc(results, r)),
-                _num(rows[r].extra.get("report_loss"), "{}"),
-                _num(res(r).get("loss"), "{:.3f}"),
-                _num(rows[r].extra.get("report_train_s"), "{:,} s"),
-                _num(res(r).get("minutes"), "{:.1f}"),
-                _num(res(r).get("forward_ms_per_face")),
-            ]
-            for r in ("002_hassner_cnn", "002_resnet50", "002_mobilenetv2", "002_lite0_imagenet")
+            *acc,
+            *loss,
+            ("report training s", _report("train_s", "{:,}")),
+            ("ours min", _ours("minutes", "{:.1f}")),
+            ("ours ms/face", _ours("forward_ms_per_face")),
         ],
     )
     md += ["## 002, with and without data augmentation", ""]
-    md += _table(
-        ["augmentation", "report test acc", "ours", "report test loss", "ours", "ours (min)"],
-        [
-            [
-                a,
-                _rep(rows[r].extra.get("report_value")),
-                _pct(_acc(results, r)),
-                _num(rows[r].extra.get("report_loss"), "{}"),
-                _num(res(r).get("loss"), "{:.3f}"),
-                _num(res(r).get("minutes"), "{:.1f}"),
-            ]
-            for a, r in (("Yes", "002_augment_on"), ("No", "002_augment_off"))
-        ],
+    md += _side_by_side(
+        rows,
+        results,
+        ("002_augment_on", "002_augment_off"),
+        [*acc, *loss, ("ours min", _ours("minutes", "{:.1f}"))],
     )
     for rid in ("002_sweep_batch_lr_fc", "002_sweep_weight_decay", "002_sweep_dropout"):
-        r = res(rid)
-        md += [
-            f"## 002, {rows[rid].experiment}",
-            "",
-            f"Report: {rows[rid].report_figure}. Ours: "
-            + (
-                f"best {_pct(_acc(results, rid))} with "
-                + ", ".join(f"`{k}={v}`" for k, v in (r.get("best_params") or {}).items())
-                if r
-                else "not run"
-            ),
-            "",
-        ]
-        if r:
-            keys = list(r["trials"][0]["params"]) if r["trials"] else []
-            md += _table(
-                [*keys, "val acc (ours)", "state", "min"],
-                [
-                    [
-                        *(str(t["params"].get(k)) for k in keys),
-                        _pct(t["value"]),
-                        t["state"],
-                        _num(t["minutes"], "{:.1f}"),
-                    ]
-                    for t in r["trials"]
-                ],
-            )
+        md += _sweep_table(rows[rid], results.get(rid))
     md += ["## 004, Table 3 (UTKFace grouped 5 folds for Adience's subject-exclusive folds)", ""]
-    md += _table(
+    md += _side_by_side(
+        rows,
+        results,
+        (
+            "004_gender",
+            "004_age",
+            "004_multitask_g03",
+            "004_multitask_g05",
+            "004_multitask_g07",
+            "004_transfer_lite0",
+            "004_transfer_xception",
+        ),
         [
-            "model",
-            "report gender",
-            "ours",
-            "report age",
-            "ours",
-            "report epochs",
-            "ours (best epoch)",
-        ],
-        [
-            [
-                rows[r].experiment,
-                _rep(rows[r].extra.get("report_value"))
-                if rows[r].metric != "age_group_exact"
-                else "–",
-                _pct(_acc(results, r), (res(r).get("metrics_std") or {}).get("gender_accuracy")),
-                _rep(
-                    rows[r].extra.get("report_age")
-                    if rows[r].metric != "age_group_exact"
-                    else rows[r].extra.get("report_value")
+            (
+                "report gender",
+                lambda row, _: (
+                    "–" if row.metric == "age_group_exact" else _rep(row.extra.get("report_value"))
                 ),
-                _pct(
-                    _acc(results, r, "age_group_exact"),
-                    (res(r).get("metrics_std") or {}).get("age_group_exact"),
+            ),
+            ("ours", _ours("gender_accuracy")),
+            (
+                "report age",
+                lambda row, _: _rep(
+                    row.extra.get(
+                        "report_value" if row.metric == "age_group_exact" else "report_age"
+                    )
                 ),
-                _num(rows[r].extra.get("report_epochs"), "{}"),
-                _num(res(r).get("best_epoch"), "{}"),
-            ]
-            for r in (
-                "004_gender",
-                "004_age",
-                "004_multitask_g03",
-                "004_multitask_g05",
-                "004_multitask_g07",
-                "004_transfer_lite0",
-                "004_transfer_xception",
-            )
+            ),
+            ("ours", _ours("age_group_exact")),
+            ("report epochs", _report("epochs", "{}")),
+            ("ours (best epoch)", _ours("best_epoch", "{}")),
         ],
     )
+    return md
+
+
+def _sweep_table(row: Row, res: dict[str, Any] | None) -> list[str]:
+    """A sweep's trials, as the report's tables list them, and the chosen values."""
+    chosen = ", ".join(f"`{k}={v}`" for k, v in ((res or {}).get("best_params") or {}).items())
+    ours = f"best {_pct(_acc({row.id: res}, row.id))} with {chosen}" if res else "not run"
+    md = [f"## 002, {row.experiment}", "", f"Report: {row.report_figure}. Ours: {ours}.", ""]
+    if res and res["trials"]:
+        keys = list(res["trials"][0]["params"])
+        md += _table(
+            [*keys, "val acc (ours)", "state", "min"],
+            [
+                [
+                    *(str(t["params"].get(k)) for k in keys),
+                    _pct(t["value"]),
+                    t["state"],
+                    _num(t["minutes"], "{:.1f}"),
+                ]
+                for t in res["trials"]
+            ],
+        )
     return md
 
 

@@ -120,10 +120,10 @@ def _build(
     head_hidden: Sequence[int],
     dropout: float | Sequence[float],
     lrn: bool,
+    grid: int,
+    branches: bool,
     **layout: Any,
 ) -> FaceModel:
-    grid = int(layout.pop("grid"))
-    branches = bool(layout.pop("branches"))
     backbone = lh_features(filters, lrn=lrn, **layout)
     if branches:  # report 004's multi-task model: fc6/fc7 once per task
         neck, width = flatten_neck(int(filters[-1]), grid)
@@ -155,19 +155,7 @@ def levi_hassner(
     branches: bool = False,
 ) -> FaceModel:
     """The paper's network: 11.42M parameters with gender + 8 age-group heads."""
-    return _build(
-        tasks,
-        filters,
-        head_hidden,
-        dropout,
-        lrn,
-        conv1_stride=conv1_stride,
-        padding=padding,
-        ceil_pool=ceil_pool,
-        lrn_blocks=lrn_blocks,
-        grid=grid,
-        branches=branches,
-    )
+    return _build(**locals())  # every argument above, by name
 
 
 @register_model(
@@ -199,16 +187,4 @@ def levi_hassner_reduced(
     ``conv1_stride=1``, ``padding="valid"``, ``ceil_pool=False``, ``lrn_blocks=3``,
     ``grid=24`` (a 24 x 24 x 96 map into fc6, ten times the weights).
     """
-    return _build(
-        tasks,
-        filters,
-        head_hidden,
-        dropout,
-        lrn,
-        conv1_stride=conv1_stride,
-        padding=padding,
-        ceil_pool=ceil_pool,
-        lrn_blocks=lrn_blocks,
-        grid=grid,
-        branches=branches,
-    )
+    return _build(**locals())  # every argument above, by name
