@@ -14,6 +14,8 @@ Every row runs as its own ``python -m agegender`` process with ``trainer.threads
 (``--threads``), ``--jobs`` of them at a time, into ``RUNS_DIR/<id>``; a row whose result
 file exists is skipped and an interrupted one resumes (``train --resume``; ``cv`` and
 ``sweep`` resume by themselves), so re-running the same command finishes the rest.
+Several ``reference.py`` processes may share ``RUNS_DIR``: each claims a row with
+``RUNS_DIR/<id>.lock`` before running it, so no row runs twice.
 
 The results go to ``OUT_DIR/reference.json`` (one object per row, plus the comparisons)
 and ``OUT_DIR/reference.md``: per row the report's figure beside ours, dataset and split,
@@ -199,6 +201,28 @@ def run_row(row: Row, cmds: list[list[str]], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def claim(lock: Path) -> bool:
+    """Take ``lock`` (a row another ``reference.py`` process may be running): create it
+    with our pid, or take over one whose process is gone; ``False`` when a live one holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text().strip() or 0), 0)
+                return False  # held by a live process
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # its process died: take it over
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
 def run_rows(
     todo: list[Row],
     rows: dict[str, Row],
@@ -206,37 +230,58 @@ def run_rows(
     sets: list[str],
     jobs: int,
     threads: int,
+    poll_s: float = 20.0,
 ) -> dict[str, str]:
     """Run ``todo`` with ``jobs`` processes at a time, each row after the rows it starts
-    from; returns ``{id: error}`` for the rows that failed (the others keep going)."""
-    pending = [r for r in todo if not result_file(r, runs_dir / r.id).is_file()]
+    from; returns ``{id: error}`` for the rows that failed (the others keep going).
+
+    Several ``reference.py`` processes may share ``runs_dir`` (on one machine): each row is
+    claimed with ``RUNS_DIR/<id>.lock`` first, a row another process holds is left to it
+    (and waited for when a later row needs it), and a row already done is skipped."""
+    pending = list(todo)
     failed: dict[str, str] = {}
-    running: dict[Future, Row] = {}
+    running: dict[Future, tuple[Row, Path]] = {}
 
     def done(rid: str) -> bool:
         return result_file(rows[rid], runs_dir / rid).is_file()
+
+    def elsewhere(rid: str) -> bool:  # claimed by another live process
+        lock = runs_dir / f"{rid}.lock"
+        return lock.is_file() and all(x[0].id != rid for x in running.values())
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             for row in list(pending):
                 if len(running) >= jobs:
                     break
-                if any(d in failed for d in row.after):
+                if done(row.id):
+                    pending.remove(row)
+                elif any(d in failed for d in row.after):
                     failed[row.id] = f"skipped: {', '.join(row.after)} failed"
                     pending.remove(row)
                 elif all(done(d) for d in row.after):
+                    lock = runs_dir / f"{row.id}.lock"
+                    if not claim(lock):
+                        continue  # another process runs it
                     pending.remove(row)
                     cmds = commands(row, rows, runs_dir, sets, threads)
                     print(f"start {row.id}", flush=True)
                     log = runs_dir / f"{row.id}.log"
-                    running[pool.submit(run_row, row, cmds, log)] = row
+                    running[pool.submit(run_row, row, cmds, log)] = (row, lock)
             if not running:
+                blocked = [
+                    r for r in pending if elsewhere(r.id) or any(elsewhere(d) for d in r.after)
+                ]
+                if blocked:  # another process holds them (or what they need): wait
+                    time.sleep(poll_s)
+                    continue
                 for row in pending:  # waiting on a row outside --row that is not done
                     failed[row.id] = f"needs {', '.join(row.after)} first"
                 break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            finished, _ = wait(list(running), timeout=poll_s, return_when=FIRST_COMPLETED)
             for fut in finished:
-                row = running.pop(fut)
+                row, lock = running.pop(fut)
+                lock.unlink(missing_ok=True)
                 try:
                     print(f"done {row.id} in {fut.result() / 60:.1f} min", flush=True)
                 except RuntimeError as exc:
