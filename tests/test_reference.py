@@ -139,3 +139,21 @@ def test_tiny_budget_row_runs_end_to_end_and_writes_its_row(tiny_utkface: Path, 
     before = summary.stat().st_mtime_ns
     assert reference.main(argv) == 0
     assert summary.stat().st_mtime_ns == before
+
+
+def test_a_row_is_claimed_once_and_a_dead_claim_is_taken_over(tmp_path: Path):
+    import subprocess
+    import sys
+
+    lock = tmp_path / "runs" / "004_gender.lock"
+    assert reference.claim(lock)
+    assert lock.read_text() == str(__import__("os").getpid())
+    assert not reference.claim(lock)  # held by a live process (this one)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lock.write_text(gone)  # a claim whose process has exited
+    assert reference.claim(lock)
