@@ -20,8 +20,13 @@ from agegender.train.data import resolve_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-#: run configs in sub-folders (benchmark rows, studies); configs/sweeps holds sweep files
-STUDY_CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.parent.name != "sweeps")
+#: run configs in sub-folders (benchmark rows, studies); configs/sweeps holds sweep files and
+#: configs/reference/rows.yaml lists the reference rows (tests/test_reference.py reads it)
+STUDY_CONFIGS = sorted(
+    p
+    for p in (REPO / "configs").glob("*/*.yaml")
+    if p.parent.name != "sweeps" and p.name != "rows.yaml"
+)
 
 
 @pytest.fixture(autouse=True)

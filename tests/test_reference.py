@@ -50,7 +50,7 @@ def test_reference_config_validates_and_builds(path: Path, one_torch_thread):
     config, model = _model(path)
     header = path.read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("# Report 0"), f"{path.name}: no header naming its report"
-    assert config.name.startswith("ref_")
+    assert config.name == path.stem
     import torch
 
     n = config.data.input_size
