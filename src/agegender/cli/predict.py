@@ -15,6 +15,7 @@ from rich.console import Console
 
 from agegender.cli import app, console, fail
 from agegender.errors import check_writable
+from agegender.infer.parquet import DEFAULT_PART_SIZE
 
 bench_app = typer.Typer(help="Speed benchmarks on this machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -28,16 +29,12 @@ def _load_predictor(
     **kwargs: object,
 ):
     """Predictor.load with every loading problem turned into a one-line error."""
-    from agegender.infer import HaarDetector, NoModelError, Predictor
+    from agegender.infer.predictor import PredictorConfig
 
+    config = PredictorConfig(model, runtime, detector, detect_size, **kwargs)  # type: ignore[arg-type]
     try:
-        det = (
-            HaarDetector(detect_size=detect_size)
-            if detector == "haar" and detect_size
-            else detector
-        )
-        return Predictor.load(model, runtime=runtime, detector=det, **kwargs)
-    except (NoModelError, ValueError, OSError, KeyError, RuntimeError) as exc:
+        return config.load()
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
@@ -91,7 +88,13 @@ def predict_cmd(
         "blazeface", "--detector", help="blazeface | haar | none (pre-cropped faces)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
-    out: str = typer.Option("-", "--out", "-o", help="FILE.csv, FILE.json or - (CSV, stdout)."),
+    out: str = typer.Option(
+        "-",
+        "--out",
+        "-o",
+        help="FILE.csv, FILE.json, FILE.parquet (one file), DIR.parquet/ (a folder of parts) "
+        "or - (CSV, stdout).",
+    ),
     annotate: Path | None = typer.Option(
         None, "--annotate", help="Write copies of the images with boxes and labels here."
     ),
@@ -114,6 +117,35 @@ def predict_cmd(
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first input that cannot be read (exit 1)."
     ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        help="local (this process, threads) | ray (Ray Data actors; pip install -e '.\\[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--engine ray: the cluster, auto or HOST:PORT (default: start a local Ray).",
+    ),
+    actors: int | None = typer.Option(
+        None,
+        "--actors",
+        min=1,
+        help="--engine ray: actors, one CPU and one model each (default: one per CPU).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Parquet --out: skip the inputs already in it (same path, size and mtime) and "
+        "predict the rest, e.g. after a killed run.",
+    ),
+    part_size: int = typer.Option(
+        DEFAULT_PART_SIZE,
+        "--part-size",
+        min=1,
+        help="Parquet --out: inputs per part written as the job goes (a kill loses at most "
+        "one part's work, or a minute's).",
+    ),
 ) -> None:
     """Detect faces and predict gender and age; one row per face (or per failed image).
 
@@ -122,58 +154,60 @@ def predict_cmd(
     written); 2 nothing could be done (usage, model, no input)."""
     import sys
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from agegender.infer.inputs import collect_image_paths
-    from agegender.infer.outputs import ResultWriter, output_format
+    from agegender.infer.job import predict_job
+    from agegender.infer.outputs import output_format
+    from agegender.infer.predictor import PredictorConfig
 
     try:
         output_format(out)
     except ValueError as exc:
         fail(str(exc))
-    if out != "-":  # before any work: its folders are made, a file in the way is an error
-        check_writable(out)
-    if annotate is not None:
-        check_writable(annotate, folder=True)
-    try:
-        files = collect_image_paths(paths)
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
-    if not files:
-        fail("no images found in " + ", ".join(map(str, paths)))
-    predictor = _load_predictor(
+    config = PredictorConfig(
         model,
         runtime,
         detector,
         detect_size,
         margin=margin,
-        workers=workers,
         batch_size=batch_size,
+        workers=workers,
         threads=threads,
     )
-    as_table = out == "-" and sys.stdout.isatty()  # a person at a terminal: a readable table
+    # a person at a terminal: a readable table (the local engine's results carry it)
+    as_table = out == "-" and sys.stdout.isatty() and engine == "local"
     table_rows: list[tuple[str, ...]] = []
     without: list[tuple[str, str]] = []  # (path, reason) of the inputs without a result
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
+
+    def on_result(result) -> None:  # type: ignore[no-untyped-def]
+        table_rows.extend(_face_table_rows(result))
+        if not result.faces:
+            without.append((result.source, result.error or "no face found"))
+
+    def on_start(s) -> None:  # type: ignore[no-untyped-def]
+        if resume and (s.skipped or s.changed):
+            console.print(
+                f"resuming {out}: {s.skipped:,} of {s.inputs:,} inputs already there, "
+                f"{s.changed:,} changed since (predicted again), "
+                f"{s.inputs - s.skipped:,} to predict",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    summary = predict_job(
+        paths,
+        None if as_table else out,
+        config,
+        engine=engine,
+        resume=resume,
+        annotate=annotate,
+        strict=strict,
+        actors=actors,
+        address=address,
+        part_size=part_size,
+        progress=sys.stdout.isatty() and console.is_terminal,
         console=console,
-        transient=True,
+        on_result=on_result if as_table else None,
+        on_start=on_start,
     )
-    writer = ResultWriter(None if as_table else out, predictor.spec, annotate=annotate)
-    with writer, progress:
-        task = progress.add_task("predicting", total=len(files))
-        for result in predictor.predict_paths(files, batch_size=batch_size):
-            writer.write(result)
-            if as_table:
-                table_rows.extend(_face_table_rows(result))
-                if not result.faces:
-                    without.append((result.source, result.error or "no face found"))
-            progress.advance(task)
-            if strict and writer.unreadable:
-                break
     if as_table:
         _print_face_table(table_rows)
         if without:
@@ -182,13 +216,15 @@ def predict_cmd(
                 console.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
     where = "the table above" if as_table else "stdout" if out == "-" else out
     see = "listed above" if as_table else "see the error column"
+    s = summary
+    rate = f" ({s.photos_per_second:,.0f} photos/s)" if s.seconds > 0.5 else ""
     console.print(
-        f"{len(files)} images: {writer.faces} faces, {writer.failed} without a result "
-        f"({see}; {writer.unreadable} could not be read); wrote {where}",
+        f"{s.inputs - s.skipped} images: {s.faces} faces, {s.failed} without a result "
+        f"({see}; {s.unreadable} could not be read); wrote {where}{rate}",
         highlight=False,
         soft_wrap=True,
     )
-    if writer.unreadable:
+    if s.unreadable:
         raise typer.Exit(1)
 
 

@@ -1,19 +1,24 @@
-"""Writing prediction results: CSV or JSON rows and annotated copies of the photos.
+"""Writing prediction results: CSV, JSON or Parquet rows and annotated copies of the photos.
 
-The CLI's ``predict`` and any script use the same writer:
+The CLI's ``predict`` (both engines) and any script use the same writer:
 
 >>> with ResultWriter("faces.csv", predictor.spec, annotate="annotated/") as out:
 ...     for result in predictor.predict_paths(paths):
 ...         out.write(result)
 
-Rows are written as results come (CSV streams; JSON is written as one list at the end),
-one per face or one per image without a face, with the columns of :func:`result_columns`.
+Rows are written as results come (CSV streams; JSON is written as one list at the end;
+Parquet in parts, see :mod:`agegender.infer.parquet`), one per face or one per image
+without a face, with the columns of :func:`result_columns`. :func:`keyed_rows` is how an
+:class:`ImageResult` becomes rows everywhere (the Ray engine's actors call it too), and
+:meth:`ResultWriter.write_rows` takes one input's rows however they were made.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +28,7 @@ import numpy as np
 
 from agegender.artifact import ModelSpec
 from agegender.data.records import AGE_GROUP_NAMES
+from agegender.infer.parquet import RUN_COLUMN, ParquetOutput, input_key, new_run_id
 from agegender.infer.results import ImageResult, result_rows
 
 BASE_COLUMNS = (
@@ -51,13 +57,59 @@ def result_columns(spec: ModelSpec) -> list[str]:
 
 
 def output_format(out: str | Path) -> str:
-    """``csv`` or ``json`` from a file name (``-`` is CSV on stdout); else ValueError."""
-    if str(out) == "-":
+    """``csv``, ``json`` or ``parquet`` from a file name (``-`` is CSV on stdout; a
+    ``.parquet`` name ending in ``/`` is a folder of parts); else ValueError."""
+    text = os.fspath(out)
+    if text == "-":
         return "csv"
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"--out must end in .csv or .json (or be -), got {out}")
+    suffix = Path(text.rstrip("/" + os.sep)).suffix.lower()
+    if suffix not in (".csv", ".json", ".parquet"):
+        raise ValueError(f"--out must end in .csv, .json or .parquet (or be -), got {out}")
+    if suffix != ".parquet" and text.endswith(("/", os.sep)):
+        raise ValueError(f"--out {out}: only a .parquet output can be a folder of parts")
     return suffix[1:]
+
+
+_JSON_OURS = re.compile(r'^\[\s*(\]|\{\s*"path"\s*:)')
+
+
+def check_replaceable(out: str | Path) -> None:
+    """Raise a one-line ValueError naming ``out`` when it is an existing CSV or JSON file
+    that ``predict`` did not write (a label file, say): nothing is overwritten then.
+    Empty files and our own earlier outputs may be replaced. (Parquet outputs:
+    :meth:`agegender.infer.parquet.ParquetOutput.check_ours`.)"""
+    p = Path(out)
+    if str(out) == "-" or not p.is_file() or p.stat().st_size == 0:
+        return
+    fmt = output_format(out)
+    if fmt == "parquet":
+        return
+    with open(p, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(4096)
+    ours = (
+        head.lstrip("\ufeff").startswith(",".join(BASE_COLUMNS))
+        if fmt == "csv"
+        else bool(_JSON_OURS.match(head))
+    )
+    if not ours:
+        raise ValueError(
+            f"{p}: exists and is not an output of agegender predict (its first line is not "
+            "predict's header); nothing was overwritten; remove it or choose another --out"
+        )
+
+
+def keyed_rows(
+    result: ImageResult,
+    key: tuple[int | None, int | None] | None = None,
+    run_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`result_rows` with the resume key (``file_size``, ``file_mtime_ns``: ``key``,
+    or the file's own when ``None``) and ``run_id`` on each row, as Parquet stores them."""
+    size, mtime = input_key(result.source) if key is None else key
+    rows = result_rows(result)
+    for row in rows:
+        row["file_size"], row["file_mtime_ns"], row[RUN_COLUMN] = size, mtime, run_id
+    return rows
 
 
 class Annotator:
@@ -92,8 +144,11 @@ class Annotator:
 
 
 class ResultWriter:
-    """CSV / JSON rows to ``out`` (a path, ``-`` for stdout, or ``None`` for no rows) and
-    annotated photos to ``annotate``; counts faces and failed inputs as it goes."""
+    """CSV / JSON / Parquet rows to ``out`` (a path, ``-`` for stdout, or ``None`` for no
+    rows) and annotated photos to ``annotate``; counts faces and failed inputs as it goes.
+
+    ``parquet``: a prepared :class:`ParquetOutput` (the job's, after ``--resume`` has read
+    it); without one a ``.parquet`` ``out`` replaces whatever output of ours is there."""
 
     def __init__(
         self,
@@ -102,13 +157,19 @@ class ResultWriter:
         *,
         annotate: str | Path | None = None,
         stream: IO[str] | None = None,
+        parquet: ParquetOutput | None = None,
     ) -> None:
         self.format = None if out is None else output_format(out)
         self.columns = result_columns(spec)
         self.annotator = None if annotate is None else Annotator(annotate)
         self._own = False
         self.stream: IO[str] | None = stream
-        if out is not None and stream is None:
+        self.parquet = parquet
+        if self.format == "parquet" and parquet is None:
+            self.parquet = ParquetOutput(out, self.columns, {"model": spec.name}, new_run_id())  # type: ignore[arg-type]
+            self.parquet.check_ours()
+            self.parquet.clear()
+        if out is not None and stream is None and self.format != "parquet":
             if str(out) == "-":
                 self.stream = sys.stdout
             else:
@@ -117,31 +178,49 @@ class ResultWriter:
                 self._own = True
         self._csv = None
         if self.format == "csv" and self.stream is not None:
-            self._csv = csv.DictWriter(self.stream, self.columns, restval="")
+            self._csv = csv.DictWriter(self.stream, self.columns, restval="", extrasaction="ignore")
             self._csv.writeheader()
         self._json: list[dict[str, Any]] = []
         self.images = self.faces = self.failed = self.unreadable = 0
 
     def write(self, result: ImageResult) -> None:
+        """One input's result (its rows, and its annotated copy when asked)."""
+        rows = keyed_rows(result) if self.parquet is not None else result_rows(result)
+        self.write_rows(rows, result)
+
+    def write_rows(self, rows: list[dict[str, Any]], result: ImageResult | None = None) -> None:
+        """One input's rows (:func:`keyed_rows`), e.g. from the Ray engine's actors;
+        ``result`` (when there is one) is drawn for ``annotate``."""
+        error = rows[0].get("error") if rows else None
         self.images += 1
-        self.faces += len(result.faces)
-        self.failed += result.error is not None
-        self.unreadable += result.error is not None and result.error != "no face found"
-        for row in result_rows(result):
-            if self._csv is not None:
+        self.faces += sum(r.get("face_index") is not None for r in rows)
+        self.failed += error is not None
+        self.unreadable += error is not None and error != "no face found"
+        if self._csv is not None:
+            for row in rows:
                 self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
-            elif self.format == "json":
-                self._json.append(row)
-        if self.annotator is not None:
+        elif self.format == "json":
+            self._json.extend({k: row.get(k) for k in self.columns if k in row} for row in rows)
+        elif self.parquet is not None:
+            self.parquet.add(rows)
+        if self.annotator is not None and result is not None:
             self.annotator.write(result)
 
-    def close(self) -> None:
+    def close(self, finish: bool = True) -> None:
+        """Write what is held; ``finish=False`` (the job was interrupted) keeps a Parquet
+        output's parts as they are for ``--resume`` instead of merging them."""
         if self.format == "json" and self.stream is not None:
             json.dump(self._json, self.stream, indent=1)
             self.stream.write("\n")
         if self._own and self.stream is not None:
             self.stream.close()
         self._own = False
+        if self.parquet is not None:
+            parquet, self.parquet = self.parquet, None
+            if finish:
+                parquet.finish()
+            else:
+                parquet.flush()
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -152,4 +231,4 @@ class ResultWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(finish=exc_type is None)

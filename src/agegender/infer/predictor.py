@@ -163,6 +163,7 @@ class Predictor:
         # pixels decoded at once by all threads (and all concurrent callers) together
         self.budget = PixelBudget(decode_pixels or max(max_pixels, DEFAULT_MAX_PIXELS))
         self.source = source  # where the model came from (path or bundled name)
+        self.model_file: Path | None = None  # the file load() read (None: from_module)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._dex_groups = dex_group_matrix(101).astype(np.float64)  # (101, 8)
@@ -230,16 +231,21 @@ class Predictor:
 
             backend = OnnxModel(path, intra_op_threads=kwargs.pop("threads", None))
             spec = parse_meta(backend.meta, name=backend.meta.get("name") or path.stem)
-            return cls(
+            predictor = cls(
                 backend, spec, backend.meta, runtime="onnxruntime", detector=detector, **kwargs
             )
-        if path.suffix not in (".ckpt", ".pt", ".pth"):
+        elif path.suffix in (".ckpt", ".pt", ".pth"):
+            module, meta = load_model(path)
+            meta = dict(meta)
+            meta.setdefault("name", path.stem)
+            rt = "torch" if runtime == "auto" else runtime
+            predictor = cls.from_module(
+                module, meta, runtime=rt, device=device, detector=detector, **kwargs
+            )
+        else:
             raise ValueError(f"{path}: unknown model file type (expected .ckpt, .onnx or .pt)")
-        module, meta = load_model(path)
-        meta = dict(meta)
-        meta.setdefault("name", path.stem)
-        rt = "torch" if runtime == "auto" else runtime
-        return cls.from_module(module, meta, runtime=rt, device=device, detector=detector, **kwargs)
+        predictor.model_file = path
+        return predictor
 
     # ------------------------------------------------------------------- preprocessing
     def preprocess(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -469,6 +475,48 @@ class Predictor:
             "input_size": s.input_size,
             "detector": self.detector.name,
         }
+
+
+# ------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """How to build a predictor, as plain values (what ``agegender predict``'s options say).
+
+    Picklable, so every engine builds the same predictor from it: the CLI and the local
+    engine call :meth:`load` in this process, each Ray actor calls it once in its own
+    (:mod:`agegender.infer.distributed`). ``detect_size`` only applies to ``haar``.
+    """
+
+    model: str | None = None
+    runtime: str = "auto"
+    detector: str = DEFAULT_DETECTOR
+    detect_size: int | None = None
+    margin: float | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    threads: int | None = None
+
+    def load(self, model_file: str | os.PathLike | None = None) -> Predictor:
+        """The predictor; ``model_file``: a local copy of ``model`` to read instead (an
+        actor on another machine gets the driver's file this way)."""
+        from agegender.infer.detector import HaarDetector
+
+        det: str | Detector = self.detector
+        if self.detector == "haar" and self.detect_size:
+            det = HaarDetector(detect_size=self.detect_size)
+        predictor = Predictor.load(
+            model_file if model_file is not None else self.model,
+            runtime=self.runtime,
+            detector=det,
+            margin=self.margin,
+            workers=self.workers,
+            batch_size=self.batch_size,
+            threads=self.threads,
+            source=self.model if self.model is not None else DEFAULT_MODEL_NAME,
+        )
+        return predictor
 
 
 # ------------------------------------------------------------------- model files/bundle
