@@ -21,6 +21,12 @@ CONFIGS = sorted((REPO / "configs" / "reference").glob("*.yaml"))
 RUN_CONFIGS = [p for p in CONFIGS if p.name != "rows.yaml"]
 
 
+@pytest.fixture(autouse=True)
+def _data_root(config_data_root: Path) -> None:
+    """Configs name ``${AGEGENDER_DATA}``; validating and building them reads no data, so
+    in a clone with nothing beside it a temporary root stands in."""
+
+
 def _model(path: Path):
     config = load_config(path)
     meta = make_meta(
