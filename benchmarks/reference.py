@@ -571,6 +571,12 @@ def comparisons(results: dict[str, dict]) -> list[dict[str, Any]]:
             results,
         ),
         _claim(
+            "face-trained features beat ImageNet ones (004 transfer: dlib face ResNet vs Lite0)?",
+            "004_transfer_dlib_face",
+            "004_transfer_lite0",
+            results,
+        ),
+        _claim(
             "transfer beats scratch (004: ImageNet Lite0 transfer vs the scratch CNN)?",
             "004_transfer_lite0",
             "004_gender",
@@ -841,6 +847,7 @@ def _report_tables(rows: dict[str, Row], results: dict[str, dict]) -> list[str]:
             "004_multitask_g05",
             "004_multitask_g07",
             "004_transfer_lite0",
+            "004_transfer_dlib_face",
             "004_transfer_xception",
         ),
         [
