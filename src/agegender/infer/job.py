@@ -269,6 +269,28 @@ def predict_job(
     return summary
 
 
+def _written(
+    summary: JobSummary,
+    writer: Any,
+    bar: Any,
+    task: Any,
+    started: float,
+    on_written: Callable[[int], None] | None,
+    strict: bool,
+) -> bool:
+    """The bookkeeping after each input's rows are written (either engine): start-up time,
+    the caller's hook, the progress bar; True when ``strict`` must stop the job."""
+    if not summary.startup_seconds:
+        summary.startup_seconds = time.perf_counter() - started
+    if on_written is not None:
+        on_written(writer.images)
+    bar.advance(task)
+    if strict and writer.unreadable:
+        summary.stopped = True
+        return True
+    return False
+
+
 def _run_local(
     predictor: Predictor,
     todo: Sequence[str],
@@ -287,15 +309,9 @@ def _run_local(
         task = bar.add_task("predicting", total=len(todo))
         for result in predictor.predict_paths(todo):
             writer.write(result)
-            if not summary.startup_seconds:
-                summary.startup_seconds = time.perf_counter() - started
             if on_result is not None:
                 on_result(result)
-            if on_written is not None:
-                on_written(writer.images)
-            bar.advance(task)
-            if strict and writer.unreadable:
-                summary.stopped = True
+            if _written(summary, writer, bar, task, started, on_written, strict):
                 break
     summary.seconds = time.perf_counter() - started
 
@@ -338,13 +354,7 @@ def _run_ray(
                         continue
                     seen[index] = True
                 writer.write_rows(rows)
-                if not summary.startup_seconds:
-                    summary.startup_seconds = time.perf_counter() - started
-                if on_written is not None:
-                    on_written(writer.images)
-                bar.advance(task)
-                if strict and writer.unreadable:
-                    summary.stopped = True
+                if _written(summary, writer, bar, task, started, on_written, strict):
                     break
     summary.seconds = time.perf_counter() - started
     if is_list and not summary.stopped and not seen.all():
