@@ -40,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agegender.fileio import atomic_path
+
 FORMAT = "agegender-predict/1"
 META_KEY = b"agegender"
 KEY_COLUMNS = ("file_size", "file_mtime_ns")
@@ -156,10 +158,12 @@ class ParquetOutput:
         self.rows_written = 0
 
     # ------------------------------------------------------------------ what is there
-    def _merged_meta(self) -> dict[str, Any] | None:
+    def _merged_meta(self) -> tuple[dict[str, Any] | None, set[str]]:
+        """The merged file's metadata (None: there is none) and the parts it took in."""
         if self.folder_mode or not self.out.is_file():
-            return None
-        return read_meta(self.out)
+            return None, set()
+        meta = read_meta(self.out)
+        return meta, set(meta.get("merged_parts", [])) if meta else set()
 
     def _part_files(self) -> list[Path]:
         if not self.parts_dir.is_dir():
@@ -195,16 +199,14 @@ class ParquetOutput:
     def _leftovers(self) -> list[Path]:
         """Parts the merged file already holds (a kill came between its rename and their
         removal): never read, removed by :meth:`finish` and :meth:`clear`."""
-        merged = self._merged_meta()
-        taken = set(merged.get("merged_parts", [])) if merged else set()
+        _merged, taken = self._merged_meta()
         return [p for p in self._part_files() if p.name in taken]
 
     def existing(self) -> list[tuple[Path, dict[str, Any]]]:
         """Our files with rows from earlier runs and their metadata, oldest first: the
         merged file, then the parts it does not already hold."""
         files: list[tuple[Path, dict[str, Any]]] = []
-        merged = self._merged_meta()
-        taken = set(merged.get("merged_parts", [])) if merged else set()
+        merged, taken = self._merged_meta()
         if merged is not None:
             files.append((self.out, merged))
         for p in self._part_files():
@@ -304,16 +306,10 @@ class ParquetOutput:
     def _write_atomic(self, path: Path, table: Any, metadata: Mapping[bytes, bytes]) -> None:
         import pyarrow.parquet as pq
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table.replace_schema_metadata(dict(metadata)), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            pq.write_table(table.replace_schema_metadata(dict(metadata)), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """One input's rows (never split between parts); writes a part when one is due."""
@@ -358,17 +354,14 @@ class ParquetOutput:
             return  # nothing new: the file is already whole
         runs = sorted({m.get("run_id") for _, m in files} | {self.run_id})
         meta = self._meta(runs=runs, merged_parts=[p.name for p in parts])
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.tmp")
-        try:
-            with pq.ParquetWriter(tmp, self.schema.with_metadata(meta)) as writer:
-                for path, _ in files:
-                    pf = pq.ParquetFile(path)
-                    for g in range(pf.num_row_groups):
-                        writer.write_table(pf.read_row_group(g).cast(self.schema))
-            os.replace(tmp, self.out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with (
+            atomic_path(self.out) as tmp,
+            pq.ParquetWriter(tmp, self.schema.with_metadata(meta)) as writer,
+        ):
+            for path, _ in files:
+                pf = pq.ParquetFile(path)
+                for g in range(pf.num_row_groups):
+                    writer.write_table(pf.read_row_group(g).cast(self.schema))
         for p in parts:
             p.unlink(missing_ok=True)
         self._remove_parts_dir()
