@@ -28,18 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agegender.config.paths import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("fairface", "celeba", "adience", "utkface")
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
 
 
 def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
     from agegender.data.readers import read_table
 
-    root = data_root()
+    root = default_data_root()
     folder = {
         "fairface": "fairface-540",
         "celeba": "celeba-10k",

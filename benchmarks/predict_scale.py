@@ -40,6 +40,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from agegender.config.paths import default_data_root  # noqa: E402
 from agegender.infer.job import predict_job  # noqa: E402
 from agegender.infer.predictor import PredictorConfig  # noqa: E402
 
@@ -48,14 +49,10 @@ JOB = 10_000_000
 CONFIGS = (("local", "local", None), ("ray_1", "ray", 1), ("ray_2", "ray", 2))
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
-
-
 def make_inputs(folder: Path, repeat: int) -> list[str]:
-    photos = sorted((data_root() / "fairface-540" / "images").glob("*.jpg"))
+    photos = sorted((default_data_root() / "fairface-540" / "images").glob("*.jpg"))
     if len(photos) != 540:
-        sys.exit(f"FairFace-540 not found under {data_root()} (set AGEGENDER_DATA)")
+        sys.exit(f"FairFace-540 not found under {default_data_root()} (set AGEGENDER_DATA)")
     paths = []
     for k in range(repeat):
         sub = folder / f"copy{k}"
@@ -179,7 +176,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return order[len(order) // 2]
 
 
-def estimate(local: dict[str, Any], ray1: dict[str, Any], ray2: dict[str, Any]) -> dict:
+def estimate(ray1: dict[str, Any], ray2: dict[str, Any]) -> dict:
     per_actor = ray2["steady_photos_per_s"] / 2  # two actors sharing this machine's 2 cores
     actor_hours = JOB / per_actor / 3600
     cpu_ms = ray2["actor_cpu_ms_per_photo"]
@@ -305,7 +302,7 @@ def main() -> None:
         ),
         "all_runs": runs,
     }
-    res["estimate"] = estimate(best["local"], best["ray_1"], best["ray_2"])
+    res["estimate"] = estimate(best["ray_1"], best["ray_2"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "predict_scale.json").write_text(json.dumps(res, indent=2) + "\n")
     write_md(res, args.out_dir / "predict_scale.md")
