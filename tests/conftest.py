@@ -44,6 +44,23 @@ def real_data(folder: str, what: str) -> Path:
     return p
 
 
+def assert_inputs_once(table, expected: set[str]) -> dict[str, int]:
+    """A prediction output (Arrow table) holds every expected input exactly once: each
+    path's rows are one run's, its face indexes 0..n-1 appear once each without an error
+    (or it has one row without a face). Returns {run_id: inputs written by that run}."""
+    frame = table.to_pandas()
+    assert set(frame["path"]) == expected
+    for path, rows in frame.groupby("path"):
+        assert rows["run_id"].nunique() == 1, path
+        faces = rows["face_index"].dropna().astype(int).tolist()
+        if faces:
+            assert sorted(faces) == list(range(len(faces))), (path, faces)
+            assert rows["error"].isna().all(), path
+        else:
+            assert len(rows) == 1, (path, len(rows))
+    return frame.groupby("run_id")["path"].nunique().to_dict()
+
+
 #: The fixtures that hand a test real data (each skips the test when its data is absent).
 REAL_DATA_FIXTURES = frozenset(
     {"real_data_root", "utkface_dir", "adience_dir", "celeba_dir", "fairface_dir"}

@@ -26,6 +26,7 @@ from agegender.infer.job import predict_job  # noqa: E402
 from agegender.infer.outputs import BASE_COLUMNS  # noqa: E402
 from agegender.infer.parquet import read_output  # noqa: E402
 from agegender.infer.predictor import PredictorConfig  # noqa: E402
+from conftest import assert_inputs_once  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
@@ -50,18 +51,6 @@ def photos(tmp_path: Path) -> Path:
 def _cli(*args: str) -> tuple[int, str]:
     res = CliRunner().invoke(app, ["predict", *args, "--threads", "1", "--workers", "1"])
     return res.exit_code, res.output
-
-
-def _once(table, expected: set[str]) -> dict[str, int]:
-    """Every expected input exactly once (one run's rows each); {run_id: inputs}."""
-    frame = table.to_pandas()
-    assert set(frame["path"]) == expected
-    per_path = frame.groupby("path")
-    assert (per_path["run_id"].nunique() == 1).all()
-    for path, rows in per_path:
-        faces = rows["face_index"].dropna().astype(int).tolist()
-        assert sorted(faces) == list(range(len(faces))) if faces else len(rows) == 1, path
-    return frame.groupby("run_id")["path"].nunique().to_dict()
 
 
 def test_parquet_has_the_csv_rows_and_columns(photos: Path, tmp_path: Path) -> None:
@@ -109,12 +98,12 @@ def test_interrupted_run_resumes_with_nothing_lost_or_twice(photos: Path, tmp_pa
 
     summary = predict_job([photos], out, CONFIG, resume=True, part_size=2)
     assert (summary.skipped, summary.changed, summary.predicted) == (5, 0, 9)
-    runs = _once(pq.read_table(out), expected)
+    runs = assert_inputs_once(pq.read_table(out), expected)
     assert sorted(runs.values()) == [5, 9]
     assert not (tmp_path / "r.parquet.parts").exists()
     again = predict_job([photos], out, CONFIG, resume=True)  # all done: nothing to do
     assert (again.skipped, again.predicted) == (14, 0)
-    assert _once(pq.read_table(out), expected) == runs
+    assert assert_inputs_once(pq.read_table(out), expected) == runs
 
     # a changed input is predicted again, its old rows removed: still once each
     changed = photos / "man_40-49_2.jpg"
@@ -123,7 +112,7 @@ def test_interrupted_run_resumes_with_nothing_lost_or_twice(photos: Path, tmp_pa
     third = predict_job([photos], out, CONFIG, resume=True)
     assert (third.skipped, third.changed, third.predicted) == (13, 1, 1)
     table = pq.read_table(out)
-    runs3 = _once(table, expected)
+    runs3 = assert_inputs_once(table, expected)
     assert runs3[third.run_id] == 1
     row = next(r for r in table.to_pylist() if r["path"] == str(changed))
     assert row["file_mtime_ns"] == 1_700_000_000_000_000_000
@@ -131,7 +120,8 @@ def test_interrupted_run_resumes_with_nothing_lost_or_twice(photos: Path, tmp_pa
 
     # without --resume the output is replaced, not added to
     fresh = predict_job([photos], out, CONFIG)
-    assert fresh.predicted == 14 and _once(pq.read_table(out), expected) == {fresh.run_id: 14}
+    assert fresh.predicted == 14
+    assert assert_inputs_once(pq.read_table(out), expected) == {fresh.run_id: 14}
 
 
 def test_merged_parts_left_behind_are_not_read_twice(photos: Path, tmp_path: Path) -> None:
@@ -153,12 +143,12 @@ def test_merged_parts_left_behind_are_not_read_twice(photos: Path, tmp_path: Pat
     predict_job([photos], out, CONFIG, resume=True, part_size=3)
     shutil.copytree(saved, tmp_path / "m.parquet.parts")  # as if their removal never ran
     table = read_output(out)
-    _once(table, expected)
+    assert_inputs_once(table, expected)
     assert table.num_rows == pq.read_table(out).num_rows
     again = predict_job([photos], out, CONFIG, resume=True)
     assert again.skipped == 14 and again.predicted == 0
     assert not (tmp_path / "m.parquet.parts").exists()
-    _once(pq.read_table(out), expected)
+    assert_inputs_once(pq.read_table(out), expected)
 
 
 def test_folder_of_parts(photos: Path, tmp_path: Path) -> None:
@@ -168,7 +158,8 @@ def test_folder_of_parts(photos: Path, tmp_path: Path) -> None:
     parts = sorted(Path(out).glob("part-*.parquet"))
     assert len(parts) == 4  # 14 inputs, 4 a part: never merged
     expected = {str(p) for p in photos.iterdir()}
-    _once(pq.ParquetDataset(out).read(), expected)  # any Parquet reader reads the folder
+    # any Parquet reader reads the folder
+    assert_inputs_once(pq.ParquetDataset(out).read(), expected)
     code, text = _cli(str(photos), "--out", out, "--resume")
     assert code == 0 and "14 of 14 inputs already there" in text and "0 images:" in text, text
     assert sorted(Path(out).glob("part-*.parquet")) == parts

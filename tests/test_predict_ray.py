@@ -35,6 +35,7 @@ pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")
 from agegender.infer.job import predict_job  # noqa: E402
 from agegender.infer.parquet import read_output  # noqa: E402
 from agegender.infer.predictor import PredictorConfig  # noqa: E402
+from conftest import assert_inputs_once  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ACTOR_TITLE = "ray::MapWorker(MapBatches(PredictActor))"
@@ -99,21 +100,6 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict]]:
         rows = [{k: num(v) for k, v in r.items()} for r in reader]
     rows.sort(key=lambda r: (r["path"], str(r["face_index"])))
     return list(reader.fieldnames or []), rows
-
-
-def _inputs_once(table, expected: set[str]) -> None:
-    """Every expected input has rows from exactly one place: each path's rows are one run's
-    and its face indexes 0..n-1 appear once each (or one row without a face)."""
-    frame = table.to_pandas()
-    assert set(frame["path"]) == expected
-    for path, rows in frame.groupby("path"):
-        assert rows["run_id"].nunique() == 1, path
-        faces = rows["face_index"].dropna().astype(int).tolist()
-        if faces:
-            assert sorted(faces) == list(range(len(faces))), (path, faces)
-            assert rows["error"].isna().all(), path
-        else:
-            assert len(rows) == 1, (path, len(rows))
 
 
 def _skip_if_ray_did_not_start(code: int | None, output: str) -> None:
@@ -189,7 +175,7 @@ def test_driver_sigkill_then_resume(fairface_dir: Path, tmp_path: Path) -> None:
     assert "predicting (2 Ray actors)" not in res.stderr  # no progress bar off a terminal
     assert out.is_file() and not parts.exists()
     table = pq.read_table(out)
-    _inputs_once(table, expected)
+    assert_inputs_once(table, expected)
     frame = table.to_pandas()
     runs = frame.groupby("run_id")["path"].nunique()
     assert len(runs) == 2
@@ -289,7 +275,7 @@ def test_killed_actor_loses_and_repeats_nothing(
     assert len(seen) >= 3  # the two actors, and the one Ray started in the killed one's place
     assert summary.predicted == 540
     table = read_output(out)
-    _inputs_once(table, {str(p) for p in photos})
+    assert_inputs_once(table, {str(p) for p in photos})
     assert table.num_rows == summary.faces + summary.failed
     print(f"actor {killed[0]} killed; results of an input seen twice: {summary.repeated}")
 
