@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utk-fold", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="at most this many photos per set")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--tta", default="none", choices=("none", "flip"), help="the predictor's test-time views"
+    )
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks"))
     ap.add_argument(
         "--note", action="append", default=[], help="a line for the page (e.g. what a model saw)"
@@ -229,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in models:
         for det in detectors:
-            predictor = Predictor.load(model, detector=det, threads=args.threads)
+            predictor = Predictor.load(model, detector=det, threads=args.threads, tta=args.tta)
+            label = model if args.tta == "none" else f"{model} (tta {args.tta})"
             for name, table in tables.items():
                 r = evaluate_photos(predictor, table)
                 m = summarise(r["metrics"], r["fairness"], r["info"], r["predictions"])
-                results.append({"model": model, "detector": det, "set": name, "metrics": m})
+                results.append({"model": label, "detector": det, "set": name, "metrics": m})
                 print(
                     f"{model:>10} {det:>9} {name:>8}: found {pct(m['faces_found'])}, gender "
                     f"{pct(m.get('gender_accuracy_all'))} (all), "

@@ -228,6 +228,10 @@ def test_resume_against_another_model_names_both(photos: Path, tmp_path: Path) -
     assert out.read_bytes() == before
     code, text = _cli(str(photos), "--out", str(out), "--resume", "--detector", "haar")
     assert code == 2 and "face path" in text and "'detector': 'haar'" in text, text
+    # the mirror views change every row too: not mixed into a run without them
+    code, text = _cli(str(photos), "--out", str(out), "--resume", "--tta", "flip")
+    assert code == 2 and "'tta': 'none'" in text and "'tta': 'flip'" in text, text
+    assert out.read_bytes() == before
 
 
 def test_resume_needs_parquet_and_ray_is_named(photos: Path, tmp_path: Path) -> None:

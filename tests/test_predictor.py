@@ -352,3 +352,49 @@ def test_cli_bench_predict_json(utkface_dir: Path) -> None:
     ):
         assert figures[key] > 0, key
     assert figures["arch"] == "small_cnn" and 0.5 <= figures["detected_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("age", ["groups", "dex", "regression"])
+def test_flip_tta_averages_each_face_and_its_mirror(age: str) -> None:
+    """``tta="flip"``: every output is the mean of the face's and its mirror's outputs,
+    so a face and its mirror image get the same answer; ``none`` is the plain pass."""
+    model, meta = make_model("small_cnn", age=age, seed=5)
+    plain = Predictor.from_module(model, meta, detector="none")
+    flip = Predictor.from_module(model, meta, detector="none", tta="flip")
+    rng = np.random.default_rng(0)
+    s = plain.spec.input_size
+    batch = rng.standard_normal((5, 3, s, s)).astype(np.float32)
+    a, b = plain.classify(batch), plain.classify(np.ascontiguousarray(batch[..., ::-1]))
+    t = flip.classify(batch)
+    assert set(t) == set(a)
+    for k in a:
+        assert t[k].shape == a[k].shape
+        np.testing.assert_allclose(t[k], (a[k] + b[k]) / 2, atol=1e-5)
+        assert np.abs(a[k] - b[k]).max() > 1e-4  # the random model is not symmetric
+    # through predict: an image of the input size and its mirror get the same answer
+    images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(4)]
+    mirrors = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    for r, rm in zip(flip.predict(images), flip.predict(mirrors), strict=True):
+        f, fm = r.faces[0], rm.faces[0]
+        assert f.p_female == pytest.approx(fm.p_female, abs=1e-4)
+        assert f.age == pytest.approx(fm.age, abs=1e-2)
+        assert f.gender == ("female" if f.p_female > 0.5 else "male")
+    assert flip.info()["tta"] == "flip" and plain.info()["tta"] == "none"
+    with pytest.raises(ValueError, match="unknown tta 'oversample'"):
+        Predictor.from_module(model, meta, tta="oversample")
+
+
+def test_cli_predict_tta(model_file: Path, tmp_path: Path) -> None:
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(img)
+    mirror = tmp_path / "b.png"
+    Image.open(img).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+    runner = CliRunner()
+    base = ["predict", str(img), str(mirror), "--model", str(model_file), "--detector", "none"]
+    res = runner.invoke(app, [*base, "--tta", "flip", "--out", "-"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output[res.output.index("path,") :])))
+    assert len(rows) == 2
+    assert float(rows[0]["p_female"]) == pytest.approx(float(rows[1]["p_female"]), abs=1e-5)
+    res = runner.invoke(app, [*base, "--tta", "ten"])
+    assert res.exit_code == 2 and "--tta" in res.output and "ten" in res.output

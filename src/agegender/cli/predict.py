@@ -112,6 +112,11 @@ def predict_cmd(
         "--detect-size",
         help="Long side the Haar detector sees (default 160; more finds smaller faces, slower).",
     ),
+    tta: str = typer.Option(
+        "none",
+        "--tta",
+        help="none | flip (each face and its mirror, outputs averaged: 2x the classifier's work).",
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Decode/detect threads."),
     threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
     strict: bool = typer.Option(
@@ -156,12 +161,14 @@ def predict_cmd(
 
     from agegender.infer.job import predict_job
     from agegender.infer.outputs import output_format
-    from agegender.infer.predictor import PredictorConfig
+    from agegender.infer.predictor import PREDICT_TTA, PredictorConfig
 
     try:
         output_format(out)
     except ValueError as exc:
         fail(str(exc))
+    if tta not in PREDICT_TTA:
+        fail(f"--tta: unknown {tta!r}; choose one of {', '.join(PREDICT_TTA)}")
     config = PredictorConfig(
         model,
         runtime,
@@ -171,6 +178,7 @@ def predict_cmd(
         batch_size=batch_size,
         workers=workers,
         threads=threads,
+        tta=tta,
     )
     # a person at a terminal: a readable table (the local engine's results carry it)
     as_table = out == "-" and sys.stdout.isatty() and engine == "local"
@@ -308,11 +316,14 @@ def serve_cmd(
         None, "--detect-size", help="Long side the Haar detector sees (default 160)."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
+    tta: str = typer.Option(
+        "none", "--tta", help="none | flip (each face and its mirror, outputs averaged)."
+    ),
 ) -> None:
     """Serve the HTTP API (POST /v1/predict, GET /healthz, /docs) and an upload page at /."""
     from agegender.serve import ServeSettings, serve
 
-    predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads)
+    predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads, tta=tta)
     settings = ServeSettings(
         max_file_bytes=int(max_file_mb * 1024 * 1024),
         max_files=max_files,
@@ -335,6 +346,7 @@ def bench_predict_cmd(
     seconds: float = typer.Option(2.0, "--seconds", help="Time per measurement."),
     photos: int = typer.Option(200, "--photos", help="Photos for the end-to-end figure."),
     detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
+    tta: str = typer.Option("none", "--tta", help="none | flip (two views per face)."),
 ) -> None:
     """Faces/s of the classifier (batch 1 and 64, torch and ONNX) and photos/s end to end
     (made 250x250 photos, and FairFace-540's real photos when the data is there)."""
@@ -342,7 +354,10 @@ def bench_predict_cmd(
 
     from agegender.infer.bench import bench_predict
 
-    res = bench_predict(model, seconds=seconds, photos=photos, detector=detector)
+    try:
+        res = bench_predict(model, seconds=seconds, photos=photos, detector=detector, tta=tta)
+    except ValueError as exc:
+        fail(str(exc).splitlines()[0])
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

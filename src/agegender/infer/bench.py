@@ -120,17 +120,21 @@ def bench_predict(
     seconds: float = 2.0,
     detector: str = "blazeface",
     real_photos: str | os.PathLike | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
-    """Measure classifier and end-to-end speed; returns a flat dict of figures."""
+    """Measure classifier and end-to-end speed; returns a flat dict of figures (a face
+    with ``tta="flip"`` costs the classifier two views)."""
     import torch
 
     module, meta, name = _module_and_meta(model)
     spec = parse_meta(meta)
-    torch_p = Predictor.from_module(module, meta, runtime="torch", detector=detector)
-    onnx_p = Predictor.from_module(module, meta, runtime="onnxruntime", detector=detector)
+    kw: dict[str, Any] = {"detector": detector, "tta": tta}
+    torch_p = Predictor.from_module(module, meta, runtime="torch", **kw)
+    onnx_p = Predictor.from_module(module, meta, runtime="onnxruntime", **kw)
     rng = np.random.default_rng(0)
     res: dict[str, Any] = {
         "model": name,
+        "tta": tta,
         "arch": spec.arch,
         "input_size": spec.input_size,
         "cpu": platform.processor() or platform.machine(),

@@ -87,6 +87,7 @@ def model_identity(predictor: Predictor, config: PredictorConfig) -> dict[str, A
         "margin": predictor.margin,
         "shift": predictor.shift,
         "align": predictor.align,
+        "tta": predictor.tta,
     }
 
 

@@ -113,8 +113,13 @@ def describe_model(meta: Mapping[str, Any]) -> str:
     return f"'{meta.get('model')}' ({where}" + (f", sha1 {sha[:12]})" if sha else ")")
 
 
+#: The settings besides the model that change a row (``--resume`` compares them).
+FACE_PATH_KEYS = ("detector", "detect_size", "margin", "shift", "align", "tta")
+
+
 def _face_path(meta: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(meta.get(k) for k in ("detector", "detect_size", "margin", "shift", "align"))
+    # tta: files written before it was an option were all "none"
+    return tuple(meta.get(k) or "none" if k == "tta" else meta.get(k) for k in FACE_PATH_KEYS)
 
 
 def _same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -226,9 +231,8 @@ class ParquetOutput:
                     "the same model (choose another --out, or drop --resume to replace it)"
                 )
             if _face_path(meta) != _face_path(self.identity):
-                names = ("detector", "detect_size", "margin", "shift", "align")
-                old = dict(zip(names, _face_path(meta), strict=True))
-                new = dict(zip(names, _face_path(self.identity), strict=True))
+                old = dict(zip(FACE_PATH_KEYS, _face_path(meta), strict=True))
+                new = dict(zip(FACE_PATH_KEYS, _face_path(self.identity), strict=True))
                 raise OutputError(
                     f"{self.out}: written with face path {old}; this run uses {new}; --resume "
                     "only continues a run with the same settings"

@@ -62,6 +62,8 @@ from agegender.infer.results import FaceResult, ImageResult
 #: Where the bundled default model lives: ``<name>.onnx`` (meta inside) or ``<name>.pt``.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL_NAME = "default"
+#: Test-time views the predictor offers (aligned face chips: no over-sampling crops).
+PREDICT_TTA: tuple[str, ...] = ("none", "flip")
 
 
 class NoModelError(FileNotFoundError):
@@ -143,7 +145,10 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_pixels: int | None = None,
         source: str | None = None,
+        tta: str = "none",
     ) -> None:
+        if tta not in PREDICT_TTA:
+            raise ValueError(f"unknown tta {tta!r}; choose one of {', '.join(PREDICT_TTA)}")
         self.backend = backend
         self.spec = spec
         self.meta = dict(meta or {})
@@ -163,6 +168,7 @@ class Predictor:
         # pixels decoded at once by all threads (and all concurrent callers) together
         self.budget = PixelBudget(decode_pixels or max(max_pixels, DEFAULT_MAX_PIXELS))
         self.source = source  # where the model came from (path or bundled name)
+        self.tta = tta  # flip: each face and its mirror, outputs averaged
         self.model_file: Path | None = None  # the file load() read (None: from_module)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -296,8 +302,16 @@ class Predictor:
 
     # ---------------------------------------------------------------------- inference
     def classify(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the classifier on a preprocessed batch ``(B, 3, S, S)`` float32."""
-        return self.backend(batch)
+        """Run the classifier on a preprocessed batch ``(B, 3, S, S)`` float32.
+
+        ``tta="flip"``: the batch and its horizontal mirror in one forward pass, every
+        output (probabilities, or years) averaged over the two views, as
+        :func:`agegender.evaluate.tta.average_views` does in evaluation."""
+        if self.tta == "none":
+            return self.backend(batch)
+        n = len(batch)
+        both = self.backend(np.concatenate([batch, batch[..., ::-1]]))
+        return {k: (v[:n] + v[n:]) / 2 for k, v in both.items()}
 
     def _faces(self, probs: dict[str, np.ndarray], found: Sequence[FoundFace]) -> list[FaceResult]:
         out = []
@@ -384,7 +398,7 @@ class Predictor:
             nonlocal queue
             take, queue = queue[:n], queue[n:]
             batch = np.stack([store[k][0].faces[j] for k, j in take])  # type: ignore[index]
-            outs = self.backend(batch)
+            outs = self.classify(batch)
             for row, (k, _j) in enumerate(take):
                 acc = store[k][1]
                 for name, arr in outs.items():
@@ -474,6 +488,7 @@ class Predictor:
             "tasks": {"gender": s.gender, "age": s.age},
             "input_size": s.input_size,
             "detector": self.detector.name,
+            "tta": self.tta,
         }
 
 
@@ -497,6 +512,7 @@ class PredictorConfig:
     batch_size: int = 64
     workers: int | None = None
     threads: int | None = None
+    tta: str = "none"
 
     def load(self, model_file: str | os.PathLike | None = None) -> Predictor:
         """The predictor; ``model_file``: a local copy of ``model`` to read instead (an
@@ -514,6 +530,7 @@ class PredictorConfig:
             workers=self.workers,
             batch_size=self.batch_size,
             threads=self.threads,
+            tta=self.tta,
             source=self.model if self.model is not None else DEFAULT_MODEL_NAME,
         )
         return predictor
