@@ -159,6 +159,7 @@ def predict_cmd(
     written); 2 nothing could be done (usage, model, no input)."""
     import sys
 
+    from agegender.evaluate.tta import check_mode
     from agegender.infer.job import predict_job
     from agegender.infer.outputs import output_format
     from agegender.infer.predictor import PREDICT_TTA, PredictorConfig
@@ -167,8 +168,10 @@ def predict_cmd(
         output_format(out)
     except ValueError as exc:
         fail(str(exc))
-    if tta not in PREDICT_TTA:
-        fail(f"--tta: unknown {tta!r}; choose one of {', '.join(PREDICT_TTA)}")
+    try:
+        check_mode(tta, PREDICT_TTA)
+    except ValueError as exc:
+        fail(f"--tta: {exc}")
     config = PredictorConfig(
         model,
         runtime,

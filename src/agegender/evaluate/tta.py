@@ -15,17 +15,19 @@ an age regression model (:func:`average_views`). When the image is smaller than
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where the views are made: check_mode stays cheap
+    import torch
 
 TTA_MODES: tuple[str, ...] = ("none", "flip", "oversample")
 VIEWS = {"none": 1, "flip": 2, "oversample": 10}
 
 
-def check_mode(mode: str) -> str:
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown tta {mode!r}; choose one of {', '.join(TTA_MODES)}")
+def check_mode(mode: str, modes: Sequence[str] = TTA_MODES) -> str:
+    """``mode`` if it is one of ``modes`` (the predictor offers fewer), else ValueError."""
+    if mode not in modes:
+        raise ValueError(f"unknown tta {mode!r}; choose one of {', '.join(modes)}")
     return mode
 
 
@@ -40,6 +42,9 @@ def tta_views(images: torch.Tensor, input_size: int, mode: str = "none") -> torc
     """The views of a ``(B, C, H, W)`` batch as one ``(V, B, C, input_size, input_size)``
     tensor (V = 1, 2 or 10 for none, flip, oversample); the dtype is kept unless the batch
     had to be resized up to ``input_size`` (then float, as Preprocess.eval does)."""
+    import torch
+    import torch.nn.functional as F
+
     check_mode(mode)
     if images.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) batch, got {tuple(images.shape)}")
@@ -71,6 +76,8 @@ def average_views(outputs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     """Mean over views of each output (probabilities, or years for regression)."""
     if not outputs:
         raise ValueError("no views to average")
+    import torch
+
     return {k: torch.stack([o[k] for o in outputs]).mean(0) for k in outputs[0]}
 
 

@@ -54,6 +54,7 @@ from agegender.data.imageio import (
     header_pixels,
 )
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group
+from agegender.evaluate.tta import check_mode
 from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
 from agegender.infer.faces import FoundFace, find_faces
 from agegender.infer.inputs import Input, one_line, source_name, to_rgb_array
@@ -147,8 +148,7 @@ class Predictor:
         source: str | None = None,
         tta: str = "none",
     ) -> None:
-        if tta not in PREDICT_TTA:
-            raise ValueError(f"unknown tta {tta!r}; choose one of {', '.join(PREDICT_TTA)}")
+        self.tta = check_mode(tta, PREDICT_TTA)  # flip: each face and its mirror, averaged
         self.backend = backend
         self.spec = spec
         self.meta = dict(meta or {})
@@ -168,7 +168,6 @@ class Predictor:
         # pixels decoded at once by all threads (and all concurrent callers) together
         self.budget = PixelBudget(decode_pixels or max(max_pixels, DEFAULT_MAX_PIXELS))
         self.source = source  # where the model came from (path or bundled name)
-        self.tta = tta  # flip: each face and its mirror, outputs averaged
         self.model_file: Path | None = None  # the file load() read (None: from_module)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
