@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             predictor.close()
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "command": "python benchmarks/crossdata.py " + " ".join(argv or sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/crossdata.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "notes": list(args.note),
     }

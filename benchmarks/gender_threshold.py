@@ -8,14 +8,18 @@ predictor's face path (:func:`agegender.evaluate.photos.evaluate_photos`, misses
     python benchmarks/gender_threshold.py --model accurate \\
         --folds runs/accurate_folds/folds.csv --fold 0 --val-fraction 0.15
 
-Writes ``benchmarks/gender_threshold.md`` / ``.json``. A finding to decide on, not a
-setting the predictor applies.
+Writes ``benchmarks/gender_threshold.md`` / ``.json``; ``--val-csv`` also writes those
+validation faces as a label manifest, the ``--data`` of ``agegender calibrate``, which
+writes the threshold into a model (the bundled ``accurate`` ships with it). The rule is
+:func:`agegender.evaluate.calibrate.choose_threshold` (every distinct threshold, not a
+grid); the recalls at it count a photo without a face as wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,27 +29,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 
-def recalls(p_female: np.ndarray, y: np.ndarray, t: float) -> dict[str, float]:
-    """Accuracy and per-gender recall at threshold ``t`` (a photo without a face: wrong)."""
-    pred = np.where(np.isnan(p_female), -1, (p_female > t).astype(int))
-    return {
-        "threshold": float(t),
-        "accuracy": float((pred == y).mean()),
-        "female_recall": float((pred[y == 1] == 1).mean()),
-        "male_recall": float((pred[y == 0] == 0).mean()),
-    }
-
-
-def balanced_threshold(p_female: np.ndarray, y: np.ndarray) -> float:
-    """The threshold (steps of 0.005) where female and male recall are closest."""
-    grid = np.round(np.arange(0.05, 0.9501, 0.005), 3)
-    gaps = [
-        abs(r["female_recall"] - r["male_recall"]) for r in (recalls(p_female, y, t) for t in grid)
-    ]
-    return float(grid[int(np.argmin(gaps))])
-
-
 def main(argv: list[str] | None = None) -> int:
+    from agegender.evaluate.calibrate import choose_threshold, recalls_at
     from agegender.evaluate.cv import fold_split
     from agegender.evaluate.photos import evaluate_photos
     from agegender.infer import Predictor
@@ -61,11 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the run's data.seed")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks"))
+    ap.add_argument(
+        "--val-csv",
+        default=None,
+        help="also write the validation faces as a label manifest (agegender calibrate --data)",
+    )
     args = ap.parse_args(argv)
 
     folds = pd.read_csv(args.folds)
     split = fold_split(folds, args.fold, args.val_fraction, args.seed)
     val = folds[split["fold"].to_numpy() == 1].reset_index(drop=True)
+    if args.val_csv:
+        cols = [c for c in ("path", "gender", "age", "race") if c in val.columns]
+        val[cols].astype({"race": "Int64"} if "race" in cols else {}).to_csv(
+            args.val_csv, index=False
+        )
     fairface = crossdata.load_set("fairface", argparse.Namespace(utk_folds=None, limit=None))
     predictor = Predictor.load(args.model, threads=args.threads)
     sets = {}
@@ -77,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             else np.full(len(frame), np.nan)
         )
         sets[name] = (p, frame["gender"].astype(int).to_numpy())
-    t = balanced_threshold(*sets["utkface validation"])
+    p_val, y_val = sets["utkface validation"]
+    t = choose_threshold(y_val, p_val, "equal-recall", where="utkface validation")["threshold"]
     rows = [
-        {"set": name, **recalls(p, y, thr), "photos": len(y)}
+        {"set": name, **recalls_at(y, p, thr), "photos": len(y)}
         for name, (p, y) in sets.items()
         for thr in (0.5, t)
     ]
     result = {
-        "command": "python benchmarks/gender_threshold.py " + " ".join(argv or sys.argv[1:]),
+        "command": shlex.join(
+            ["python", "benchmarks/gender_threshold.py", *(argv or sys.argv[1:])]
+        ),
         "model": args.model,
         "fold": args.fold,
         "chosen_threshold": t,

@@ -285,16 +285,57 @@ def input_line(summary: dict) -> str:
     return INPUT_LINE
 
 
+def _decision_rows(name: str) -> list[str]:
+    """The card's "Gender decision" section, from the shipped model's own meta (its
+    ``gender_decision``, written by ``agegender calibrate``): nothing for a model that
+    decides at 0.5."""
+    from agegender.infer.onnx import read_onnx_meta
+
+    d = read_onnx_meta(WEIGHTS / f"{name}.onnx").get("gender_decision")
+    if not d:
+        return []
+    at, before = d["at_threshold"], d["at_0.5"]
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f} %"
+
+    return [
+        "## Gender decision",
+        "",
+        f"A face is called female when P(female) is above **{d['threshold']:g}**, not 0.5. "
+        f"The threshold was chosen by `agegender calibrate` (rule: {d['rule']}) on "
+        f"{d['faces']:,} validation faces ({d['female_faces']:,} women, {d['male_faces']:,} "
+        "men) of the shipped fold: never its training or test faces, never FairFace. "
+        "`predict`, `evaluate` and `serve` read it from the model's meta "
+        "(`gender_decision`); the probabilities themselves are unchanged.",
+        "",
+        "| on the validation faces | threshold | accuracy | female recall | male recall |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| before | 0.5 | {pct(before['accuracy'])} | {pct(before['female_recall'])} | "
+        f"{pct(before['male_recall'])} |",
+        f"| shipped | {d['threshold']:g} | {pct(at['accuracy'])} | {pct(at['female_recall'])} | "
+        f"{pct(at['male_recall'])} |",
+        "",
+        "The cross-validated figures above were scored at 0.5 (the folds' own checkpoints); "
+        "the photo figures below use the shipped threshold. Reproduce: `agegender calibrate "
+        f"{name} --data {d['chosen_on']} --out {name}.onnx --rule {d['rule']} --detector "
+        f"{d['detector']}` (`benchmarks/gender_threshold.py --val-csv` writes that manifest "
+        "of the fold's validation faces from its `folds.csv`).",
+        "",
+    ]
+
+
 def refresh_photos(text: str, crossdata: dict, name: str) -> str:
-    """A shipped card with its face-path line, its "Photos it never trained on" section
-    and its FairFace limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
+    """A shipped card with its face-path line, its "Gender decision" section (from the
+    shipped model's meta), its "Photos it never trained on" section and its FairFace
+    limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
     for a model whose cross-validation run is not on this machine."""
-    photos = _photo_rows(crossdata, name)  # goes before the first of these sections
+    photos = _decision_rows(name) + _photo_rows(crossdata, name)  # before these sections
     out: list[str] = []
     skipping = False
     for line in text.splitlines():
         if line.startswith("## "):
-            skipping = line.startswith("## Photos it never trained on")
+            skipping = line.startswith(("## Photos it never trained on", "## Gender decision"))
             if line.startswith(("## Beyond UTKFace", "## Intended use")):
                 out += photos
                 photos = []
@@ -380,6 +421,7 @@ def card(
         "",
         fairness_table((results.get("pooled") or {}).get("fairness") or []),
         "",
+        *_decision_rows(name),
         *_photo_rows(crossdata, name),
     ]
     if extra:

@@ -131,6 +131,19 @@ def test_csv_manifest(tmp_path):
     assert "gender" in reasons[4] and "not found" in reasons[5]
 
 
+def test_csv_race_and_fold_codes(tmp_path):
+    """Whole-number codes as pandas writes a column with gaps (``2.0``) are read; a code
+    that is not whole is a problem naming its line, and the other rows are still read."""
+    for name in "abc":
+        img(tmp_path / f"{name}.jpg")
+    (tmp_path / "labels.csv").write_text(
+        "path,gender,race,fold\na.jpg,f,2.0,1\nb.jpg,m,,3.0\nc.jpg,m,2.5,0\n"
+    )
+    r = read_dataset(tmp_path / "labels.csv")
+    assert r.table["race"].tolist()[0] == 2 and r.table["fold"].tolist() == [1, 3]
+    assert [(p.line, p.reason) for p in r.problems] == [(4, "race '2.5': expected a whole number")]
+
+
 def test_csv_without_path_column(tmp_path):
     (tmp_path / "labels.csv").write_text("file_name,sex\nx.jpg,m\n")
     with pytest.raises(DatasetError, match=r"labels.csv:1: no path column"):

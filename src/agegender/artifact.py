@@ -9,6 +9,9 @@ that writes it, reads it and acts on it:
   :func:`parse_meta` reads the part inference needs into a :class:`ModelSpec`. The reader
   accepts exactly the keys the writer writes.
 - **rebuild** — :func:`build_model` makes the network a meta describes.
+- **the gender decision** — :func:`gender_labels`: P(female) above the model's threshold
+  (0.5, or the one ``agegender calibrate`` chose on validation faces and wrote into the
+  meta's ``gender_decision``).
 - **outputs → probabilities** — :func:`output_probabilities` (softmax for gender, age
   groups and DEX; years for regression), :func:`probability_module` (the same as the graph
   the torch runtime and the ONNX export run, outputs named :data:`GENDER_OUTPUT` /
@@ -58,6 +61,17 @@ AGE_MODES = ("none", *AGE_OUTPUTS)
 #: more (70 years, 3140 faces), i.e. of the faces the age-to-group rule puts in 60+.
 AGE_GROUP_MIDPOINTS: tuple[float, ...] = (1.0, 5.0, 10.5, 17.5, 28.5, 40.5, 50.5, 70.0)
 
+#: The P(female) above which a face is called female, unless the model's meta carries its
+#: own ``gender_decision.threshold`` (chosen on validation faces by ``agegender calibrate``).
+GENDER_THRESHOLD = 0.5
+
+
+def gender_labels(p_female: Any, threshold: float = GENDER_THRESHOLD) -> np.ndarray:
+    """The gender decision, the one place it is made: 1 (female) where ``p_female >
+    threshold``, 0 (male) elsewhere, -1 where ``p_female`` is missing (NaN)."""
+    p = np.asarray(p_female, dtype=np.float64)
+    return np.where(np.isnan(p), -1, (p > threshold).astype(np.int64))
+
 
 # --------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     template: tuple[tuple[float, float], ...] = UTKFACE_TEMPLATE  # landmarks in its crops
+    gender_threshold: float = GENDER_THRESHOLD  # female when P(female) is above it
 
     @property
     def output_names(self) -> list[str]:
@@ -87,7 +102,9 @@ def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
 
     Needs ``arch``, ``tasks`` {gender, age} and ``preprocessing`` {input_size, resize,
     mean, std}; ``face_crop.template`` (newer models) says where the landmarks fall in the
-    training crops (else UTKFace's). Raises ``ValueError`` naming what is missing.
+    training crops (else UTKFace's); ``gender_decision.threshold`` (calibrated models) is
+    the P(female) above which a face is called female (else 0.5). Raises ``ValueError``
+    naming what is missing.
     """
     if not isinstance(meta, Mapping):
         raise ValueError(f"model meta must be a dict, got {type(meta).__name__}")
@@ -105,6 +122,13 @@ def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
     if len(template) < 2 or any(len(p) != 2 for p in template):
         raise ValueError("model meta face_crop.template must be (x, y) points")
     arch = str(meta.get("arch") or "?")
+    decision = meta.get("gender_decision")
+    threshold = GENDER_THRESHOLD
+    if decision is not None:
+        t = decision.get("threshold") if isinstance(decision, Mapping) else None
+        if not isinstance(t, int | float) or isinstance(t, bool) or not 0.0 < float(t) < 1.0:
+            raise ValueError("model meta gender_decision.threshold must be a number in (0, 1)")
+        threshold = float(t)
     return ModelSpec(
         name=str(name or meta.get("name") or arch),
         arch=arch,
@@ -115,6 +139,7 @@ def parse_meta(meta: Mapping[str, Any], name: str | None = None) -> ModelSpec:
         mean=tuple(float(v) for v in pre["mean"]),  # type: ignore[arg-type]
         std=tuple(float(v) for v in pre["std"]),  # type: ignore[arg-type]
         template=template,  # type: ignore[arg-type]
+        gender_threshold=threshold,
     )
 
 

@@ -1,9 +1,10 @@
 """``agegender evaluate``, ``cv`` and ``report``: how good a model is, and the write-up.
 
 ``evaluate`` scores a checkpoint on a dataset (or any model ``predict`` loads, photo by
-photo through the face path), ``cv`` runs k-fold cross-validation from a config, and
-``report`` turns run dirs into a Markdown report with figures. The helpers at the top
-print the metric lines and row counts the first two share.
+photo through the face path), ``calibrate`` chooses a model's gender threshold on
+validation photos and writes it into a copy of the model, ``cv`` runs k-fold
+cross-validation from a config, and ``report`` turns run dirs into a Markdown report with
+figures. The helpers at the top print the metric lines and row counts.
 """
 
 from __future__ import annotations
@@ -171,6 +172,77 @@ def evaluate_cmd(
         f"{res['n_evaluated']} of {res['n_images']} images evaluated ({res['n_failed']} failed"
         f"{no_face}); tta {tta} ({t['views']} views), {ms} on {t['device']}; wrote {out} and "
         f"{res['predictions_csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Argument(
+        ..., help="The model: a bundled name (accurate), an .onnx, a .pt or a .ckpt."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Labelled VALIDATION photos (never the test set): a dataset folder or label file.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="The calibrated model to write (the same kind as MODEL)."
+    ),
+    rule: str = typer.Option(
+        "equal-recall", "--rule", help="equal-recall (women and men) | balanced-accuracy."
+    ),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    detector: str = typer.Option(
+        "blazeface",
+        "--detector",
+        help="The face path's detector: blazeface | haar (photos, as predict runs them) | "
+        "none (each image is already a face crop).",
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use a random sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Choose the gender threshold on validation photos; write it into a copy of the model.
+
+    predict, evaluate and serve then call a face female when P(female) is above it.
+    """
+    import json
+
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.calibrate import RULES, calibrate_model
+    from agegender.infer import NoModelError
+    from agegender.infer.detector import check_detector
+
+    if rule not in RULES:
+        fail(f"--rule: unknown rule {rule!r}; choose {' or '.join(RULES)}")
+    try:
+        check_detector(detector)
+    except ValueError as exc:
+        fail(f"--detector: {exc}")
+    check_writable(out)
+    try:
+        res = calibrate_model(
+            model, data, out, format=format, rule=rule, detector=detector, limit=limit
+        )
+    except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    _print_row_counts(res["row_counts"])
+    for key, label in (("at_0.5", "at 0.5"), ("at_threshold", f"at {res['threshold']:.3f}")):
+        r = res[key]
+        console.print(
+            f"{label:>9}: accuracy {100 * r['accuracy']:.1f} %, female recall "
+            f"{100 * r['female_recall']:.1f} %, male recall {100 * r['male_recall']:.1f} %",
+            highlight=False,
+        )
+    console.print(
+        f"{res['rule']} threshold {res['threshold']:.4f} on {res['female_faces']} female + "
+        f"{res['male_faces']} male faces ({res['faces_found']} of {res['photos']} photos with "
+        f"a face); wrote {res['out']}",
         highlight=False,
         soft_wrap=True,
     )

@@ -45,6 +45,7 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
+from agegender.artifact import gender_labels
 from agegender.data.records import AGE_GROUP_NAMES, GENDERS, RACES, ages_to_groups
 
 NAN = float("nan")
@@ -223,19 +224,24 @@ def expected_calibration_error(
 
 # --------------------------------------------------------------------------- gender
 def gender_metrics(
-    y_true: Sequence | np.ndarray, p_female: Sequence | np.ndarray, n_bins: int = N_BINS
+    y_true: Sequence | np.ndarray,
+    p_female: Sequence | np.ndarray,
+    n_bins: int = N_BINS,
+    predicted: Sequence | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Gender metrics (keys :data:`GENDER_KEYS`) from labels (0 male, 1 female) and
-    P(female). The predicted class is female when ``p_female > 0.5``."""
+    P(female). The predicted class is ``predicted`` (a predictions frame's
+    ``pred_gender``: the model's own decision), else female when ``p_female > 0.5``
+    (:func:`agegender.artifact.gender_labels`)."""
     y = _labels(y_true, 2)
     p = _floats(p_female)
-    keep = (y >= 0) & np.isfinite(p)
-    y, p = y[keep], np.clip(p[keep], 0.0, 1.0)
+    decided = gender_labels(p) if predicted is None else _labels(predicted, 2)
+    keep = (y >= 0) & np.isfinite(p) & (decided >= 0)
+    y, p, pred = y[keep], np.clip(p[keep], 0.0, 1.0), decided[keep]
     out: dict[str, float] = {k: NAN for k in GENDER_KEYS}
     out["n_gender"] = int(len(y))
     if not len(y):
         return out
-    pred = (p > 0.5).astype(np.int64)
     probs = _probs2(p)
     out["gender_accuracy"] = float(
         multiclass_accuracy(
@@ -357,6 +363,11 @@ def predicted_groups(pred: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
+def _decided(pred: pd.DataFrame) -> pd.Series | None:
+    """The frame's own gender decision (``pred_gender``, made at the model's threshold)."""
+    return pred["pred_gender"] if "pred_gender" in pred.columns else None
+
+
 def prediction_metrics(pred: pd.DataFrame) -> dict[str, float]:
     """Every metric that applies to a per-image predictions frame, as one flat dict.
 
@@ -371,7 +382,7 @@ def prediction_metrics(pred: pd.DataFrame) -> dict[str, float]:
     tasks = tasks_of(pred)
     out: dict[str, float] = {"n": int(len(pred))}
     if tasks["gender"]:
-        out |= gender_metrics(pred["gender"], pred["p_female"])
+        out |= gender_metrics(pred["gender"], pred["p_female"], predicted=_decided(pred))
     groups = predicted_groups(pred)
     if groups is not None:
         true_group = pred["age_group"] if "age_group" in pred.columns else np.full(len(pred), -1)
@@ -411,7 +422,8 @@ def confusion(pred: pd.DataFrame, what: str) -> np.ndarray | None:
         if "p_female" not in pred.columns:
             return None
         y = _labels(pred["gender"], 2)
-        p = (_floats(pred["p_female"]) > 0.5).astype(np.int64)
+        p = _decided(pred)
+        p = gender_labels(_floats(pred["p_female"])) if p is None else _labels(p, 2)
         labels = [0, 1]
     else:
         groups = predicted_groups(pred)

@@ -46,6 +46,7 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
     count = np.zeros(n, np.int64)
     errors = np.full(n, "", dtype=object)
     p_female = np.full(n, np.nan)
+    female = np.full(n, -1, np.int64)  # the predictor's own decision (its threshold)
     pred_age = np.full(n, np.nan)
     p_groups = np.full((n, len(AGE_GROUP_NAMES)), np.nan)
     started = time.perf_counter()
@@ -56,7 +57,7 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
         face = max(result.faces, key=lambda f: (f.box[2] * f.box[3], f.detector_score))
         found[i], count[i] = True, len(result.faces)
         if face.p_female is not None:
-            p_female[i] = face.p_female
+            p_female[i], female[i] = face.p_female, int(face.gender == "female")
         if face.age is not None:
             pred_age[i] = face.age
         if face.age_group_probs:
@@ -67,8 +68,7 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
     out["faces"] = count
     if np.isfinite(p_female).any():
         out["p_male"], out["p_female"] = 1 - p_female, p_female
-        g = np.where(np.isnan(p_female), -1, (p_female > 0.5).astype(int))
-        out["pred_gender"] = pd.array(np.where(g < 0, None, g), dtype="Int8")
+        out["pred_gender"] = pd.array(np.where(female < 0, None, female), dtype="Int8")
     if np.isfinite(p_groups).any():
         for j, col in enumerate(P_AGE):
             out[col] = p_groups[:, j]

@@ -32,7 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from agegender.artifact import dex_group_matrix, output_probabilities
+from agegender.artifact import (
+    GENDER_THRESHOLD,
+    dex_group_matrix,
+    gender_labels,
+    output_probabilities,
+    parse_meta,
+)
 from agegender.data.records import ages_to_groups
 from agegender.evaluate.metrics import P_AGE, P_GENDER
 from agegender.evaluate.tta import average_views, check_mode, tta_views
@@ -226,8 +232,14 @@ def predict_images(
     )
 
 
-def predictions_frame(table: pd.DataFrame, faces: FaceImages, pred: Predictions) -> pd.DataFrame:
-    """One row per table row: true labels, error, face_found and the predictions."""
+def predictions_frame(
+    table: pd.DataFrame,
+    faces: FaceImages,
+    pred: Predictions,
+    gender_threshold: float = GENDER_THRESHOLD,
+) -> pd.DataFrame:
+    """One row per table row: true labels, error, face_found and the predictions
+    (``pred_gender``: female above the model's ``gender_threshold``)."""
     cols = [c for c in LABEL_COLUMNS if c in table.columns]
     out = table[cols].reset_index(drop=True).copy()
     out["error"] = faces.errors
@@ -236,7 +248,7 @@ def predictions_frame(table: pd.DataFrame, faces: FaceImages, pred: Predictions)
     if pred.p_gender is not None:
         out[P_GENDER[0]] = pred.p_gender[:, 0]
         out[P_GENDER[1]] = pred.p_gender[:, 1]
-        g = np.where(np.isnan(pred.p_gender[:, 1]), -1, (pred.p_gender[:, 1] > 0.5).astype(int))
+        g = gender_labels(pred.p_gender[:, 1], gender_threshold)
         out["pred_gender"] = pd.array(np.where(g < 0, None, g), dtype="Int8")
     if pred.p_age_group is not None:
         for j, col in enumerate(P_AGE):
@@ -277,7 +289,7 @@ def predict_table(
         table, size, detector=detector, cache_dir=cache_dir, workers=workers, progress=progress
     )
     pred = predict_images(model, meta, faces, tta=tta, batch_size=batch_size, device=device)
-    frame = predictions_frame(table, faces, pred)
+    frame = predictions_frame(table, faces, pred, parse_meta(meta).gender_threshold)
     n_ok = int(faces.ok.sum())
     info = {
         "n_images": int(len(table)),

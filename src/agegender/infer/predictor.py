@@ -43,6 +43,7 @@ from agegender.artifact import (
     GENDER_OUTPUT,
     ModelSpec,
     dex_group_matrix,
+    gender_labels,
     load_model,
     parse_meta,
     preprocess_crops,
@@ -315,6 +316,7 @@ class Predictor:
     def _faces(self, probs: dict[str, np.ndarray], found: Sequence[FoundFace]) -> list[FaceResult]:
         out = []
         g = probs.get(GENDER_OUTPUT)
+        female = None if g is None else gender_labels(g[:, 1], self.spec.gender_threshold)
         for i, face in enumerate(found):
             box = face.box
             f = FaceResult(face_index=i, box=box.as_tuple(), detector_score=box.score)
@@ -325,7 +327,7 @@ class Predictor:
                 f.landmarks = [[float(x), float(y)] for x, y in box.landmarks]
             if g is not None:
                 f.p_male, f.p_female = float(g[i, 0]), float(g[i, 1])
-                f.gender = "female" if f.p_female > 0.5 else "male"
+                f.gender = "female" if female[i] == 1 else "male"
             if self.spec.age == "groups":
                 p = probs[AGE_OUTPUTS["groups"]][i].astype(np.float64)
                 f.age = float(p @ np.asarray(AGE_GROUP_MIDPOINTS))
@@ -477,7 +479,8 @@ class Predictor:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> dict[str, Any]:
-        """Model name, architecture, runtime, tasks and preprocessing (for /healthz)."""
+        """Model name, architecture, runtime, tasks, the gender threshold (female above
+        it) and preprocessing (for /healthz)."""
         s = self.spec
         return {
             "model": s.name,
@@ -485,6 +488,7 @@ class Predictor:
             "runtime": self.runtime,
             "source": self.source,
             "tasks": {"gender": s.gender, "age": s.age},
+            "gender_threshold": s.gender_threshold if s.gender else None,
             "input_size": s.input_size,
             "detector": self.detector.name,
             "tta": self.tta,

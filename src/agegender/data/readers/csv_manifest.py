@@ -35,6 +35,20 @@ def _delimiter(header: str) -> str:
     return max(counts, key=counts.get) if max(counts.values()) else ","
 
 
+def _code(name: str, value: str | None) -> int | None:
+    """A whole-number column (race, fold): ``2`` or ``2.0`` (as pandas writes a column
+    with gaps); empty is None; anything else a ValueError naming the column."""
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer():
+        raise ValueError(f"{name} {value!r}: expected a whole number")
+    return int(number)
+
+
 def read_csv_manifest(path: str | Path) -> ReadResult:
     manifest = require_path(path)
     if manifest.is_dir():
@@ -92,10 +106,8 @@ def read_csv_manifest(path: str | Path) -> ReadResult:
         try:
             gender = parse_gender(get("gender"))
             age, group = parse_age(get("age"))
-            race = get("race")
-            race_code = int(race) if race not in (None, "") else None
-            fold = get("fold")
-            fold_k = int(fold) if fold not in (None, "") else None
+            race_code = _code("race", get("race"))
+            fold_k = _code("fold", get("fold"))
         except ValueError as exc:
             problems.append(Problem(str(manifest), lineno, str(exc)))
             continue
