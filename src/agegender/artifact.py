@@ -8,7 +8,8 @@ that writes it, reads it and acts on it:
   tasks, preprocessing, labels, face framing, where the starting weights came from);
   :func:`parse_meta` reads the part inference needs into a :class:`ModelSpec`. The reader
   accepts exactly the keys the writer writes.
-- **rebuild** — :func:`build_model` makes the network a meta describes.
+- **rebuild** — :func:`build_model` makes the network a meta describes;
+  :func:`ensemble_meta` describes several trained models averaged as one.
 - **the gender decision** — :func:`gender_labels`: P(female) above the model's threshold
   (0.5, or the one ``agegender calibrate`` chose on validation faces and wrote into the
   meta's ``gender_decision``).
@@ -264,14 +265,68 @@ def weights_origin(config: Config) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- ensembles
+#: The ``arch`` of a meta that holds several models (:class:`agegender.models.ensemble.Ensemble`).
+ENSEMBLE_ARCH = "ensemble"
+#: What the members of an ensemble must share: they see one batch and answer one question.
+_SHARED = ("input_size", "resize", "mean", "std")
+
+
+def ensemble_meta(metas: Sequence[Mapping[str, Any]], name: str = ENSEMBLE_ARCH) -> dict:
+    """The meta of an ensemble of models with these metas (each member's own meta kept
+    under ``members``, the order of the state dict's ``members.<i>``). Members must share
+    tasks, input size, normalisation and face framing; a ``ValueError`` names the first
+    difference. The ensemble decides gender at 0.5 until it is calibrated itself."""
+    if len(metas) < 2:
+        raise ValueError(f"an ensemble needs at least 2 models, got {len(metas)}")
+    specs = [parse_meta(m) for m in metas]
+    first = specs[0]
+    for i, s in enumerate(specs[1:], start=1):
+        for key in ("gender", "age", *_SHARED, "template"):
+            if getattr(s, key) != getattr(first, key):
+                raise ValueError(
+                    f"model {i + 1} differs from model 1 in {key} "
+                    f"({getattr(s, key)!r} vs {getattr(first, key)!r}): an ensemble's "
+                    "members must see the same input and predict the same outputs"
+                )
+    members = [
+        {k: v for k, v in m.items() if k not in ("config", "gender_decision")} for m in metas
+    ]
+    head = members[0]
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "name": name,
+        "arch": ENSEMBLE_ARCH,
+        "tasks": dict(head["tasks"]),
+        "preprocessing": dict(head["preprocessing"]),
+        "labels": head.get("labels"),
+        "face_crop": head.get("face_crop") or face_crop_meta(first.template),
+        "weights": {
+            "init": "ensemble",
+            "combine": "mean of the members' probabilities",
+            "members": [m.get("weights") for m in members],
+        },
+        "code_version": head.get("code_version"),
+        "members": members,
+    }
+
+
 # --------------------------------------------------------------------------- rebuilding
 def build_model(
     meta: Mapping[str, Any], pretrained_file: str | None = None, pretrained: str | None = None
 ) -> FaceModel:
-    """The FaceModel a meta describes; starting weights from ``pretrained_file`` or
+    """The FaceModel a meta describes (an :class:`~agegender.models.ensemble.Ensemble` of
+    them for an ensemble's meta); starting weights from ``pretrained_file`` or
     ``pretrained`` (``imagenet``/``hub``) for a fresh run only."""
     from agegender.models import TaskSpec, create_model
 
+    if meta.get("arch") == ENSEMBLE_ARCH:
+        from agegender.models.ensemble import Ensemble
+
+        members = meta.get("members")
+        if not isinstance(members, list) or len(members) < 2:
+            raise ValueError("ensemble meta needs a list of at least 2 members")
+        return Ensemble([build_model(m) for m in members], str(meta["tasks"].get("age")))
     pre = meta["preprocessing"]
     extra = {} if pretrained is None else {"pretrained": pretrained}
     return create_model(

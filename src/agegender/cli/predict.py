@@ -241,21 +241,32 @@ def predict_cmd(
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="A Lightning .ckpt (or a .pt model)."),
+    checkpoints: list[Path] = typer.Argument(
+        ...,
+        help="A Lightning .ckpt (or a .pt model); several: one ensemble file that averages "
+        "their probabilities (they must share input size, normalisation, framing, tasks).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="The model's name in its meta (default: the first file's stem)."
+    ),
     onnx: Path | None = typer.Option(None, "--onnx", help="The .onnx file to write."),
     pt: Path | None = typer.Option(
         None, "--pt", help="Also (or only) write a PyTorch .pt (state dict + meta)."
     ),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
 ) -> None:
-    """Export a checkpoint to a self-describing ONNX file (probabilities, dynamic batch)."""
+    """Export a checkpoint to a self-describing ONNX file (probabilities, dynamic batch).
+
+    Several checkpoints make one ensemble: the mean of their probabilities, in one file.
+    """
     import numpy as np
 
     from agegender.infer import Predictor, save_torch_model
     from agegender.infer.onnx import export_onnx
 
-    if not checkpoint.is_file():
-        fail(f"no such checkpoint: {checkpoint}")
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            fail(f"no such checkpoint: {checkpoint}")
     if onnx is None and pt is None:
         fail("export: give --onnx FILE.onnx and/or --pt FILE.pt")
     if onnx is not None and onnx.suffix != ".onnx":
@@ -265,11 +276,22 @@ def export_cmd(
     for target in (onnx, pt):
         if target is not None:
             check_writable(target)
-    from agegender.artifact import load_model
+    from agegender.artifact import ensemble_meta, load_model
 
-    module, meta = load_model(checkpoint)
-    meta = dict(meta)
-    meta.setdefault("name", checkpoint.stem)
+    loaded = [load_model(c) for c in checkpoints]
+    if len(loaded) == 1:
+        module, meta = loaded[0]
+        meta = dict(meta)
+        meta["name"] = name or meta.get("name") or checkpoints[0].stem
+    else:
+        from agegender.models.ensemble import Ensemble
+
+        try:
+            meta = ensemble_meta([m for _, m in loaded], name=name or "ensemble")
+        except ValueError as exc:
+            fail(f"{', '.join(map(str, checkpoints))}: {exc}")
+        module = Ensemble([m for m, _ in loaded], meta["tasks"]["age"]).eval()
+        meta["members_from"] = [str(c) for c in checkpoints]
     if pt is not None:
         save_torch_model(module, meta, pt)
         console.print(f"wrote {pt} ({pt.stat().st_size / 1e6:.1f} MB)", highlight=False)
