@@ -37,6 +37,10 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+#: ``--format``, shared by every command that reads a dataset (typer reads it per command).
+FORMAT_OPTION = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects).")
+
+
 class _Commands(TyperGroup):
     """The root command: the one place where user errors become one line and exit 2."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import app, console, fail
+from agegender.cli import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 data_app = typer.Typer(help="Read, audit and split face datasets.", no_args_is_help=True)
@@ -25,7 +25,7 @@ def data_folds(
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write (path, fold, ...)."),
     k: int = typer.Option(5, "--k", min=2, help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Shuffle seed for the fold assignment."),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     conflicts: str = typer.Option(
         "drop", "--conflicts", help="Duplicates with disagreeing labels: drop | keep."
     ),
@@ -85,7 +85,7 @@ def data_folds(
 @data_app.command("audit")
 def data_audit(
     path: Path = typer.Argument(..., help="Dataset folder or label file."),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel image readers."),
 ) -> None:
@@ -120,7 +120,7 @@ def data_audit(
 def data_cache(
     path: Path = typer.Argument(..., help="Dataset folder or label file."),
     size: int = typer.Option(..., "--size", "-s", min=8, max=1024, help="Image side (px)."),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Cache root (default $AGEGENDER_CACHE or ~/.cache/agegender)."
     ),

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import app, console, fail
+from agegender.cli import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 
@@ -104,7 +104,7 @@ def evaluate_cmd(
         "(default), an .onnx or a .pt (evaluated photo by photo through the face path).",
     ),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or label file."),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     detector: str = typer.Option(
         "none",
         "--detector",
@@ -194,7 +194,7 @@ def calibrate_cmd(
     rule: str = typer.Option(
         "equal-recall", "--rule", help="equal-recall (women and men) | balanced-accuracy."
     ),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     detector: str = typer.Option(
         "blazeface",
         "--detector",
