@@ -81,3 +81,40 @@ def test_members_must_fit_together(tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ValueError, match="at least 2"):
         ensemble_meta([load_model(a)[1]])
+
+
+def test_members_over_one_frozen_trunk_share_it(tmp_path: Path) -> None:
+    """Members fine-tuned from the same frozen blocks run those blocks once, store them
+    once, and still give the mean of the members' probabilities."""
+    import copy
+
+    from agegender.models.ensemble import Ensemble, shared_prefix
+
+    a_path = _member(tmp_path, 1)
+    a, meta = load_model(a_path)
+    b = copy.deepcopy(a)
+    n_blocks = len(a.backbone_blocks())
+    assert n_blocks >= 2
+    with torch.no_grad():
+        for p in b.backbone_blocks()[-1].parameters():
+            p.add_(0.05)
+        for p in b.heads.parameters():
+            p.mul_(1.5)
+    assert shared_prefix([a, b]) == n_blocks - 1
+    b_path = save_torch_model(b, {**meta, "name": "b"}, tmp_path / "b.pt")
+    pt = tmp_path / "shared.pt"
+    res = CliRunner().invoke(app, ["export", str(a_path), str(b_path), "--pt", str(pt)])
+    assert res.exit_code == 0, res.output
+    model, ens_meta = load_model(pt)
+    assert ens_meta["shared_blocks"] == n_blocks - 1
+    assert isinstance(model, Ensemble)
+    assert model.members[1].backbone[0] is model.members[0].backbone[0]  # tied, run once
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = model(x)["gender"].softmax(-1)
+        want = (a.eval()(x)["gender"].softmax(-1) + b.eval()(x)["gender"].softmax(-1)) / 2
+    assert torch.allclose(got, want, atol=1e-5)
+    unshared = save_torch_model(
+        Ensemble([a, copy.deepcopy(b)], "dex"), {**ens_meta, "shared_blocks": 0}, tmp_path / "u.pt"
+    )
+    assert pt.stat().st_size < unshared.stat().st_size  # the trunk is stored once

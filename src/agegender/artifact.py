@@ -326,7 +326,11 @@ def build_model(
         members = meta.get("members")
         if not isinstance(members, list) or len(members) < 2:
             raise ValueError("ensemble meta needs a list of at least 2 members")
-        return Ensemble([build_model(m) for m in members], str(meta["tasks"].get("age")))
+        return Ensemble(
+            [build_model(m) for m in members],
+            str(meta["tasks"].get("age")),
+            shared_blocks=int(meta.get("shared_blocks", 0)),
+        )
     pre = meta["preprocessing"]
     extra = {} if pretrained is None else {"pretrained": pretrained}
     return create_model(

@@ -290,7 +290,11 @@ def export_cmd(
             meta = ensemble_meta([m for _, m in loaded], name=name or "ensemble")
         except ValueError as exc:
             fail(f"{', '.join(map(str, checkpoints))}: {exc}")
-        module = Ensemble([m for m, _ in loaded], meta["tasks"]["age"]).eval()
+        from agegender.models.ensemble import shared_prefix
+
+        members = [m for m, _ in loaded]
+        meta["shared_blocks"] = shared_prefix(members)
+        module = Ensemble(members, meta["tasks"]["age"], meta["shared_blocks"]).eval()
         meta["members_from"] = [str(c) for c in checkpoints]
     if pt is not None:
         save_torch_model(module, meta, pt)
