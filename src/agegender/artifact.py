@@ -9,7 +9,7 @@ that writes it, reads it and acts on it:
   :func:`parse_meta` reads the part inference needs into a :class:`ModelSpec`. The reader
   accepts exactly the keys the writer writes.
 - **rebuild** — :func:`build_model` makes the network a meta describes;
-  :func:`ensemble_meta` describes several trained models averaged as one.
+  :func:`make_ensemble` / :func:`ensemble_meta`: several trained models averaged as one.
 - **the gender decision** — :func:`gender_labels`: P(female) above the model's threshold
   (0.5, or the one ``agegender calibrate`` chose on validation faces and wrote into the
   meta's ``gender_decision``).
@@ -311,6 +311,20 @@ def ensemble_meta(metas: Sequence[Mapping[str, Any]], name: str = ENSEMBLE_ARCH)
     }
 
 
+def make_ensemble(
+    loaded: Sequence[tuple[Any, Mapping[str, Any]]], name: str = ENSEMBLE_ARCH
+) -> tuple[Any, dict]:
+    """``(model, meta)`` pairs (as :func:`load_model` returns them) -> the ensemble and its
+    meta, with the leading blocks the members share (identical weights) tied and run once
+    (``shared_blocks``). A ``ValueError`` from :func:`ensemble_meta` when they do not fit."""
+    from agegender.models.ensemble import Ensemble, shared_prefix
+
+    meta = ensemble_meta([m for _, m in loaded], name=name)
+    members = [m for m, _ in loaded]
+    meta["shared_blocks"] = shared_prefix(members)
+    return Ensemble(members, meta["tasks"]["age"], meta["shared_blocks"]).eval(), meta
+
+
 # --------------------------------------------------------------------------- rebuilding
 def build_model(
     meta: Mapping[str, Any], pretrained_file: str | None = None, pretrained: str | None = None
@@ -464,6 +478,12 @@ def load_model(
     return _rebuilt(path, meta, state).to(map_location), meta
 
 
+def plain_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` as plain JSON types (anything else as its ``str``), as every model file
+    stores it."""
+    return json.loads(json.dumps(dict(meta), default=str))
+
+
 def save_torch_model(model: Any, meta: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Save ``{"meta", "state_dict"}`` to ``.pt`` (tensors and plain types only, loadable
     with ``weights_only=True``); :func:`load_model` rebuilds it."""
@@ -473,7 +493,7 @@ def save_torch_model(model: Any, meta: Mapping[str, Any], path: str | os.PathLik
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
-        "meta": json.loads(json.dumps(dict(meta), default=str)),
+        "meta": plain_meta(meta),
         "state_dict": model.state_dict(),
     }
     torch.save(blob, path)

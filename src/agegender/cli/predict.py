@@ -276,7 +276,7 @@ def export_cmd(
     for target in (onnx, pt):
         if target is not None:
             check_writable(target)
-    from agegender.artifact import ensemble_meta, load_model
+    from agegender.artifact import load_model, make_ensemble
 
     loaded = [load_model(c) for c in checkpoints]
     if len(loaded) == 1:
@@ -284,17 +284,10 @@ def export_cmd(
         meta = dict(meta)
         meta["name"] = name or meta.get("name") or checkpoints[0].stem
     else:
-        from agegender.models.ensemble import Ensemble
-
         try:
-            meta = ensemble_meta([m for _, m in loaded], name=name or "ensemble")
+            module, meta = make_ensemble(loaded, name=name or "ensemble")
         except ValueError as exc:
             fail(f"{', '.join(map(str, checkpoints))}: {exc}")
-        from agegender.models.ensemble import shared_prefix
-
-        members = [m for m, _ in loaded]
-        meta["shared_blocks"] = shared_prefix(members)
-        module = Ensemble(members, meta["tasks"]["age"], meta["shared_blocks"]).eval()
         meta["members_from"] = [str(c) for c in checkpoints]
     if pt is not None:
         save_torch_model(module, meta, pt)

@@ -30,7 +30,6 @@ The written file is the same kind as the source (``.onnx``, ``.pt`` or ``.ckpt``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,20 +133,23 @@ def _replace(path: Path, write: Any) -> None:
 def write_with_meta(source: str | os.PathLike, out: str | os.PathLike, meta: Mapping) -> Path:
     """Copy the model file ``source`` to ``out`` (same kind: ``.onnx``, ``.pt``/``.pth``
     or ``.ckpt``) with its meta replaced by ``meta``; the weights are untouched."""
-    from agegender.artifact import parse_meta, read_checkpoint
+    from agegender.artifact import parse_meta, plain_meta, read_checkpoint
     from agegender.errors import torch_load
 
+    def kind_of(path: Path) -> str:
+        return ".pt" if path.suffix == ".pth" else path.suffix
+
     src, dst = Path(source), Path(out)
-    kind = {".pth": ".pt"}.get(src.suffix, src.suffix)
-    if {".pth": ".pt"}.get(dst.suffix, dst.suffix) != kind:
+    kind = kind_of(src)
+    if kind_of(dst) != kind:
         raise ValueError(f"{dst}: write a {kind} model to a {kind} file (the source is {src})")
     parse_meta(meta)  # validate before writing
-    plain = json.loads(json.dumps(dict(meta), default=str))
+    plain = plain_meta(meta)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if kind == ".onnx":
-        from agegender.infer.onnx import _with_meta
+        from agegender.infer.onnx import with_meta
 
-        data = _with_meta(src.read_bytes(), plain)
+        data = with_meta(src.read_bytes(), plain)
         _replace(dst, lambda p: p.write_bytes(data))
         return dst
     import torch

@@ -21,14 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from agegender.artifact import parse_meta, probability_module
+from agegender.artifact import parse_meta, plain_meta, probability_module
 
 META_KEY = "agegender_meta"
 INPUT_NAME = "input"
-
-
-def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(meta), default=str))
 
 
 def _export(model: Any, meta: Mapping[str, Any], f: str | io.BytesIO, opset: int) -> None:
@@ -54,13 +50,13 @@ def _export(model: Any, meta: Mapping[str, Any], f: str | io.BytesIO, opset: int
         )
 
 
-def _with_meta(data: bytes, meta: Mapping[str, Any]) -> bytes:
+def with_meta(data: bytes, meta: Mapping[str, Any]) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(data)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(_jsonable(meta))
+    entry.key, entry.value = META_KEY, json.dumps(plain_meta(meta))
     proto.producer_name = "agegender"
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
@@ -70,7 +66,7 @@ def export_onnx_bytes(model: Any, meta: Mapping[str, Any], opset: int = 17) -> b
     """The ONNX graph (probabilities, dynamic batch, meta inside) as bytes."""
     buf = io.BytesIO()
     _export(model, meta, buf, opset)
-    return _with_meta(buf.getvalue(), meta)
+    return with_meta(buf.getvalue(), meta)
 
 
 def export_onnx(

@@ -13,6 +13,7 @@ predicts, calibrates and serves like any other model file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -74,7 +75,5 @@ class Ensemble(nn.Module):
             if key == "age" and self.age == "regression":
                 merged[key] = values.mean(0)
             else:  # log of the mean probability: softmax of it is that mean
-                merged[key] = torch.logsumexp(values.log_softmax(-1), 0) - torch.log(
-                    torch.tensor(float(len(outs)))
-                )
+                merged[key] = torch.logsumexp(values.log_softmax(-1), 0) - math.log(len(outs))
         return merged
