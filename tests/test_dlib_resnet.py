@@ -270,6 +270,27 @@ def test_config_checks_name_the_key(tmp_path, config_data_root) -> None:
             _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
             ["model.precompute_blocks=11", "model.freeze_backbone=true"],
         )
+    with pytest.raises(ConfigError, match="or store augmented draws with model.precompute_aug"):
+        load_config(
+            _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
+            ["model.precompute_blocks=11", "model.freeze_backbone=true"],
+        )
+    with pytest.raises(ConfigError, match="model.precompute_augmented: needs model.precompute_b"):
+        load_config(
+            _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
+            ["model.precompute_augmented=2", "model.freeze_backbone=true"],
+        )
+    with pytest.raises(ConfigError, match="precompute_augmented: augment.recipe has nothing"):
+        load_config(
+            _cfg(tmp_path, base + "augment: {recipe: [hflip]}\n"),
+            [
+                "model.precompute_blocks=11",
+                "model.freeze_backbone=true",
+                "model.precompute_augmented=2",
+            ],
+        )
+    with pytest.raises(ConfigError, match="model.precompute_augmented"):
+        load_config(_cfg(tmp_path, base), ["model.precompute_augmented=-1"])
     with pytest.raises(ConfigError, match="set model.unfreeze_last_n"):
         load_config(
             _cfg(tmp_path, base),
@@ -281,6 +302,8 @@ def test_config_checks_name_the_key(tmp_path, config_data_root) -> None:
         )
     cfg = load_config(REPO_CONFIG)
     assert cfg.model.precompute_blocks == 11 and cfg.data.align
+    aug = load_config(REPO_CONFIG.with_name("dlib_top_finetune_aug.yaml"))
+    assert aug.model.precompute_augmented == 3 and aug.augment.get("rotation") is not None
 
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "face" / "dlib_top_finetune.yaml"
@@ -335,3 +358,77 @@ trainer: {{threads: 1}}
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
         assert model(x)["gender"].shape == (1, 2)
+
+
+def test_stored_augmented_draws(tmp_path) -> None:
+    """model.precompute_augmented: the stored views are the face, its mirror and N seeded
+    draws of the whole recipe, each exactly the prefix's output for that input; the same
+    faces, weights and seed reuse the file, another seed or N makes another; training reads
+    every stored view, evaluation only the face as it is."""
+    from types import SimpleNamespace
+
+    from agegender.config import AugmentConfig
+    from agegender.data.augment import Preprocess
+    from agegender.train.features import precompute_features
+    from agegender.train.module import FaceModule
+
+    torch.manual_seed(0)
+    model = create_model("dlib_resnet29", {"gender": True, "age": "dex"}).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    recipe = AugmentConfig(recipe=["hflip", {"rotation": 15}, {"color_jitter": 0.3}])
+    pre = Preprocess(size=112, input_size=112, mean=[0.5] * 3, std=[0.25] * 3, recipe=recipe)
+    paths = [f"f{i}.jpg" for i in range(5)]
+
+    def run(draws: int, seed: int, cache: Path):
+        return precompute_features(
+            model,
+            images,
+            np.arange(5),
+            paths,
+            11,
+            pre,
+            flip=True,
+            cache_dir=cache,
+            draws=draws,
+            seed=seed,
+            batch_size=2,
+            printer=lambda _: None,
+        )
+
+    feats, info = run(2, 0, tmp_path / "a")
+    assert feats.shape == (5, 4, 128, 6, 6) and info["draws"] == 2 and not info["reused"]
+    raw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        x = pre.eval(raw)
+        clean = model.forward_prefix(11, x).half().float()
+        mirror = model.forward_prefix(11, torch.flip(x, dims=[3])).half().float()
+        # the draw of rows 2-3 (the second batch of 2): seeded by (seed, draw, first row)
+        drawn = model.forward_prefix(11, pre.train(raw[2:4], np.random.default_rng([0, 1, 2])))
+    stored = torch.from_numpy(np.array(feats)).float()
+    assert torch.allclose(stored[:, 0], clean, atol=1e-2)
+    assert torch.allclose(stored[:, 1], mirror, atol=1e-2)
+    assert torch.allclose(stored[2:4, 3], drawn.half().float(), atol=1e-2)
+    assert (stored[:, 2] - stored[:, 0]).abs().mean() > 0.05  # a draw is not the face
+    assert (stored[:, 3] - stored[:, 2]).abs().mean() > 0.05  # nor the other draw
+
+    again, info2 = run(2, 0, tmp_path / "a")
+    assert info2["reused"] and info2["file"] == info["file"]
+    other_seed = run(2, 1, tmp_path / "a")[1]
+    no_draws = run(0, 0, tmp_path / "a")[1]
+    assert len({info["file"], other_seed["file"], no_draws["file"]}) == 3
+    assert run(2, 0, tmp_path / "b")[0].tobytes() == np.asarray(feats).tobytes()  # repeatable
+
+    # which stored view a batch reads
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(precompute_augmented=2), trainer=SimpleNamespace(channels_last=False)
+    )
+    fake = SimpleNamespace(preprocess=pre, cfg=cfg)
+    views = torch.arange(4.0).view(1, 4, 1, 1, 1).expand(400, 4, 1, 1, 1)
+    picked = FaceModule._stored_view(fake, views, np.random.default_rng(0)).flatten()
+    counts = torch.bincount(picked.long(), minlength=4)
+    assert counts.min() > 70  # all four views, about 100 each
+    assert FaceModule._stored_view(fake, views, None).flatten().eq(0).all()
+    cfg.model.precompute_augmented = 0  # face and mirror only: hflip's probability
+    picked = FaceModule._stored_view(fake, views[:, :2], np.random.default_rng(0)).flatten()
+    assert 150 < picked.sum() < 250

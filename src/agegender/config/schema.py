@@ -191,7 +191,15 @@ class ModelConfig(_Section):
         None,
         ge=1,
         description="run the first N backbone blocks (frozen all along) once per face and "
-        "train the rest on their stored output (augmentation: hflip only)",
+        "train the rest on their stored output (augmentation: hflip only, unless "
+        "precompute_augmented)",
+    )
+    precompute_augmented: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="with precompute_blocks: also store N draws of the whole augment.recipe "
+        "per face; each training sample reads one stored view at random",
     )
 
     _paths = field_validator("pretrained_file", "init_from")(_resolve)
@@ -256,6 +264,8 @@ class ModelConfig(_Section):
     def _freeze(self) -> ModelConfig:
         if self.precompute_blocks is not None and not self.freeze_backbone:
             raise ValueError("model.precompute_blocks: needs model.freeze_backbone: true")
+        if self.precompute_augmented and self.precompute_blocks is None:
+            raise ValueError("model.precompute_augmented: needs model.precompute_blocks")
         if (
             self.precompute_blocks is not None
             and self.unfreeze_at_epoch is not None
@@ -641,10 +651,16 @@ class Config(_Section):
             )
         if self.model.precompute_blocks is not None:
             other = [op.op for op in self.augment.recipe if op.op != "hflip"]
-            if other:
+            if other and not self.model.precompute_augmented:
                 raise ValueError(
                     f"augment.recipe: {', '.join(other)} cannot run on stored features "
-                    "(model.precompute_blocks): keep hflip only"
+                    "(model.precompute_blocks): keep hflip only, or store augmented draws "
+                    "with model.precompute_augmented: N"
+                )
+            if self.model.precompute_augmented and not other:
+                raise ValueError(
+                    "model.precompute_augmented: augment.recipe has nothing to draw beyond "
+                    "hflip (the stored mirror view covers it)"
                 )
             if self.distill is not None:
                 raise ValueError("distill: not with model.precompute_blocks")

@@ -208,12 +208,18 @@ class FaceModule(L.LightningModule):
         return self._forward(x)
 
     def _stored_view(self, feats: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
-        """One view per sample of stored features ``(B, views, C, h, w)``: the mirror image
-        with ``hflip``'s probability in training, else the face as it is."""
+        """One view per sample of stored features ``(B, views, C, h, w)``. Outside training
+        the face as it is (view 0); in training the mirror image with ``hflip``'s
+        probability, or, with augmented draws stored (``model.precompute_augmented``), any
+        stored view, each equally often."""
         hflip = self.preprocess.recipe.get("hflip")
-        view = torch.zeros(len(feats), dtype=torch.long, device=feats.device)
-        if rng is not None and hflip is not None and feats.shape[1] > 1:
-            view = torch.from_numpy(rng.random(len(feats)) < hflip.p).long().to(feats.device)
+        n, views = len(feats), feats.shape[1]
+        view = torch.zeros(n, dtype=torch.long, device=feats.device)
+        if rng is not None and views > 1:
+            if self.cfg.model.precompute_augmented:
+                view = torch.from_numpy(rng.integers(0, views, n)).to(feats.device)
+            elif hflip is not None:
+                view = torch.from_numpy(rng.random(n) < hflip.p).long().to(feats.device)
         x = feats[torch.arange(len(feats), device=feats.device), view].float()
         if self.cfg.trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -124,6 +124,8 @@ def _stored_features(
             module.preprocess,
             flip=config.augment.get("hflip") is not None,
             cache_dir=config.data.cache_dir,
+            draws=m.precompute_augmented,
+            seed=config.train.seed,
             unfrozen_last_n=m.unfreeze_last_n if m.unfreeze_at_epoch is not None else None,
             printer=printer or (lambda _: None),
         )
