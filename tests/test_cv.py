@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agegender.cli import app
+from agegender.config import ConfigError
 from conftest import N_IMAGES
 
 
@@ -160,3 +161,65 @@ def test_cv_resume_accepts_a_config_saved_before_new_keys(tiny_config: Path, tmp
     changed = load_config(tiny_config, ["optim.lr=0.5"])
     with pytest.raises(ConfigError, match=r"optim.lr \(0.01 -> 0.5\)"):
         _check_same_config(changed, tmp_path, 2)
+
+
+def test_cv_calibrate_scores_each_fold_at_its_validation_threshold(
+    cv_run: Path, tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``cv --calibrate equal-recall`` on finished folds: nothing is retrained; each fold's
+    threshold is the one choose_threshold picks on that fold's validation predictions, its
+    test decisions are made at it, and results.json gives the thresholds' mean ± std. Too
+    few validation faces is a one-line error naming the fold."""
+    import shutil
+
+    import agegender.evaluate.calibrate as calibrate
+    from agegender.artifact import load_model
+    from agegender.data.records import DatasetError
+    from agegender.evaluate.calibrate import choose_threshold
+    from agegender.evaluate.cv import fold_val_table, run_cv
+    from agegender.evaluate.evaluation import evaluate_model
+
+    out = tmp_path / "cv"
+    shutil.copytree(cv_run, out)
+    before = (out / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    lines: list[str] = []
+    # the tiny folds have about 8 validation faces: fewer than a threshold needs
+    with pytest.raises(DatasetError, match=r"fold 0 validation faces: .*at least 20 faces"):
+        run_cv(tiny_config, 2, out, calibrate="equal-recall", printer=lines.append)
+    with pytest.raises(ConfigError, match="--calibrate: unknown rule 'best'"):
+        run_cv(tiny_config, 2, out, calibrate="best", printer=lines.append)
+
+    monkeypatch.setattr(calibrate, "MIN_FACES_PER_GENDER", 2)
+    lines.clear()
+    res = run_cv(tiny_config, 2, out, calibrate="equal-recall", printer=lines.append)
+    assert sum("training already finished, evaluating" in line for line in lines) == 2
+    assert (out / "fold_0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+    assert res["calibrate"] == "equal-recall"
+    folds = pd.read_csv(out / "folds.csv")
+    thresholds = []
+    for f in res["per_fold"]:
+        fold_dir = out / f"fold_{f['fold']}"
+        model, meta = load_model(fold_dir / "checkpoints" / "best.ckpt")
+        val = fold_val_table(folds, pd.read_csv(fold_dir / "split.csv"))
+        assert len(val) == f["n_val"]
+        _, vpred = evaluate_model(model, meta, val)
+        want = choose_threshold(vpred["gender"], vpred["p_female"], "equal-recall")
+        got = json.loads((fold_dir / "results.json").read_text())["gender_decision"]
+        assert got["threshold"] == want["threshold"] and got["faces"] == len(val)
+        pred = pd.read_csv(fold_dir / "predictions.csv")
+        female = (pred["p_female"] > got["threshold"]).astype(int)
+        assert (pred["pred_gender"] == female).all()
+        assert f["metrics"]["gender_accuracy"] == pytest.approx(
+            (pred["pred_gender"] == pred["gender"]).mean()
+        )
+        thresholds.append(got["threshold"])
+    assert res["gender_threshold"]["values"] == pytest.approx(thresholds)
+
+    lines.clear()  # the same scoring again: skipped; without calibrate: re-scored at 0.5
+    run_cv(tiny_config, 2, out, calibrate="equal-recall", printer=lines.append)
+    assert sum("skipped" in line for line in lines) == 2
+    plain = run_cv(tiny_config, 2, out, printer=lines.append)
+    assert plain["calibrate"] is None and "gender_threshold" not in plain
+    assert plain["metrics"]["gender_accuracy"]["values"] == pytest.approx(
+        json.loads((cv_run / "results.json").read_text())["metrics"]["gender_accuracy"]["values"]
+    )

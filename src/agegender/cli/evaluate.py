@@ -262,11 +262,18 @@ def cv_cmd(
         help="Run only this fold (0-based; repeatable): spread folds over processes or "
         "machines that share --out; results.json comes when all folds are done.",
     ),
+    calibrate: str = typer.Option(
+        "none",
+        "--calibrate",
+        help="none | equal-recall | balanced-accuracy: score each test fold at the gender "
+        "threshold this rule picks on the fold's validation faces.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """k-fold cross-validation (grouped, stratified): mean ± std of every metric.
 
-    Re-running resumes: finished folds are skipped, an interrupted one continues.
+    Re-running resumes: finished folds are skipped, an interrupted one continues; folds
+    scored another way (--tta, --calibrate) are re-scored without retraining.
     """
     import json
 
@@ -280,6 +287,7 @@ def cv_cmd(
         folds,
         out_dir,
         tta=tta,
+        calibrate=None if calibrate == "none" else calibrate,
         only=only or None,
         printer=console.print,
         progress=console.is_terminal,

@@ -22,7 +22,12 @@
    tested on in one fold.
 3. The best checkpoint is evaluated on the test fold
    (:func:`agegender.evaluate.evaluation.evaluate_model`): ``fold_k/results.json`` and
-   ``fold_k/predictions.csv`` (per-image probabilities).
+   ``fold_k/predictions.csv`` (per-image probabilities). With ``calibrate`` (a rule of
+   ``agegender calibrate``, e.g. ``equal-recall``) the fold's gender threshold is first
+   chosen on its own validation faces (:func:`agegender.evaluate.calibrate.choose_threshold`)
+   and the test fold is scored at it: the cross-validated figures then follow the decision
+   rule a shipped, calibrated model uses, and every fold's threshold is in its results.
+   Re-running with another ``calibrate`` re-scores finished folds without retraining.
 4. ``OUT/results.json``: every metric as mean ± std over folds (sample standard deviation,
    ``ddof=1``) with the per-fold values, per-fold training seconds and images/s, test
    images/s, and the pooled fairness table, confusion matrices and reliability bins of all
@@ -126,7 +131,18 @@ def fold_split(folds: pd.DataFrame, k: int, val_fraction: float, seed: int) -> p
 
 def fold_test_table(folds: pd.DataFrame, k: int) -> pd.DataFrame:
     """The test rows of fold ``k`` as a labels table (gender, age, age_group, race...)."""
-    t = folds[folds["fold"] == k].reset_index(drop=True).copy()
+    return _labels_table(folds[folds["fold"] == k])
+
+
+def fold_val_table(folds: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows of a fold's ``split.csv`` (:func:`fold_split`) as a labels table."""
+    if len(split) != len(folds) or not (split["path"].to_numpy() == folds["path"].to_numpy()).all():
+        raise DatasetError("split.csv does not list the rows of folds.csv in order")
+    return _labels_table(folds[split["fold"].to_numpy() == VAL])
+
+
+def _labels_table(rows: pd.DataFrame) -> pd.DataFrame:
+    t = rows.reset_index(drop=True).copy()
     for col in ("gender", "age_group", "race"):
         if col in t.columns:
             t[col] = pd.array(pd.to_numeric(t[col], errors="coerce").round(), dtype="Int8")
@@ -159,7 +175,11 @@ def aggregate(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs_run",
     )
     timing = {k: mean_std([f.get(k) for f in per_fold]) for k in timing_keys}
-    return {"metrics": metrics, "timing": timing}
+    out: dict[str, Any] = {"metrics": metrics, "timing": timing}
+    decisions = [f.get("gender_decision") for f in per_fold]
+    if any(decisions):
+        out["gender_threshold"] = mean_std([(d or {}).get("threshold") for d in decisions])
+    return out
 
 
 # --------------------------------------------------------------------------- run
@@ -230,11 +250,14 @@ def run_fold(
     k: int,
     *,
     tta: str = "none",
+    calibrate: str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
     printer: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Train (or resume) and evaluate CV fold ``k``; returns and writes its results."""
+    """Train (or resume) and evaluate CV fold ``k``; returns and writes its results.
+    ``calibrate``: score the test fold at the gender threshold this rule picks on the
+    fold's validation faces."""
     from agegender.artifact import load_model
     from agegender.evaluate.evaluation import evaluate_model
     from agegender.train import train
@@ -265,15 +288,31 @@ def run_fold(
     best = fold_dir / "checkpoints" / "best.ckpt"
     ckpt = best if best.is_file() else last
     model, meta = load_model(ckpt)
+    batch = batch_size or config.train.eval_batch_size or 2 * config.train.batch_size
+    decision = None
+    if calibrate is not None:
+        from agegender.evaluate.calibrate import choose_threshold
+
+        val = fold_val_table(folds, pd.read_csv(split_csv))
+        _, val_pred = evaluate_model(
+            model, meta, val, tta=tta, batch_size=batch, cache_dir=d.cache_dir
+        )
+        try:
+            decision = choose_threshold(
+                val_pred["gender"], val_pred["p_female"], calibrate, where=f"{split_csv}"
+            )
+        except ValueError as exc:
+            raise DatasetError(f"fold {k} validation faces: {exc}") from None
+        decision["chosen_on"] = f"fold {k} validation faces ({split_csv})"
+        meta = {**meta, "gender_decision": decision}
+        at = decision["at_threshold"]
+        printer(
+            f"fold {k + 1}/{n_folds}: gender threshold {decision['threshold']:g} ({calibrate}, "
+            f"{decision['faces']:,} validation faces: female/male recall "
+            f"{at['female_recall']:.1%}/{at['male_recall']:.1%})"
+        )
     table = fold_test_table(folds, k)
-    res, pred = evaluate_model(
-        model,
-        meta,
-        table,
-        tta=tta,
-        batch_size=batch_size or config.train.eval_batch_size or 2 * config.train.batch_size,
-        cache_dir=d.cache_dir,
-    )
+    res, pred = evaluate_model(model, meta, table, tta=tta, batch_size=batch, cache_dir=d.cache_dir)
     pred.to_csv(fold_dir / "predictions.csv", index=False)
     splits = (summary.get("dataset") or {}).get("splits") or {}
     timing = res["timing"]
@@ -293,6 +332,8 @@ def run_fold(
         "params": summary.get("params"),
         "model_size_mb": summary.get("model_size_mb"),
         "tta": tta,
+        "calibrate": calibrate,
+        "gender_decision": decision,
         "metrics": res["metrics"],
         "fairness": res["fairness"],
     }
@@ -307,6 +348,7 @@ def run_cv(
     overrides: Sequence[str] = (),
     *,
     tta: str = "none",
+    calibrate: str | None = None,
     only: Sequence[int] | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
@@ -328,6 +370,13 @@ def run_cv(
     from agegender.train.data import resolve_sizes
 
     check_mode(tta)
+    if calibrate is not None:
+        from agegender.evaluate.calibrate import RULES
+
+        if calibrate not in RULES:
+            raise ConfigError(
+                f"--calibrate: unknown rule {calibrate!r}; choose {' or '.join(RULES)}"
+            )
     if folds < 2:
         raise ConfigError(f"--folds: need at least 2 (got {folds})")
     config_path = None
@@ -369,9 +418,11 @@ def run_cv(
             continue
         res_path = out / f"fold_{k}" / "results.json"
         if res_path.is_file():
-            printer(f"fold {k + 1}/{len(ks)}: done (results in {res_path}), skipped")
-            per_fold.append(json.loads(res_path.read_text(encoding="utf-8")))
-            continue
+            done = json.loads(res_path.read_text(encoding="utf-8"))
+            if _same_scoring(done, tta, calibrate):
+                printer(f"fold {k + 1}/{len(ks)}: done (results in {res_path}), skipped")
+                per_fold.append(done)
+                continue
         per_fold.append(
             run_fold(
                 config,
@@ -379,6 +430,7 @@ def run_cv(
                 table,
                 k,
                 tta=tta,
+                calibrate=calibrate,
                 batch_size=batch_size,
                 progress=progress,
                 printer=printer,
@@ -386,7 +438,8 @@ def run_cv(
         )
     if only is not None:  # the other folds' results as they are now (other processes)
         others = [out / f"fold_{k}" / "results.json" for k in ks if k not in only]
-        per_fold += [json.loads(p.read_text(encoding="utf-8")) for p in others if p.is_file()]
+        others_done = [json.loads(p.read_text(encoding="utf-8")) for p in others if p.is_file()]
+        per_fold += [f for f in others_done if _same_scoring(f, tta, calibrate)]
         per_fold.sort(key=lambda f: f["fold"])
     if len(per_fold) < len(ks):
         done = [f["fold"] for f in per_fold]
@@ -414,6 +467,7 @@ def run_cv(
         f"{config.data.split[1] / (config.data.split[0] + config.data.split[1]):.0%} of the "
         "training folds",
         "tta": tta,
+        "calibrate": calibrate,
         "dataset": info,
         "params": first.get("params"),
         "model_size_mb": first.get("model_size_mb"),
@@ -427,6 +481,11 @@ def run_cv(
     return results
 
 
+def _same_scoring(fold_result: dict[str, Any], tta: str, calibrate: str | None) -> bool:
+    """Whether a finished fold's results were scored the way this run asks."""
+    return fold_result.get("tta", "none") == tta and fold_result.get("calibrate") == calibrate
+
+
 def cv_table(results: dict[str, Any]):
     """A rich Table: each headline metric as mean ± std with its per-fold values."""
     from rich.table import Table
@@ -436,9 +495,21 @@ def cv_table(results: dict[str, Any]):
     table.add_column("mean ± std", justify="right")
     table.add_column("per fold", justify="right")
     rows = [k for k in HEADLINE if k in results["metrics"]]
-    rows += ["train_seconds", "train_images_per_second", "test_images_per_second"]
+    rows += ["gender_threshold", "train_seconds", "train_images_per_second"]
+    rows += ["test_images_per_second"]
     timing = Metric("timing", "", percent=False, digits=2)
     for key in rows:
+        if key == "gender_threshold":
+            src = results.get(key)
+            if not src or src["mean"] is None:
+                continue
+            vals = ", ".join("-" if v is None else f"{v:.3f}" for v in src["values"])
+            table.add_row(
+                f"gender threshold ({results.get('calibrate')})",
+                f"{src['mean']:.3f} ± {src['std'] or 0.0:.3f}",
+                vals,
+            )
+            continue
         src = results["metrics"].get(key) or results["timing"].get(key)
         if not src or src["mean"] is None:
             continue
@@ -458,6 +529,7 @@ __all__ = [
     "build_folds",
     "cv_table",
     "fold_split",
+    "fold_val_table",
     "mean_std",
     "run_cv",
     "run_fold",
