@@ -255,51 +255,47 @@ def _cfg(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_config_checks_name_the_key(tmp_path, config_data_root) -> None:
-    base = "data: {path: .}\nmodel: {name: dlib_resnet29}\n"
-    with pytest.raises(ConfigError, match="model.pretrained: face weights do not exist"):
-        load_config(
-            _cfg(tmp_path, base), ["model.name=efficientnet_lite0", "model.pretrained=face"]
-        )
-    with pytest.raises(ConfigError, match="model.pretrained: imagenet weights do not exist"):
-        load_config(_cfg(tmp_path, base), ["model.pretrained=imagenet"])
-    with pytest.raises(ConfigError, match="model.precompute_blocks: needs model.freeze_backbone"):
-        load_config(_cfg(tmp_path, base), ["model.precompute_blocks=11"])
-    with pytest.raises(ConfigError, match="augment.recipe: rotation cannot run on stored"):
-        load_config(
-            _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
-            ["model.precompute_blocks=11", "model.freeze_backbone=true"],
-        )
-    with pytest.raises(ConfigError, match="or store augmented draws with model.precompute_aug"):
-        load_config(
-            _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
-            ["model.precompute_blocks=11", "model.freeze_backbone=true"],
-        )
-    with pytest.raises(ConfigError, match="model.precompute_augmented: needs model.precompute_b"):
-        load_config(
-            _cfg(tmp_path, base + "augment: {recipe: [hflip, rotation]}\n"),
+STORED = ["model.precompute_blocks=11", "model.freeze_backbone=true"]
+ROTATION = "augment: {recipe: [hflip, rotation]}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "message"),
+    [
+        (
+            "",
+            ["model.name=efficientnet_lite0", "model.pretrained=face"],
+            "model.pretrained: face weights do not exist",
+        ),
+        ("", ["model.pretrained=imagenet"], "model.pretrained: imagenet weights do not exist"),
+        ("", ["model.precompute_blocks=11"], "model.precompute_blocks: needs model.freeze_back"),
+        (
+            ROTATION,
+            STORED,
+            "augment.recipe: rotation cannot run on stored features .* or store "
+            "augmented draws with model.precompute_augmented",
+        ),
+        (
+            ROTATION,
             ["model.precompute_augmented=2", "model.freeze_backbone=true"],
-        )
-    with pytest.raises(ConfigError, match="precompute_augmented: augment.recipe has nothing"):
-        load_config(
-            _cfg(tmp_path, base + "augment: {recipe: [hflip]}\n"),
-            [
-                "model.precompute_blocks=11",
-                "model.freeze_backbone=true",
-                "model.precompute_augmented=2",
-            ],
-        )
-    with pytest.raises(ConfigError, match="model.precompute_augmented"):
-        load_config(_cfg(tmp_path, base), ["model.precompute_augmented=-1"])
-    with pytest.raises(ConfigError, match="set model.unfreeze_last_n"):
-        load_config(
-            _cfg(tmp_path, base),
-            [
-                "model.precompute_blocks=11",
-                "model.freeze_backbone=true",
-                "model.unfreeze_at_epoch=1",
-            ],
-        )
+            "model.precompute_augmented: needs model.precompute_blocks",
+        ),
+        (
+            "augment: {recipe: [hflip]}\n",
+            [*STORED, "model.precompute_augmented=2"],
+            "model.precompute_augmented: augment.recipe has nothing to draw beyond hflip",
+        ),
+        ("", ["model.precompute_augmented=-1"], "model.precompute_augmented"),
+        ("", [*STORED, "model.unfreeze_at_epoch=1"], "set model.unfreeze_last_n"),
+    ],
+)
+def test_config_checks_name_the_key(tmp_path, config_data_root, extra, overrides, message) -> None:
+    base = "data: {path: .}\nmodel: {name: dlib_resnet29}\n"
+    with pytest.raises(ConfigError, match=message):
+        load_config(_cfg(tmp_path, base + extra), overrides)
+
+
+def test_repo_configs_store_features() -> None:
     cfg = load_config(REPO_CONFIG)
     assert cfg.model.precompute_blocks == 11 and cfg.data.align
     aug = load_config(REPO_CONFIG.with_name("dlib_top_finetune_aug.yaml"))
