@@ -428,6 +428,42 @@ def test_freeze_then_unfreeze_backbone(utkface_dir: Path, tmp_path: Path) -> Non
     assert len(watch.groups[1]) == 1 and watch.groups[2] == pytest.approx([0.003, 0.0003])
 
 
+def test_unfrozen_blocks_ramp_up_from_zero(utkface_dir: Path, tmp_path: Path) -> None:
+    """model.unfreeze_warmup_epochs: the unfrozen group's rate rises linearly from 0 over
+    that many epochs (per optimiser step) while the head's follows its schedule."""
+    from agegender.train import train
+
+    class Rates(Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, list[float]]] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            groups = trainer.optimizers[0].param_groups
+            self.steps.append((trainer.current_epoch, [g["lr"] for g in groups]))
+
+    rates = Rates()
+    ov = [
+        *FAST,
+        "model.freeze_backbone=true",
+        "model.unfreeze_at_epoch=1",
+        "model.backbone_lr_factor=0.1",
+        "model.unfreeze_warmup_epochs=0.5",
+        "schedule.name=none",
+        "data.limit=200",
+        "train.epochs=2",
+    ]
+    train(write_config(tmp_path, utkface_dir), tmp_path / "run", overrides=ov, callbacks=[rates])
+    epoch1 = [lrs for epoch, lrs in rates.steps if epoch == 1]
+    n = sum(epoch == 0 for epoch, _ in rates.steps)
+    assert len(epoch1) == n >= 4
+    ramp = max(1, round(0.5 * n))
+    assert [lrs[0] for lrs in epoch1] == pytest.approx([0.003] * n)  # the head: unchanged
+    want = [0.0003 * min(1.0, (k + 1) / ramp) for k in range(n)]
+    assert [lrs[1] for lrs in epoch1] == pytest.approx(want)
+    with pytest.raises(ConfigError, match="model.unfreeze_warmup_epochs: needs model.unfreeze_at"):
+        load_config(write_config(tmp_path, utkface_dir), ["model.unfreeze_warmup_epochs=1"])
+
+
 def test_task_needs_labels_the_dataset_has(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -7,7 +7,8 @@ A run is described by one YAML file with the sections below (every key optional 
                 audit, drop_conflicts, seed, cache_dir, crop,
                 extra: [{path, format, name, crop, weight, val_fraction, limit}]}
     model:     {name, pretrained, pretrained_file, init_from, head, head_hidden, dropout, options,
-                freeze_backbone, unfreeze_at_epoch, unfreeze_last_n, backbone_lr_factor}
+                freeze_backbone, unfreeze_at_epoch, unfreeze_last_n, backbone_lr_factor,
+                unfreeze_warmup_epochs, precompute_blocks, precompute_augmented}
     task:      {gender, age: none|groups|regression|dex, gamma}
     optim:     {name: adam|adamw|sgd, lr, weight_decay, momentum, nesterov}
     schedule:  {name: none|cosine|step, warmup_epochs, step_size, gamma, min_lr_factor}

@@ -187,6 +187,12 @@ class ModelConfig(_Section):
     unfreeze_at_epoch: int | None = Field(None, ge=1)
     unfreeze_last_n: int | None = Field(None, ge=1)
     backbone_lr_factor: float = Field(1.0, gt=0, le=1)
+    unfreeze_warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="ramp the unfrozen blocks' learning rate linearly from 0 over this many "
+        "epochs after unfreeze_at_epoch",
+    )
     precompute_blocks: int | None = Field(
         None,
         ge=1,
@@ -275,6 +281,8 @@ class ModelConfig(_Section):
                 "model.precompute_blocks: the stored blocks must stay frozen; set "
                 "model.unfreeze_last_n to the blocks after them"
             )
+        if self.unfreeze_warmup_epochs and self.unfreeze_at_epoch is None:
+            raise ValueError("model.unfreeze_warmup_epochs: needs model.unfreeze_at_epoch")
         if not self.freeze_backbone:
             if self.unfreeze_at_epoch is not None:
                 raise ValueError("model.unfreeze_at_epoch: needs model.freeze_backbone: true")

@@ -2,7 +2,8 @@
 
 - :class:`BackboneFreeze` — a ``BaseFinetuning``: backbone frozen (BatchNorm statistics
   too) until ``unfreeze_at_epoch``, then the whole backbone or its last N blocks join the
-  optimiser at ``backbone_lr_factor`` x the head's learning rate, following the schedule.
+  optimiser at ``backbone_lr_factor`` x the head's learning rate, following the schedule
+  (ramped up from 0 over ``unfreeze_warmup_epochs`` when set).
 - :class:`Throughput` — training images per second (training batches only, all ranks).
 - :class:`LastCheckpoint` — ``last.ckpt`` every N optimiser steps and at each epoch end,
   written atomically (temp file + rename), so a killed run loses at most N steps; the
@@ -36,15 +37,22 @@ from agegender.fileio import atomic_path
 
 class BackboneFreeze(BaseFinetuning):
     """Freeze ``pl_module.model.backbone``; at ``unfreeze_at_epoch`` (None: never) unfreeze
-    it (or its last ``last_n`` :meth:`backbone_blocks`) with lr = ``lr_factor`` x head lr."""
+    it (or its last ``last_n`` :meth:`backbone_blocks`) with lr = ``lr_factor`` x head lr,
+    ramped linearly from 0 over the first ``warmup_epochs`` epochs after unfreezing (a
+    fresh Adam state moves every newly trained weight by about the full rate at once)."""
 
     def __init__(
-        self, unfreeze_at_epoch: int | None, last_n: int | None = None, lr_factor: float = 1.0
+        self,
+        unfreeze_at_epoch: int | None,
+        last_n: int | None = None,
+        lr_factor: float = 1.0,
+        warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__()
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.last_n = last_n
         self.lr_factor = lr_factor
+        self.warmup_epochs = warmup_epochs
         self.unfrozen = False
 
     def _modules(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
@@ -93,6 +101,9 @@ class BackboneFreeze(BaseFinetuning):
                     while len(sched.base_lrs) < len(optimizer.param_groups):
                         sched.base_lrs.append(sched.base_lrs[0] * self.lr_factor)
                         optimizer.param_groups[-1].setdefault("initial_lr", sched.base_lrs[-1])
+                    if self.warmup_epochs > 0 and hasattr(sched, "add_ramp"):
+                        steps = round(self.warmup_epochs * pl_module._steps_per_epoch())
+                        sched.add_ramp(len(optimizer.param_groups) - 1, max(1, steps))
 
 
 class Throughput(Callback):

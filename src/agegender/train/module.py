@@ -110,15 +110,30 @@ class ScheduleFn:
 
 class FactorScheduler(LRScheduler):
     """``lr_i = base_lr_i * fn(step)`` for every param group, including groups added later
-    (the freeze/unfreeze callback appends their base lr). ``fn`` is not saved in state."""
+    (the freeze/unfreeze callback appends their base lr), times a linear ramp from 0 for
+    groups given one (:meth:`add_ramp`). ``fn`` is not saved in state; the ramps are."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, fn: ScheduleFn) -> None:
         self.fn = fn
+        self.ramps: dict[int, tuple[int, int]] = {}  # group -> (first step, ramp steps)
         super().__init__(optimizer)
+
+    def _ramp(self, group: int, step: int) -> float:
+        start, steps = self.ramps.get(group, (0, 0))
+        return 1.0 if steps <= 0 else min(1.0, max(0, step - start + 1) / steps)
 
     def get_lr(self) -> list[float]:
         f = self.fn(self.last_epoch)
-        return [base * f for base in self.base_lrs]
+        return [base * f * self._ramp(i, self.last_epoch) for i, base in enumerate(self.base_lrs)]
+
+    def add_ramp(self, group: int, steps: int) -> None:
+        """Ramp ``group``'s rate linearly from 0 to its schedule over the next ``steps``
+        optimiser steps, starting with the next one."""
+        self.ramps[group] = (self.last_epoch, int(steps))
+        pg = self.optimizer.param_groups[group]
+        pg["lr"] = (
+            self.base_lrs[group] * self.fn(self.last_epoch) * self._ramp(group, self.last_epoch)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}

@@ -80,7 +80,9 @@ def make_callbacks(config: Config, out: Path, progress: bool, printer: Callable)
         )
     m = config.model
     if m.freeze_backbone:
-        cbs["freeze"] = BackboneFreeze(m.unfreeze_at_epoch, m.unfreeze_last_n, m.backbone_lr_factor)
+        cbs["freeze"] = BackboneFreeze(
+            m.unfreeze_at_epoch, m.unfreeze_last_n, m.backbone_lr_factor, m.unfreeze_warmup_epochs
+        )
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
