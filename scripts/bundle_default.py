@@ -291,9 +291,21 @@ def _decision_rows(name: str) -> list[str]:
     decides at 0.5."""
     from agegender.infer.onnx import read_onnx_meta
 
-    d = read_onnx_meta(WEIGHTS / f"{name}.onnx").get("gender_decision")
+    meta = read_onnx_meta(WEIGHTS / f"{name}.onnx")
+    d = meta.get("gender_decision")
     if not d:
         return []
+    cv_rule = meta.get("cv_calibrate")
+    if cv_rule:
+        cv_line = (
+            "The cross-validated figures above were scored the same way: each fold at the "
+            f"threshold the {cv_rule} rule chose on that fold's own validation faces "
+            f"(`agegender cv ... --calibrate {cv_rule}`); "
+        )
+    else:
+        cv_line = (
+            "The cross-validated figures above were scored at 0.5 (the folds' own checkpoints); "
+        )
     at, before = d["at_threshold"], d["at_0.5"]
 
     def pct(v: float) -> str:
@@ -316,8 +328,8 @@ def _decision_rows(name: str) -> list[str]:
         f"| shipped | {d['threshold']:g} | {pct(at['accuracy'])} | {pct(at['female_recall'])} | "
         f"{pct(at['male_recall'])} |",
         "",
-        "The cross-validated figures above were scored at 0.5 (the folds' own checkpoints); "
-        "the photo figures below use the shipped threshold. Reproduce: `agegender calibrate "
+        cv_line
+        + "the photo figures below use the shipped threshold. Reproduce: `agegender calibrate "
         f"{name} --data {d['chosen_on']} --out {name}.onnx --rule {d['rule']} --detector "
         f"{d['detector']}` (`benchmarks/gender_threshold.py --val-csv` writes that manifest "
         "of the fold's validation faces from its `folds.csv`).",
@@ -458,7 +470,8 @@ def card(
         "## Reproduce",
         "```bash",
         *_pretrain_steps(summary),
-        f"agegender cv {rel} --folds 5 --out {cv_dir} --set trainer.threads=1",
+        f"agegender cv {rel} --folds 5 --out {cv_dir} --set trainer.threads=1"
+        + (f" --calibrate {results['calibrate']}" if results.get("calibrate") else ""),
         f"python scripts/bundle_default.py {cv_dir} --fold {fold} --name {name} --config {rel}"
         + (" --crossdata benchmarks/crossdata.json" if crossdata else ""),
         "```",
@@ -490,6 +503,7 @@ def partial_results(cv_dir: Path) -> dict:
         {
             "folds": info.get("folds"),
             "partial": f"{len(per_fold)} of {info.get('folds')} folds finished",
+            "calibrate": per_fold[0].get("calibrate"),
             "dataset": info,
             **aggregate(per_fold),
             "pooled": summarise_predictions(pooled.reset_index(drop=True)),
@@ -537,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {fold_path}: fold {args.fold} has not finished", file=sys.stderr)
         return 2
     fold_res = json.loads(fold_path.read_text())
+    if res_path.is_file():
+        results = json.loads(res_path.read_text())
+    else:
+        results = partial_results(args.cv_dir)
+        print(f"{res_path}: cross-validation not finished; card from {results['partial']}")
     ckpt = args.cv_dir / f"fold_{args.fold}" / "checkpoints" / "best.ckpt"  # the run may move
     if not args.card_only:
         if not ckpt.is_file():
@@ -548,15 +567,12 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "trained_on": trained_on(args.cv_dir, args.fold),
                 "cv_fold": args.fold,
+                # how the cross-validated figures decided gender: the card says so
+                "cv_calibrate": results.get("calibrate"),
                 "test_metrics": {k: fold_res["metrics"].get(k) for k, _ in HEADLINE},
             },
         )
         print(f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB) and {pt}")
-    if res_path.is_file():
-        results = json.loads(res_path.read_text())
-    else:
-        results = partial_results(args.cv_dir)
-        print(f"{res_path}: cross-validation not finished; card from {results['partial']}")
     extra = {}
     for item in args.extra:
         name, _, path = item.partition("=")
