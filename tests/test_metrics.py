@@ -130,6 +130,8 @@ def test_groups_model_has_no_mae_and_errors_are_skipped():
     assert m["age_group_one_off"] == pytest.approx(1.0)
     cm = confusion(df[df["error"] == ""], "age_group")
     assert cm.shape == (8, 8) and cm.sum() == 3 and cm[5, 4] == 1
+    # a set without age labels (CelebA): no age matrix, not an error
+    assert confusion(df.assign(age_group=pd.NA), "age_group") is None
 
 
 def test_fairness_table_cells_with_counts_and_empty_cells():

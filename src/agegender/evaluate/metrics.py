@@ -432,6 +432,8 @@ def confusion(pred: pd.DataFrame, what: str) -> np.ndarray | None:
         y, p = _labels(pred["age_group"], N_GROUPS), groups
         labels = list(range(N_GROUPS))
     keep = (y >= 0) & (p >= 0)
+    if not keep.any():  # no face labelled for it (CelebA has no ages): no matrix
+        return None
     return confusion_matrix(y[keep], p[keep], labels=labels)
 
 
