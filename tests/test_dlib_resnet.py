@@ -295,7 +295,7 @@ def test_config_checks_name_the_key(tmp_path, config_data_root, extra, overrides
         load_config(_cfg(tmp_path, base + extra), overrides)
 
 
-def test_repo_configs_store_features() -> None:
+def test_repo_configs_store_features(config_data_root) -> None:
     cfg = load_config(REPO_CONFIG)
     assert cfg.model.precompute_blocks == 11 and cfg.data.align
     aug = load_config(REPO_CONFIG.with_name("dlib_top_finetune_aug.yaml"))
