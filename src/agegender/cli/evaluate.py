@@ -211,12 +211,14 @@ def calibrate_cmd(
     import json
 
     from agegender.data.records import DatasetError
-    from agegender.evaluate.calibrate import RULES, calibrate_model
+    from agegender.evaluate.calibrate import calibrate_model, check_rule
     from agegender.infer import NoModelError
     from agegender.infer.detector import check_detector
 
-    if rule not in RULES:
-        fail(f"--rule: unknown rule {rule!r}; choose {' or '.join(RULES)}")
+    try:
+        check_rule(rule)
+    except ValueError as exc:
+        fail(f"--rule: {exc}")
     try:
         check_detector(detector)
     except ValueError as exc:

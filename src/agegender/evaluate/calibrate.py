@@ -49,10 +49,18 @@ __all__ = [
     "MIN_FACES_PER_GENDER",
     "RULES",
     "calibrate_model",
+    "check_rule",
     "choose_threshold",
     "recalls_at",
     "write_with_meta",
 ]
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`RULES`, else ``ValueError`` naming the choices."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose {' or '.join(RULES)}")
+    return rule
 
 
 def recalls_at(y: np.ndarray, p_female: np.ndarray, threshold: float) -> dict[str, float]:
@@ -75,8 +83,7 @@ def choose_threshold(
     :data:`MIN_FACES_PER_GENDER` faces or the rule is unknown."""
     from sklearn.metrics import roc_curve
 
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose {' or '.join(RULES)}")
+    check_rule(rule)
     y = pd.to_numeric(pd.Series(np.asarray(y_true, dtype=object)), errors="coerce").to_numpy()
     p = pd.to_numeric(pd.Series(np.asarray(p_female, dtype=object)), errors="coerce").to_numpy()
     keep = np.isin(y, (0, 1)) & np.isfinite(p)
@@ -189,8 +196,7 @@ def calibrate_model(
     from agegender.infer import Predictor
     from agegender.infer.predictor import _resolve_model
 
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose {' or '.join(RULES)}")
+    check_rule(rule)
     source = _resolve_model(model, "auto")
     predictor = Predictor.load(source, detector=detector, threads=threads)
     try:

@@ -371,12 +371,12 @@ def run_cv(
 
     check_mode(tta)
     if calibrate is not None:
-        from agegender.evaluate.calibrate import RULES
+        from agegender.evaluate.calibrate import check_rule
 
-        if calibrate not in RULES:
-            raise ConfigError(
-                f"--calibrate: unknown rule {calibrate!r}; choose {' or '.join(RULES)}"
-            )
+        try:
+            check_rule(calibrate)
+        except ValueError as exc:
+            raise ConfigError(f"--calibrate: {exc}") from None
     if folds < 2:
         raise ConfigError(f"--folds: need at least 2 (got {folds})")
     config_path = None
@@ -498,22 +498,15 @@ def cv_table(results: dict[str, Any]):
     rows += ["gender_threshold", "train_seconds", "train_images_per_second"]
     rows += ["test_images_per_second"]
     timing = Metric("timing", "", percent=False, digits=2)
+    # each fold's threshold under cv --calibrate
+    stats = {**results["timing"], "gender_threshold": results.get("gender_threshold")}
+    stats |= results["metrics"]
+    shown = {"gender_threshold": Metric("gender_threshold", "", percent=False, digits=3)}
     for key in rows:
-        if key == "gender_threshold":
-            src = results.get(key)
-            if not src or src["mean"] is None:
-                continue
-            vals = ", ".join("-" if v is None else f"{v:.3f}" for v in src["values"])
-            table.add_row(
-                f"gender threshold ({results.get('calibrate')})",
-                f"{src['mean']:.3f} ± {src['std'] or 0.0:.3f}",
-                vals,
-            )
-            continue
-        src = results["metrics"].get(key) or results["timing"].get(key)
+        src = stats.get(key)
         if not src or src["mean"] is None:
             continue
-        metric = METRIC.get(key, timing)
+        metric = METRIC.get(key) or shown.get(key, timing)
         vals = ", ".join("-" if v is None else metric.fmt(v) for v in src["values"])
         unit = " %" if metric.percent else ""
         table.add_row(

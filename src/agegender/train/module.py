@@ -130,10 +130,7 @@ class FactorScheduler(LRScheduler):
         """Ramp ``group``'s rate linearly from 0 to its schedule over the next ``steps``
         optimiser steps, starting with the next one."""
         self.ramps[group] = (self.last_epoch, int(steps))
-        pg = self.optimizer.param_groups[group]
-        pg["lr"] = (
-            self.base_lrs[group] * self.fn(self.last_epoch) * self._ramp(group, self.last_epoch)
-        )
+        self.optimizer.param_groups[group]["lr"] = self.get_lr()[group]
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
