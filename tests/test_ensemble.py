@@ -118,3 +118,125 @@ def test_members_over_one_frozen_trunk_share_it(tmp_path: Path) -> None:
         Ensemble([a, copy.deepcopy(b)], "dex"), {**ens_meta, "shared_blocks": 0}, tmp_path / "u.pt"
     )
     assert pt.stat().st_size < unshared.stat().st_size  # the trunk is stored once
+
+
+def test_interpolated_export_mixes_every_weight(tmp_path: Path) -> None:
+    """export --interpolate ALPHA: one model of the same network whose every tensor is
+    (1 - ALPHA) * START + ALPHA * END (WiSE-FT); ALPHA 0 and 1 give back the two ends."""
+    a, b = _member(tmp_path, 1), _member(tmp_path, 2)
+    (ma, _), (mb, _) = load_model(a), load_model(b)
+    sa, sb = ma.state_dict(), mb.state_dict()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for alpha in (0.0, 0.3, 1.0):
+        pt, onnx = tmp_path / f"w{alpha}.pt", tmp_path / f"w{alpha}.onnx"
+        res = CliRunner().invoke(
+            app,
+            ["export", str(a), str(b), "--interpolate", str(alpha), "--pt", str(pt)]
+            + ["--onnx", str(onnx)],
+        )
+        assert res.exit_code == 0, res.output
+        model, meta = load_model(pt)
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                assert torch.allclose(v, (1 - alpha) * sa[k] + alpha * sb[k], atol=1e-6), k
+        w = meta["weights"]["interpolated"]
+        assert w["alpha"] == alpha and w["from"] == [str(a), str(b)]
+        assert "gender_decision" not in meta  # calibrate it again
+        p_pt = Predictor.load(pt, detector="none").predict(image).faces[0].p_female
+        p_onnx = Predictor.load(onnx, detector="none").predict(image).faces[0].p_female
+        assert p_pt == pytest.approx(p_onnx, abs=1e-5)
+        if alpha in (0.0, 1.0):
+            end = Predictor.load(a if alpha == 0 else b, detector="none")
+            assert p_pt == pytest.approx(end.predict(image).faces[0].p_female, abs=1e-6)
+    mid = Predictor.load(tmp_path / "w0.3.pt", detector="none").predict(image).faces[0]
+    ends = [Predictor.load(p, detector="none").predict(image).faces[0] for p in (a, b)]
+    assert mid.p_female not in (ends[0].p_female, ends[1].p_female)
+
+
+def test_interpolation_refuses_what_is_not_one_network(tmp_path: Path) -> None:
+    a, b, small = _member(tmp_path, 1), _member(tmp_path, 2), _member(tmp_path, 3, size=40)
+    cases = [
+        ([a, small, "--interpolate", "0.5"], "differs from model 1 in input_size"),
+        ([a, "--interpolate", "0.5"], "--interpolate takes two checkpoints"),
+        ([a, b, b, "--interpolate", "0.5"], "--interpolate takes two checkpoints"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, ["export", *map(str, args), "--pt", str(tmp_path / "x.pt")])
+        assert res.exit_code == 2, res.output
+        assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    res = CliRunner().invoke(
+        app, ["export", str(a), str(b), "--interpolate", "1.5", "--pt", str(tmp_path / "x.pt")]
+    )
+    assert res.exit_code == 2 and not (tmp_path / "x.pt").exists()
+
+
+def _photos(folder: Path, n: int, size: int = 32) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png"
+        )
+    return folder
+
+
+def test_int8_export_is_quantized_and_close_to_float(tmp_path: Path) -> None:
+    """export --quantize int8: the convolutions run in int8 (QDQ, int8 weights), ranges set
+    on the calibration faces, the record in the meta, outputs close to the float model."""
+    import onnx as onnx_lib
+
+    src = _member(tmp_path, 1)
+    photos = _photos(tmp_path / "cal", 24)
+    out = tmp_path / "q.onnx"
+    res = CliRunner().invoke(
+        app,
+        ["export", str(src), "--onnx", str(out), "--quantize", "int8"]
+        + ["--calibration", str(photos), "--calibration-faces", "16", "--detector", "none"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "int8, calibrated on 16 faces" in res.output and "agree on" in res.output
+    graph = onnx_lib.load(str(out)).graph
+    ops = [n.op_type for n in graph.node]
+    convs = ops.count("Conv")
+    assert convs > 0 and ops.count("DequantizeLinear") >= 2 * convs
+    int8 = {i.name for i in graph.initializer if i.data_type == onnx_lib.TensorProto.INT8}
+    assert len(int8) >= convs  # every conv's weights stored as int8
+    q = Predictor.load(out, detector="none")
+    record = q.meta["weights"]["quantized"]
+    assert record["dtype"] == "int8" and record["calibration_faces"] == 16
+    assert record["calibration_from"] == [str(photos)]
+    f = Predictor.load(src, detector="none")
+    batch = f.face_batch(sorted(photos.iterdir()))
+    assert batch.shape == (24, 3, 32, 32)
+    a, b = f.classify(batch), q.classify(batch)
+    assert np.abs(a["gender_probs"] - b["gender_probs"]).max() < 0.05
+    years = np.arange(a["age_probs"].shape[1])
+    assert np.abs(a["age_probs"] @ years - b["age_probs"] @ years).max() < 2.0
+
+
+def test_int8_export_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    src, empty = _member(tmp_path, 1), tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("", encoding="utf-8")
+    photos = _photos(tmp_path / "cal", 4)
+    q = tmp_path / "q.onnx"
+    cases = [
+        (["--onnx", str(q), "--quantize", "fp16", "--calibration", str(photos)], "only choice"),
+        (["--pt", str(tmp_path / "x.pt"), "--quantize", "int8"], "writes an ONNX file"),
+        (["--onnx", str(q), "--quantize", "int8"], "needs --calibration"),
+        (["--onnx", str(q), "--calibration", str(photos)], "goes with --quantize"),
+        (["--onnx", str(q), "--quantize", "int8", "--calibration", str(empty / "x")], "no such"),
+        (
+            ["--onnx", str(q), "--quantize", "int8", "--calibration", str(photos)]
+            + ["--detector", "none"],
+            "only 4 faces found",
+        ),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, ["export", str(src), *args])
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1 and message in res.output, res.output
+    assert not q.exists()

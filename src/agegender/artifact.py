@@ -325,6 +325,57 @@ def make_ensemble(
     return Ensemble(members, meta["tasks"]["age"], meta["shared_blocks"]).eval(), meta
 
 
+def interpolate_models(
+    start: tuple[Any, Mapping[str, Any]], end: tuple[Any, Mapping[str, Any]], alpha: float
+) -> tuple[Any, dict]:
+    """Weight-space interpolation of two models of one network (WiSE-FT, Wortsman et al.
+    2022): every tensor ``(1 - alpha) * start + alpha * end``. ``start`` is typically the
+    model before fine-tuning (e.g. the heads trained on the frozen backbone), ``end`` the
+    fine-tuned one: a model between the two keeps most of the fine-tuned accuracy and more
+    of the pretrained network's robustness to photos unlike the training data.
+
+    Both are ``(model, meta)`` as :func:`load_model` returns them. They must be the same
+    network (architecture, options, tasks, input, framing) with the same tensors; a
+    ``ValueError`` names the first difference. The result has ``end``'s meta, the
+    interpolation recorded under ``weights``, and decides gender at 0.5 until it is
+    calibrated itself (``agegender calibrate``)."""
+    import copy
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    (model_a, meta_a), (model_b, meta_b) = start, end
+    ensemble_meta([meta_a, meta_b])  # same tasks, input, normalisation and framing
+    for key in ("arch", "model_options"):
+        if meta_a.get(key) != meta_b.get(key):
+            raise ValueError(
+                f"model 2 differs from model 1 in {key} ({meta_b.get(key)!r} vs "
+                f"{meta_a.get(key)!r}): only two states of one network can be interpolated"
+            )
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    if sa.keys() != sb.keys():
+        missing = sorted(set(sa) ^ set(sb))[0]
+        raise ValueError(f"the two models' tensors differ: {missing} is in only one")
+    mixed = {}
+    for k, a in sa.items():
+        b = sb[k]
+        if a.shape != b.shape:
+            raise ValueError(f"{k}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
+        mixed[k] = (1 - alpha) * a + alpha * b if a.is_floating_point() else b.clone()
+    model = copy.deepcopy(model_b)
+    model.load_state_dict(mixed, strict=True)
+    meta = {k: v for k, v in meta_b.items() if k != "gender_decision"}
+    meta["weights"] = {
+        **dict(meta_b.get("weights") or {}),
+        "interpolated": {
+            "alpha": alpha,
+            "rule": "(1 - alpha) * start + alpha * end, every tensor (WiSE-FT)",
+            "start": meta_a.get("name"),
+            "end": meta_b.get("name"),
+        },
+    }
+    return model.eval(), meta
+
+
 # --------------------------------------------------------------------------- rebuilding
 def build_model(
     meta: Mapping[str, Any], pretrained_file: str | None = None, pretrained: str | None = None

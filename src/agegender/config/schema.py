@@ -374,6 +374,9 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     num_workers: int = Field(0, ge=0, le=8)
     checkpoint_every_n_steps: int = Field(100, ge=0, description="also save last.ckpt (0: off)")
+    keep_epoch_checkpoints: bool = Field(
+        False, description="also keep checkpoints/epoch_N.ckpt for every epoch (N from 0)"
+    )
     limit_train_batches: int | float | None = Field(None, gt=0)
     limit_val_batches: int | float | None = Field(None, gt=0)
     gradient_clip_val: float | None = Field(None, gt=0)

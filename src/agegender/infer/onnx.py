@@ -69,6 +69,97 @@ def export_onnx_bytes(model: Any, meta: Mapping[str, Any], opset: int = 17) -> b
     return with_meta(buf.getvalue(), meta)
 
 
+#: The operators int8 quantization rewrites: the convolutions (nearly all the compute); the
+#: small linear heads, the softmax and the DEX read-out stay float.
+QUANTIZED_OPS = ("Conv",)
+#: The activation ranges: this percentile of the calibration faces' values (measured on
+#: accurate: the largest change of P(female) on 800 faces 0.13 against 0.22 for min/max).
+CALIBRATION_PERCENTILE = 99.99
+
+
+def quantize_onnx_bytes(
+    data: bytes,
+    calibration: np.ndarray,
+    meta: Mapping[str, Any],
+    batch_size: int = 32,
+    source: Any = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """int8 static quantization of an exported graph with ONNX Runtime's quantizer, after
+    its pre-processing (shape inference, graph fusions): the weights of every convolution
+    per channel (int8), their inputs per tensor (uint8) with ranges measured on
+    ``calibration`` (real faces as the model sees them, ``(n, 3, S, S)`` normalised; the
+    :data:`CALIBRATION_PERCENTILE` of each tensor's values), in QDQ form. About twice the
+    float graph's speed on CPUs with int8 dot products (AVX512-VNNI, AVX-VNNI, ARM dotprod).
+
+    Returns the quantized graph (``meta`` inside, with ``weights.quantized`` saying how,
+    ``source`` naming where the calibration faces came from) and that record.
+    ``ValueError`` for an empty or misshapen calibration batch."""
+    import contextlib
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    spec = parse_meta(meta)
+    want = (3, spec.input_size, spec.input_size)
+    if calibration.ndim != 4 or tuple(calibration.shape[1:]) != want or not len(calibration):
+        raise ValueError(
+            f"int8 calibration needs faces of shape (n, {want[0]}, {want[1]}, {want[2]}), "
+            f"got {tuple(calibration.shape)}"
+        )
+    batches = [
+        {INPUT_NAME: np.ascontiguousarray(calibration[i : i + batch_size], np.float32)}
+        for i in range(0, len(calibration), batch_size)
+    ]
+
+    class _Faces(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, src, dst = (Path(tmp) / f for f in ("raw.onnx", "float.onnx", "int8.onnx"))
+        raw.write_bytes(data)
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice and progress
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as undo:
+            undo.callback(logging.getLogger().setLevel, quiet)
+            quant_pre_process(str(raw), str(src))
+            quantize_static(
+                str(src),
+                str(dst),
+                _Faces(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+            )
+        out = dst.read_bytes()
+    record = {
+        "dtype": "int8",
+        "method": "onnxruntime quant_pre_process + quantize_static, QDQ, per-channel int8 "
+        f"weights, uint8 activations, ranges at the {CALIBRATION_PERCENTILE} percentile",
+        "ops": list(QUANTIZED_OPS),
+        "calibration_faces": int(len(calibration)),
+        "calibration_from": source,
+    }
+    meta = dict(meta)
+    meta["weights"] = {**dict(meta.get("weights") or {}), "quantized": record}
+    return with_meta(out, meta), record
+
+
 def export_onnx(
     model: Any, meta: Mapping[str, Any], out_path: str | os.PathLike, opset: int = 17
 ) -> Path:

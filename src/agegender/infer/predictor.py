@@ -300,6 +300,19 @@ class Predictor:
             return _Prepared(source, error=one_line(exc), width=w, height=h)
         return _Prepared(source, found, faces, width=w, height=h)
 
+    def face_batch(self, items: Sequence[Input]) -> np.ndarray:
+        """Every face found in ``items`` (paths, arrays, PIL images), through the same
+        decode -> detect -> align -> preprocess path as :meth:`predict`, as one normalised
+        batch ``(n, 3, S, S)``; items that cannot be read or hold no face add nothing
+        (e.g. the calibration faces of ``agegender export --quantize int8``)."""
+        batches = []
+        for i, item in enumerate(items):
+            prepared = self._prepare(item, source_name(item, i))
+            if prepared.faces is not None and len(prepared.faces):
+                batches.append(prepared.faces)
+        s = self.spec.input_size
+        return np.concatenate(batches) if batches else np.zeros((0, 3, s, s), np.float32)
+
     # ---------------------------------------------------------------------- inference
     def classify(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the classifier on a preprocessed batch ``(B, 3, S, S)`` float32.

@@ -74,6 +74,17 @@ def make_callbacks(config: Config, out: Path, progress: bool, printer: Callable)
         "throughput": Throughput(),
         "lr": LearningRateMonitor(logging_interval="step"),
     }
+    if config.train.keep_epoch_checkpoints:
+        # every epoch's weights (e.g. the heads-only epoch before the unfreeze, one end of
+        # `agegender export --interpolate`)
+        cbs["epochs"] = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="epoch_{epoch}",
+            save_top_k=-1,
+            every_n_epochs=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
     if es.patience is not None:
         cbs["early_stopping"] = EarlyStopping(
             monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta
