@@ -529,3 +529,26 @@ def test_ddp_two_cpu_processes_agree(utkface_dir: Path, tmp_path: Path) -> None:
     assert r0["step"] == r1["step"] == 2 * 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+
+
+def test_keep_epoch_checkpoints_saves_every_epoch(tiny_config: Path, tmp_path: Path) -> None:
+    """train.keep_epoch_checkpoints: checkpoints/epoch_N.ckpt for every epoch (the start and
+    the end of `export --interpolate`); the last one holds the weights last.ckpt holds."""
+    from agegender.artifact import load_model
+    from agegender.train import train
+
+    run = train(
+        tiny_config,
+        tmp_path / "run",
+        overrides=[*FAST, "train.epochs=2", "train.keep_epoch_checkpoints=true"],
+        printer=lambda s: None,
+    )
+    ckpts = run.out_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("epoch_*.ckpt")) == ["epoch_0.ckpt", "epoch_1.ckpt"]
+    first, second = (load_model(ckpts / f"epoch_{i}.ckpt")[0].state_dict() for i in (0, 1))
+    last = load_model(run.last_checkpoint)[0].state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(second[k], last[k]) for k in last)
+    # off by default
+    plain = train(tiny_config, tmp_path / "plain", overrides=[*FAST, "train.epochs=1"])
+    assert not list((plain.out_dir / "checkpoints").glob("epoch_*.ckpt"))
