@@ -209,8 +209,8 @@ def test_int8_export_is_quantized_and_close_to_float(tmp_path: Path) -> None:
     assert record["dtype"] == "int8" and record["calibration_faces"] == 16
     assert record["calibration_from"] == [str(photos)]
     f = Predictor.load(src, detector="none")
-    batch = f.face_batch(sorted(photos.iterdir()))
-    assert batch.shape == (24, 3, 32, 32)
+    batch, owners = f.face_batch(sorted(photos.iterdir()), largest=True)
+    assert batch.shape == (24, 3, 32, 32) and owners.tolist() == list(range(24))
     a, b = f.classify(batch), q.classify(batch)
     assert np.abs(a["gender_probs"] - b["gender_probs"]).max() < 0.05
     years = np.arange(a["age_probs"].shape[1])

@@ -391,7 +391,7 @@ def _export_int8(
     paths = sorted(paths)
     random.Random(0).shuffle(paths)
     float_p = Predictor.from_module(module, meta, runtime="torch", detector=detector)
-    faces = float_p.face_batch(paths[:n])
+    faces, _ = float_p.face_batch(paths[:n])
     if len(faces) < 8:
         fail(f"--calibration {' '.join(photos)}: only {len(faces)} faces found (need 8)")
     data = export_onnx_bytes(module, meta, opset)

@@ -57,7 +57,7 @@ from agegender.data.imageio import (
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group
 from agegender.evaluate.tta import check_mode
 from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
-from agegender.infer.faces import FoundFace, find_faces
+from agegender.infer.faces import FoundFace, find_faces, largest_face
 from agegender.infer.inputs import Input, one_line, source_name, to_rgb_array
 from agegender.infer.results import FaceResult, ImageResult
 
@@ -300,18 +300,30 @@ class Predictor:
             return _Prepared(source, error=one_line(exc), width=w, height=h)
         return _Prepared(source, found, faces, width=w, height=h)
 
-    def face_batch(self, items: Sequence[Input]) -> np.ndarray:
-        """Every face found in ``items`` (paths, arrays, PIL images), through the same
+    def face_batch(
+        self, items: Sequence[Input], *, largest: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The faces found in ``items`` (paths, arrays, PIL images), through the same
         decode -> detect -> align -> preprocess path as :meth:`predict`, as one normalised
-        batch ``(n, 3, S, S)``; items that cannot be read or hold no face add nothing
-        (e.g. the calibration faces of ``agegender export --quantize int8``)."""
-        batches = []
+        batch ``(n, 3, S, S)``, and for each face the index of its item. ``largest``: only
+        each item's largest face (the one a per-photo label belongs to). Items that cannot
+        be read or hold no face add nothing (e.g. the calibration faces of ``agegender
+        export --quantize int8``, or the faces a benchmark scores several models on)."""
+        batches, owners = [], []
         for i, item in enumerate(items):
             prepared = self._prepare(item, source_name(item, i))
-            if prepared.faces is not None and len(prepared.faces):
-                batches.append(prepared.faces)
+            if prepared.faces is None or not len(prepared.faces):
+                continue
+            faces = prepared.faces
+            if largest:
+                k = prepared.found.index(largest_face(prepared.found))
+                faces = faces[k : k + 1]
+            batches.append(faces)
+            owners.extend([i] * len(faces))
         s = self.spec.input_size
-        return np.concatenate(batches) if batches else np.zeros((0, 3, s, s), np.float32)
+        if not batches:
+            return np.zeros((0, 3, s, s), np.float32), np.zeros(0, int)
+        return np.concatenate(batches), np.asarray(owners, int)
 
     # ---------------------------------------------------------------------- inference
     def classify(self, batch: np.ndarray) -> dict[str, np.ndarray]:
