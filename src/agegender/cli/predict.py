@@ -371,49 +371,17 @@ def export_cmd(
 def _export_int8(
     module: object, meta: dict, onnx: Path, opset: int, photos: list[str], n: int, detector: str
 ) -> None:
-    """``export --quantize int8``: sample ``n`` calibration photos, cut their faces with
-    the float model's face path, quantize, write, and say how far int8 is from float on
-    those faces."""
-    import random
-
-    import numpy as np
-
-    from agegender.infer import Predictor
-    from agegender.infer.inputs import collect_image_paths
-    from agegender.infer.onnx import export_onnx_bytes, quantize_onnx_bytes
+    """``export --quantize int8`` (:func:`agegender.infer.quantize.export_int8`), one line."""
+    from agegender.infer.quantize import export_int8
 
     try:
-        paths = collect_image_paths(photos)
-    except (OSError, ValueError) as exc:
+        report = export_int8(module, meta, onnx, photos, n=n, detector=detector, opset=opset)
+    except ValueError as exc:
         fail(f"--calibration: {exc}")
-    if not paths:
-        fail(f"--calibration {' '.join(photos)}: no images")
-    paths = sorted(paths)
-    random.Random(0).shuffle(paths)
-    float_p = Predictor.from_module(module, meta, runtime="torch", detector=detector)
-    faces, _ = float_p.face_batch(paths[:n])
-    if len(faces) < 8:
-        fail(f"--calibration {' '.join(photos)}: only {len(faces)} faces found (need 8)")
-    data = export_onnx_bytes(module, meta, opset)
-    qdata, _ = quantize_onnx_bytes(data, faces, meta, source=photos)
-    onnx.parent.mkdir(parents=True, exist_ok=True)
-    onnx.write_bytes(qdata)
-    q = Predictor.load(onnx, detector="none")
-    a, b = float_p.classify(faces), q.classify(faces)
-    parts = []
-    if "gender_probs" in a:
-        pf_a, pf_b = a["gender_probs"][:, 1], b["gender_probs"][:, 1]
-        t = float_p.spec.gender_threshold
-        agree = float(np.mean((pf_a > t) == (pf_b > t)))
-        parts.append(f"gender decisions agree on {agree:.1%}")
-        parts.append(f"max |dP(female)| {float(np.abs(pf_a - pf_b).max()):.3f}")
-    if "age_probs" in a:
-        years = np.arange(a["age_probs"].shape[1])
-        d = np.abs(a["age_probs"] @ years - b["age_probs"] @ years)
-        parts.append(f"mean |d age| {float(d.mean()):.2f} years")
     console.print(
         f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB, int8, calibrated on "
-        f"{len(faces)} faces); against float on those faces: {', '.join(parts)}",
+        f"{report['calibration_faces']} faces); against float on {report['faces']} faces: "
+        + report["summary"],
         highlight=False,
         soft_wrap=True,
     )
@@ -478,6 +446,12 @@ def bench_predict_cmd(
     photos: int = typer.Option(200, "--photos", help="Photos for the end-to-end figure."),
     detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
     tta: str = typer.Option("none", "--tta", help="none | flip (two views per face)."),
+    onnx_file: Path | None = typer.Option(
+        None,
+        "--onnx",
+        help="The ONNX file to time for the ONNX figures (e.g. an int8 export of --model); "
+        "default: a bundled model's own .onnx, else --model exported on the fly.",
+    ),
 ) -> None:
     """Faces/s of the classifier (batch 1 and 64, torch and ONNX) and photos/s end to end
     (made 250x250 photos, and FairFace-540's real photos when the data is there)."""
@@ -485,8 +459,12 @@ def bench_predict_cmd(
 
     from agegender.infer.bench import bench_predict
 
+    if onnx_file is not None and not onnx_file.is_file():
+        fail(f"--onnx {onnx_file}: no such file")
     try:
-        res = bench_predict(model, seconds=seconds, photos=photos, detector=detector, tta=tta)
+        res = bench_predict(
+            model, seconds=seconds, photos=photos, detector=detector, tta=tta, onnx_file=onnx_file
+        )
     except ValueError as exc:
         fail(str(exc).splitlines()[0])
     if as_json:

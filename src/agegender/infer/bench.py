@@ -22,6 +22,7 @@ architecture name (random weights).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -121,16 +122,36 @@ def bench_predict(
     detector: str = "blazeface",
     real_photos: str | os.PathLike | None = None,
     tta: str = "none",
+    onnx_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Measure classifier and end-to-end speed; returns a flat dict of figures (a face
-    with ``tta="flip"`` costs the classifier two views)."""
+    with ``tta="flip"`` costs the classifier two views).
+
+    The ONNX figures time ``onnx_file`` when given, else a bundled model's own ``.onnx``
+    (what ``predict`` runs: an int8 graph where the bundle ships one), else ``model``
+    exported on the fly; ``onnx_file`` and ``onnx_weights`` in the result say which."""
     import torch
+
+    from agegender.infer.predictor import _resolve_model, bundled_models
 
     module, meta, name = _module_and_meta(model)
     spec = parse_meta(meta)
     kw: dict[str, Any] = {"detector": detector, "tta": tta}
     torch_p = Predictor.from_module(module, meta, runtime="torch", **kw)
-    onnx_p = Predictor.from_module(module, meta, runtime="onnxruntime", **kw)
+    if onnx_file is None and (model is None or model in bundled_models()):
+        with contextlib.suppress(NoModelError, ValueError):
+            shipped = _resolve_model(model, "onnxruntime")
+            onnx_file = shipped if shipped.suffix == ".onnx" else None
+    if onnx_file is not None:
+        onnx_p = Predictor.load(onnx_file, runtime="onnxruntime", **kw)
+        if onnx_p.spec.input_size != spec.input_size:
+            raise ValueError(
+                f"{onnx_file}: input {onnx_p.spec.input_size} px, the model's is "
+                f"{spec.input_size}: not the same model"
+            )
+    else:
+        onnx_p = Predictor.from_module(module, meta, runtime="onnxruntime", **kw)
+    quantized = (onnx_p.meta.get("weights") or {}).get("quantized")
     rng = np.random.default_rng(0)
     res: dict[str, Any] = {
         "model": name,
@@ -141,6 +162,8 @@ def bench_predict(
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "onnx_file": str(onnx_file) if onnx_file is not None else "exported from the model",
+        "onnx_weights": quantized["dtype"] if quantized else "float32",
     }
     for bs in (1, 64):
         batch = rng.standard_normal((bs, 3, spec.input_size, spec.input_size)).astype(np.float32)

@@ -114,9 +114,12 @@ def quantize_onnx_bytes(
             f"int8 calibration needs faces of shape (n, {want[0]}, {want[1]}, {want[2]}), "
             f"got {tuple(calibration.shape)}"
         )
+    # equal batches (the percentile collector stacks them): a last partial one is left out
+    batch_size = min(batch_size, len(calibration))
+    used = len(calibration) - len(calibration) % batch_size
     batches = [
         {INPUT_NAME: np.ascontiguousarray(calibration[i : i + batch_size], np.float32)}
-        for i in range(0, len(calibration), batch_size)
+        for i in range(0, used, batch_size)
     ]
 
     class _Faces(CalibrationDataReader):
@@ -152,7 +155,7 @@ def quantize_onnx_bytes(
         "method": "onnxruntime quant_pre_process + quantize_static, QDQ, per-channel int8 "
         f"weights, uint8 activations, ranges at the {CALIBRATION_PERCENTILE} percentile",
         "ops": list(QUANTIZED_OPS),
-        "calibration_faces": int(len(calibration)),
+        "calibration_faces": int(used),
         "calibration_from": source,
     }
     meta = dict(meta)

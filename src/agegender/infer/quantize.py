@@ -1,0 +1,89 @@
+"""int8 ONNX models: the calibration faces, the quantized file, how far it is from float.
+
+One code path for ``agegender export --quantize int8`` and ``scripts/bundle_default.py
+--int8-calibration``: :func:`export_int8` samples calibration photos, cuts their faces with
+the float model's own face path (:meth:`Predictor.face_batch`), quantizes with
+:func:`agegender.infer.onnx.quantize_onnx_bytes`, writes the file and compares it with the
+float model on those faces.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["export_int8", "int8_agreement"]
+
+
+def int8_agreement(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], threshold: float
+) -> dict[str, Any]:
+    """How far outputs ``b`` (int8) are from ``a`` (float) on the same faces: the share of
+    gender decisions at ``threshold`` that agree, the largest change of P(female), the
+    mean change of the DEX age in years; ``summary`` says it in one line."""
+    out: dict[str, Any] = {}
+    parts = []
+    if "gender_probs" in a:
+        pa, pb = a["gender_probs"][:, 1], b["gender_probs"][:, 1]
+        out["gender_agreement"] = float(np.mean((pa > threshold) == (pb > threshold)))
+        out["max_abs_dp_female"] = float(np.abs(pa - pb).max())
+        parts.append(f"gender decisions agree on {out['gender_agreement']:.1%}")
+        parts.append(f"max |dP(female)| {out['max_abs_dp_female']:.3f}")
+    if "age_probs" in a:
+        years = np.arange(a["age_probs"].shape[1])
+        out["mean_abs_d_age"] = float(
+            np.abs(a["age_probs"] @ years - b["age_probs"] @ years).mean()
+        )
+        parts.append(f"mean |d age| {out['mean_abs_d_age']:.2f} years")
+    out["summary"] = ", ".join(parts)
+    return out
+
+
+def export_int8(
+    module: Any,
+    meta: Mapping[str, Any],
+    out: str | os.PathLike,
+    photos: Sequence[str],
+    *,
+    n: int = 512,
+    detector: str = "blazeface",
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Write ``module`` (float, with ``meta``) to ``out`` as an int8 ONNX model calibrated
+    on the faces of ``n`` photos sampled (seeded) from ``photos`` (files, folders, lists).
+    Returns the quantization record plus :func:`int8_agreement` on those faces and
+    ``faces`` (their count). ``ValueError`` (one line) when the photos give fewer than 8
+    faces or none exists."""
+    from agegender.infer.inputs import collect_image_paths
+    from agegender.infer.onnx import export_onnx_bytes, quantize_onnx_bytes, with_meta
+    from agegender.infer.predictor import Predictor
+
+    paths = sorted(collect_image_paths(photos))
+    if not paths:
+        raise ValueError(f"{' '.join(map(str, photos))}: no images")
+    random.Random(0).shuffle(paths)
+    float_p = Predictor.from_module(module, meta, runtime="torch", detector=detector)
+    faces, _ = float_p.face_batch(paths[:n])
+    if len(faces) < 8:
+        raise ValueError(f"{' '.join(map(str, photos))}: only {len(faces)} faces found (need 8)")
+    data, record = quantize_onnx_bytes(
+        export_onnx_bytes(module, meta, opset), faces, meta, source=[str(p) for p in photos]
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    q = Predictor.load(out, detector="none")
+    agreement = int8_agreement(
+        float_p.classify(faces), q.classify(faces), float_p.spec.gender_threshold
+    )
+    # the file's record says how close it is to float, too
+    record = {**record, **agreement, "faces": int(len(faces))}
+    meta = dict(q.meta)
+    meta["weights"] = {**dict(meta.get("weights") or {}), "quantized": record}
+    out.write_bytes(with_meta(data, meta))
+    return record
