@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True, help="OUT.md and OUT.json are written")
+    ap.add_argument("--note", default=None, help="a paragraph for the end of OUT.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "end": str(folder / args.end),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
+        "note": args.note,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" {u['female_recall']:.1%} / {u['male_recall']:.1%} |"
             )
         lines.append(line.replace("%", " %"))
+    if args.note:
+        lines += ["", f"**Note:** {args.note}"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out.with_suffix('.md')}")
     return 0
