@@ -295,8 +295,8 @@ INPUT_LINE = (
 
 
 DLIB_INPUT_LINE = (
-    "- Input: dlib's 150 px face chip (the framing of `dlib.get_face_chip(img, five_points, "
-    "150, padding=0.25)`): the predictor's BlazeFace landmarks are aligned to where BlazeFace "
+    "- Input: dlib's face chip, cut at {size} px (the framing of `dlib.get_face_chip(img, "
+    "five_points, 150, padding=0.25)`): the predictor's BlazeFace landmarks are aligned to where BlazeFace "
     "puts them in such chips (`DLIB_CHIP_TEMPLATE`, recorded in the model's `face_crop` "
     "meta), normalised as dlib does ((x - mean RGB) / 256). The training faces were cut the "
     "same way, through the same face path."
@@ -309,7 +309,7 @@ def input_line(summary: dict) -> str:
 
     template = (summary.get("dataset") or {}).get("face_template")
     if template and tuple(map(tuple, template)) == DLIB_CHIP_TEMPLATE:
-        return DLIB_INPUT_LINE
+        return DLIB_INPUT_LINE.format(size=summary.get("input_size") or 150)
     return INPUT_LINE
 
 
