@@ -296,10 +296,10 @@ INPUT_LINE = (
 
 DLIB_INPUT_LINE = (
     "- Input: dlib's face chip, cut at {size} px (the framing of `dlib.get_face_chip(img, "
-    "five_points, 150, padding=0.25)`): the predictor's BlazeFace landmarks are aligned to where BlazeFace "
-    "puts them in such chips (`DLIB_CHIP_TEMPLATE`, recorded in the model's `face_crop` "
-    "meta), normalised as dlib does ((x - mean RGB) / 256). The training faces were cut the "
-    "same way, through the same face path."
+    "five_points, 150, padding=0.25)`): the predictor's BlazeFace landmarks are aligned to "
+    "where BlazeFace puts them in such chips (`DLIB_CHIP_TEMPLATE`, recorded in the "
+    "model's `face_crop` meta), normalised as dlib does ((x - mean RGB) / 256). The "
+    "training faces were cut the same way, through the same face path."
 )
 
 

@@ -171,14 +171,14 @@ def test_interpolation_refuses_what_is_not_one_network(tmp_path: Path) -> None:
     assert res.exit_code == 2 and not (tmp_path / "x.pt").exists()
 
 
-def _photos(folder: Path, n: int, size: int = 32) -> Path:
+def _photos(folder: Path, n: int, size: int = 32, suffix: str = ".png") -> Path:
     from PIL import Image
 
     folder.mkdir()
     rng = np.random.default_rng(5)
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png"
+            folder / f"{i}{suffix}"
         )
     return folder
 
@@ -241,3 +241,32 @@ def test_int8_export_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         assert res.exit_code == 2, res.output
         assert len(res.output.strip().splitlines()) == 1 and message in res.output, res.output
     assert not q.exists()
+
+
+def test_bench_times_the_given_int8_onnx_file(tmp_path: Path) -> None:
+    """bench predict --onnx FILE: the ONNX figures come from that file (an int8 export of
+    the model), and the result says so; a file of another input size is refused."""
+    from agegender.infer.bench import bench_predict
+
+    src = _member(tmp_path, 1)
+    photos = _photos(tmp_path / "cal", 16, size=64, suffix=".jpg")
+    q = tmp_path / "q.onnx"
+    res = CliRunner().invoke(
+        app,
+        ["export", str(src), "--onnx", str(q), "--quantize", "int8", "--calibration"]
+        + [str(photos), "--detector", "none"],
+    )
+    assert res.exit_code == 0, res.output
+    empty = tmp_path / "no_real_photos"
+    empty.mkdir()
+    kw = {"face_dir": photos, "photos": 4, "seconds": 0.1, "detector": "none"}
+    figures = bench_predict(str(src), real_photos=empty, onnx_file=q, **kw)
+    assert figures["onnx_weights"] == "int8" and figures["onnx_file"] == str(q)
+    assert figures["faces_per_s_batch64_onnx"] > 0 and figures["photos_per_s_end_to_end"] > 0
+    plain = bench_predict(str(src), real_photos=empty, **kw)
+    assert plain["onnx_weights"] == "float32" and plain["onnx_file"] == "exported from the model"
+    other = _member(tmp_path, 3, size=40)
+    res = CliRunner().invoke(app, ["export", str(other), "--onnx", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(ValueError, match="not the same model"):
+        bench_predict(str(src), real_photos=empty, onnx_file=tmp_path / "o.onnx", **kw)
