@@ -265,8 +265,8 @@ def export_cmd(
     quantize: str | None = typer.Option(
         None,
         "--quantize",
-        help="int8: the ONNX file's convs and linear layers in int8 (about 2x faster on CPUs "
-        "with int8 dot products), ranges measured on --calibration faces; the .pt stays float.",
+        help="int8: the ONNX file's convolutions in int8 (about 2x faster on CPUs with int8 "
+        "dot products), ranges measured on --calibration faces; the .pt stays float.",
     ),
     calibration: list[str] | None = typer.Option(
         None,

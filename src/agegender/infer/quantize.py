@@ -60,7 +60,12 @@ def export_int8(
     ``faces`` (their count). ``ValueError`` (one line) when the photos give fewer than 8
     faces or none exists."""
     from agegender.infer.inputs import collect_image_paths
-    from agegender.infer.onnx import export_onnx_bytes, quantize_onnx_bytes, with_meta
+    from agegender.infer.onnx import (
+        OnnxModel,
+        export_onnx_bytes,
+        quantize_onnx_bytes,
+        with_meta,
+    )
     from agegender.infer.predictor import Predictor
 
     paths = sorted(collect_image_paths(photos))
@@ -74,16 +79,13 @@ def export_int8(
     data, record = quantize_onnx_bytes(
         export_onnx_bytes(module, meta, opset), faces, meta, source=[str(p) for p in photos]
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    q = Predictor.load(out, detector="none")
-    agreement = int8_agreement(
-        float_p.classify(faces), q.classify(faces), float_p.spec.gender_threshold
-    )
+    q = OnnxModel(data)
+    agreement = int8_agreement(float_p.classify(faces), q(faces), float_p.spec.gender_threshold)
     # the file's record says how close it is to float, too
     record = {**record, **agreement, "faces": int(len(faces))}
     meta = dict(q.meta)
     meta["weights"] = {**dict(meta.get("weights") or {}), "quantized": record}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(with_meta(data, meta))
     return record
