@@ -410,6 +410,7 @@ def card(
 
     run_cfg = yaml.safe_load((cv_dir / f"fold_{fold}" / "config.yaml").read_text()) or {}
     size = (run_cfg.get("data") or {}).get("input_size") or "?"
+    runtime = _runtime_lines(name)  # read once from the shipped ONNX file's meta
     load = "Predictor.load()" if name == "default" else f'Predictor.load("{name}")'
     cli = "agegender predict" if name == "default" else f"agegender predict --model {name}"
     lines = [
@@ -423,7 +424,7 @@ def card(
         f"{summary.get('params', 0) / 1e6:.2f} M parameters, "
         f"{summary.get('model_size_mb', 0):.1f} MB (float32). Input size: {size} px.",
         input_line(summary),
-        *_runtime_lines(name),
+        *runtime,
         "- Outputs: P(male), P(female); a distribution over ages 0..100 (DEX): the age in "
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",
@@ -503,7 +504,7 @@ def card(
         + (f" --calibrate {results['calibrate']}" if results.get("calibrate") else ""),
         f"python scripts/bundle_default.py {cv_dir} --fold {fold} --name {name} --config {rel}"
         + (" --crossdata benchmarks/crossdata.json" if crossdata else "")
-        + (" --int8-calibration TRAINING_PHOTOS" if _runtime_lines(name) else ""),
+        + (" --int8-calibration TRAINING_PHOTOS" if runtime else ""),
         "```",
         "",
         f"Training recipe (`{rel}`):",

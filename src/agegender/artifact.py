@@ -331,8 +331,9 @@ def interpolate_models(
     """Weight-space interpolation of two models of one network (WiSE-FT, Wortsman et al.
     2022): every tensor ``(1 - alpha) * start + alpha * end``. ``start`` is typically the
     model before fine-tuning (e.g. the heads trained on the frozen backbone), ``end`` the
-    fine-tuned one: a model between the two keeps most of the fine-tuned accuracy and more
-    of the pretrained network's robustness to photos unlike the training data.
+    fine-tuned one; in WiSE-FT's experiments a model between the two kept most of the
+    fine-tuned accuracy and more robustness to data unlike the training set (measured on
+    our face recipe in ``benchmarks/wise_ft.md``: it did not help there).
 
     Both are ``(model, meta)`` as :func:`load_model` returns them. They must be the same
     network (architecture, options, tasks, input, framing) with the same tensors; a
