@@ -109,6 +109,8 @@ def test_parse_override_errors() -> None:
         (["model.head=mlp"], "model.head: model 'small_cnn' does not take this option"),
         (["model.dropout=[0.5, 1.2]"], "model.dropout: must be within [0, 1)"),
         (["task.gender=false", "task.age=none"], "task: nothing to learn"),
+        (["task.age_sigma=2"], "task.age_sigma: only for task.age: dex (got 'groups')"),
+        (["task.age=dex", "task.age_l1=-1"], "task.age_l1: must be >= 0"),
         (["train.batch_size=0"], "train.batch_size: must be >= 1 (got 0)"),
         (["data.val_fold=1"], "data.val_fold: needs data.fold"),
         (["augment.recipe=[random_crop, resized_crop]"], "random_crop or resized_crop, not both"),

@@ -552,3 +552,33 @@ def test_keep_epoch_checkpoints_saves_every_epoch(tiny_config: Path, tmp_path: P
     # off by default
     plain = train(tiny_config, tmp_path / "plain", overrides=[*FAST, "train.epochs=1"])
     assert not list((plain.out_dir / "checkpoints").glob("epoch_*.ckpt"))
+
+
+def test_dex_loss_label_distributions() -> None:
+    """DEX's one-hot cross-entropy, its Gaussian label distribution (task.age_sigma) and the
+    expected age's L1 term (task.age_l1); faces without an age add nothing."""
+    from agegender.train.module import dex_loss, masked_ce
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 101)
+    age = torch.tensor([3.0, 40.0, float("nan"), 100.0])
+    hard = dex_loss(logits, age)
+    keep = [0, 1, 3]
+    assert torch.isclose(hard, masked_ce(logits[keep], age[keep].long()))
+    # a very narrow Gaussian is the one-hot target
+    assert torch.isclose(dex_loss(logits, age, sigma=0.05), hard, atol=1e-4)
+    # the soft target's cross-entropy is smallest at the softmax equal to that target
+    years = torch.arange(101.0)
+    target = torch.softmax(-((years - 40.0) ** 2) / (2 * 2.0**2), -1)
+    best = dex_loss(target.clamp_min(1e-30).log()[None], torch.tensor([40.0]), sigma=2.0)
+    entropy = -torch.special.xlogy(target, target).sum()
+    assert torch.isclose(best, entropy, atol=1e-4)
+    assert dex_loss(logits[1:2], age[1:2], sigma=2.0) > best
+    # the L1 term adds the weight times the expected age's error, NaN ages ignored
+    expected = (logits.softmax(-1) * years).sum(-1)
+    l1 = (expected[keep] - age[keep]).abs().mean()
+    assert torch.isclose(dex_loss(logits, age, l1=0.5), hard + 0.5 * l1, atol=1e-4)
+    # every face without an age: zero, graph kept
+    none = torch.full((2,), float("nan"))
+    out = dex_loss(logits[:2].requires_grad_(), none, sigma=2.0, l1=1.0)
+    assert out.item() == 0.0 and out.requires_grad

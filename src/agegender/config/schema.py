@@ -301,6 +301,18 @@ class TaskConfig(_Section):
     gender: bool = True
     age: AgeMode = "groups"
     gamma: float = Field(0.5, description="L = gamma*L_gender + (1-gamma)*L_age")
+    age_sigma: float = Field(
+        0.0,
+        ge=0,
+        description="dex only: a Gaussian target over the years with this sigma (label "
+        "distribution learning) instead of the one year; 0 = DEX's one-hot",
+    )
+    age_l1: float = Field(
+        0.0,
+        ge=0,
+        description="dex only: add this weight x the expected age's L1 error in years "
+        "(DLDL-v2's expectation loss)",
+    )
 
     _gamma = field_validator("gamma")(_within(0, 1))
 
@@ -308,6 +320,9 @@ class TaskConfig(_Section):
     def _some(self) -> TaskConfig:
         if not self.gender and self.age == "none":
             raise ValueError("task: nothing to learn (task.gender is false and task.age is none)")
+        for key in ("age_sigma", "age_l1"):
+            if getattr(self, key) > 0 and self.age != "dex":
+                raise ValueError(f"task.{key}: only for task.age: dex (got {self.age!r})")
         return self
 
 

@@ -8,7 +8,10 @@ that term (but still count for the other one):
 - age ``groups``: cross-entropy over the 8 Adience groups, ignoring -1;
 - age ``regression``: L1 in years, ignoring NaN;
 - age ``dex``: cross-entropy over ages 0..100 (DEX); the prediction is the softmax's
-  expected value.
+  expected value. ``task.age_sigma > 0`` makes the target a Gaussian over the years
+  centred on the label (label distribution learning, DLDL: Gao et al. 2017) instead of one
+  year, and ``task.age_l1 > 0`` adds that weight times the L1 error of the expected age
+  (DLDL-v2's expectation loss, Gao et al. 2018), see :func:`dex_loss`.
 
 With ``distill`` (:mod:`agegender.train.distill`) the training loss becomes
 ``(1 - w) * L + w * L_teacher`` (``train/loss_distill`` is logged); validation and test
@@ -70,6 +73,29 @@ def dex_targets(age: torch.Tensor) -> torch.Tensor:
     """Years -> DEX class 0..100 (rounded, clipped), -1 where NaN."""
     cls = torch.nan_to_num(age, nan=-1.0).round().clamp(max=DEX_MAX_AGE).long()
     return torch.where(torch.isnan(age), -1, cls)
+
+
+def dex_loss(
+    logits: torch.Tensor, age: torch.Tensor, sigma: float = 0.0, l1: float = 0.0
+) -> torch.Tensor:
+    """DEX age loss over ``(B, 101)`` logits, faces whose age is NaN ignored.
+
+    ``sigma == 0``: cross-entropy to the rounded year (DEX). ``sigma > 0``: cross-entropy to
+    a Gaussian over the years 0..100 centred on the (unrounded) label with ``sigma`` years,
+    renormalised over the range (label distribution learning). ``l1 > 0`` adds ``l1`` times
+    the mean absolute error in years of the softmax's expected age (DLDL-v2)."""
+    if sigma <= 0:
+        loss = masked_ce(logits, dex_targets(age))
+    else:
+        valid = ~torch.isnan(age)
+        years = torch.arange(logits.shape[-1], dtype=torch.float32, device=logits.device)
+        centre = torch.nan_to_num(age.float()).clamp(0, DEX_MAX_AGE)
+        target = torch.softmax(-((years - centre[:, None]) ** 2) / (2 * sigma**2), dim=-1)
+        per = -(target * logits.float().log_softmax(-1)).sum(-1)
+        loss = (per * valid).sum() / valid.sum().clamp(min=1)
+    if l1 > 0:
+        loss = loss + l1 * masked_l1(dex_expected_age(logits.float()), age)
+    return loss
 
 
 def predicted_years(age_out: torch.Tensor, mode: str) -> torch.Tensor:
@@ -297,7 +323,9 @@ class FaceModule(L.LightningModule):
         elif mode == "regression":
             losses["age"] = masked_l1(out["age"], batch["age"])
         elif mode == "dex":
-            losses["age"] = masked_ce(out["age"], dex_targets(batch["age"]))
+            losses["age"] = dex_loss(
+                out["age"], batch["age"], self.task.age_sigma, self.task.age_l1
+            )
         self._update(self.metrics[f"{stage}_"], out, batch, slice(None))
         if stage != "train" and self.sources and "source" in batch:
             for i in range(len(self.sources)):
