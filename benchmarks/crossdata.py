@@ -5,6 +5,7 @@ through the predictor's face path (detector -> crop -> classifier), one command.
     python benchmarks/crossdata.py --models default accurate --detectors haar
     python benchmarks/crossdata.py --models runs/x/fold_0/checkpoints/best.ckpt --sets fairface
     python benchmarks/crossdata.py --utk-folds runs/lite0_cv/folds.csv --utk-fold 0
+    python benchmarks/crossdata.py --render     # crossdata.md again from crossdata.json
 
 Sets (from ``AGEGENDER_DATA``, default ``../shared/data``): ``fairface`` (FairFace-540:
 balanced over 9 age bins x 2 genders, uncropped photos), ``celeba`` (all 10,000 CelebA-10k
@@ -78,6 +79,37 @@ def gender_bin_cells(frame: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+def age_split_scores(cells: dict[str, dict], adult_from: int = 20) -> dict[str, dict]:
+    """From :func:`gender_bin_cells`: gender accuracy and female / male recall (a miss is an
+    error) of the photos whose true age bin starts at ``adult_from`` or later (``adults``)
+    and of the younger ones (``under_<adult_from>``), the issue's FairFace figures."""
+    out: dict[str, dict] = {}
+    for name, keep in (
+        ("adults", lambda lo: lo >= adult_from),
+        (f"under_{adult_from}", lambda lo: lo < adult_from),
+    ):
+        part = {k: c for k, c in cells.items() if keep(_bin_start(k))}
+        if not part:
+            continue
+
+        def acc(items: list[dict]) -> float | None:
+            n = sum(c["n"] for c in items)
+            return sum(c["n"] * c["gender_accuracy_all"] for c in items) / n if n else None
+
+        out[name] = {
+            "n": sum(c["n"] for c in part.values()),
+            "gender_accuracy_all": acc(list(part.values())),
+            "recall_female_all": acc([c for k, c in part.items() if k.startswith("female")]),
+            "recall_male_all": acc([c for k, c in part.items() if k.startswith("male")]),
+        }
+    return out
+
+
+def _bin_start(cell: str) -> int:
+    """``"female 20-29"`` -> 20, ``"male 70+"`` -> 70."""
+    return int(cell.split()[-1].split("-")[0].rstrip("+"))
+
+
 def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataFrame) -> dict:
     keep = (
         "n_photos",
@@ -120,8 +152,7 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
 
 def _adult(cell: str) -> bool:
     """FairFace's adult bins 20-29 .. 60-69 (the issue's fairness rule)."""
-    lo = cell.split()[-1].split("-")[0].rstrip("+")
-    return lo.isdigit() and 20 <= int(lo) <= 60 and not cell.endswith("+")
+    return 20 <= _bin_start(cell) <= 60 and not cell.endswith("+")
 
 
 def _number(v: object) -> bool:
@@ -180,6 +211,24 @@ def markdown(results: list[dict], meta: dict) -> str:
             lines.append(f"| {r['model']} | {r['detector']} | " + " | ".join(row) + " |")
         lines += [
             "",
+            "## FairFace adults (20+) and under 20: gender accuracy, female / male recall "
+            "(misses count)",
+            "",
+            "| model | detector | adults | adults female / male recall | under 20 "
+            "| under 20 female / male recall |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in bins:
+            split = age_split_scores(r["metrics"].get("by_gender_bin", {}))
+            a, c = split.get("adults", {}), split.get("under_20", {})
+            lines.append(
+                f"| {r['model']} | {r['detector']} | {pct(a.get('gender_accuracy_all'))} "
+                f"| {pct(a.get('recall_female_all'))} / {pct(a.get('recall_male_all'))} "
+                f"| {pct(c.get('gender_accuracy_all'))} "
+                f"| {pct(c.get('recall_female_all'))} / {pct(c.get('recall_male_all'))} |"
+            )
+        lines += [
+            "",
             "## FairFace adults (20-69): gender accuracy per gender x age bin (misses count)",
             "",
             "| model | detector | mean of the 10 cells | largest gap to the mean | lowest cell |",
@@ -226,7 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         help="merge into an existing crossdata.json (rows of the same model, detector and set "
         "are replaced)",
     )
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite crossdata.md from the crossdata.json in --out-dir (no evaluation)",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        page = json.loads((Path(args.out_dir) / "crossdata.json").read_text())
+        (Path(args.out_dir) / "crossdata.md").write_text(
+            markdown(page["results"], page["meta"]), encoding="utf-8"
+        )
+        return 0
     models = args.models or bundled_models()
     detectors = args.detectors or [d for d in DETECTORS if d != "none"]
     tables = {s: load_set(s, args) for s in args.sets}

@@ -113,22 +113,50 @@ def partial_results(run_dir: Path) -> dict:
 
 
 def fairface_scores(run_dir: Path) -> dict:
-    """FairFace-540 through the default face path for the fold-0 checkpoint of a run."""
-    import os
+    """FairFace-540 through the default face path for the fold-0 checkpoint of a run: gender
+    (all, adults 20+, under 20, female / male recall) and age bin exact / one-off, misses
+    counted as errors; the same figures as benchmarks/crossdata.py."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    from crossdata import age_split_scores, gender_bin_cells
 
-    from agegender.evaluate.photos import evaluate_model_file
+    from agegender.config.paths import default_data_root
+    from agegender.data.readers import read_table
+    from agegender.evaluate.photos import evaluate_photos
+    from agegender.infer import Predictor
 
     ckpt = run_dir / "fold_0" / "checkpoints" / "best.ckpt"
-    root = Path(os.environ.get("AGEGENDER_DATA", REPO.parent / "shared" / "data"))
-    if not ckpt.is_file() or not (root / "fairface-540").is_dir():
+    root = default_data_root() / "fairface-540"
+    if not ckpt.is_file() or not root.is_dir():
         return {}
-    res = evaluate_model_file(str(ckpt), root / "fairface-540", detector="blazeface", threads=1)
+    predictor = Predictor.load(str(ckpt), detector="blazeface", threads=1)
+    try:
+        res = evaluate_photos(predictor, read_table(root)[1])
+    finally:
+        predictor.close()
     m = res["metrics"]
-    return {
+    split = age_split_scores(gender_bin_cells(res["predictions"]))
+    out = {
         "fairface_gender_accuracy_all": m.get("gender_accuracy_all"),
+        "fairface_recall_female_all": m.get("gender_recall_female_all"),
+        "fairface_recall_male_all": m.get("gender_recall_male_all"),
         "fairface_age_bin_exact_all": m.get("age_bin_exact_all"),
+        "fairface_age_bin_one_off": m.get("age_bin_one_off"),
         "fairface_checkpoint": str(ckpt),
     }
+    for part, cell in split.items():
+        out[f"fairface_{part}_gender_accuracy_all"] = cell["gender_accuracy_all"]
+        out[f"fairface_{part}_recall_female_all"] = cell["recall_female_all"]
+        out[f"fairface_{part}_recall_male_all"] = cell["recall_male_all"]
+    return out
+
+
+def _label(row: dict, names: list) -> str:
+    """``model (config name)``; the run directory's name where one config has several rows."""
+    label = row.get("name")
+    if label is not None and names.count(label) > 1:  # one config, run with overrides
+        label = Path(row.get("run_dir", "")).name or label
+    return str(row["model"]) if label in (None, row["model"]) else f"{row['model']} ({label})"
 
 
 def _pm(mean, std, scale=100.0, fmt="{:.1f}") -> str:
@@ -158,14 +186,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     names = [r.get("name") for r in rows]
     for r in rows:
         cs5 = r["age_cs5_mean"]
-        label = r.get("name")
-        if label is not None and names.count(label) > 1:  # one config, run with overrides
-            label = Path(r.get("run_dir", "")).name or label
         lines.append(
             "| "
             + " | ".join(
                 [
-                    str(r["model"]) if label in (None, r["model"]) else f"{r['model']} ({label})",
+                    _label(r, names),
                     f"{r['input_size']} of {r['size']}"
                     if r["size"] != r["input_size"]
                     else str(r["input_size"]),
@@ -206,6 +231,29 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "this machine.",
         "",
     ]
+    broken_down = [r for r in rows if r.get("fairface_adults_gender_accuracy_all") is not None]
+    if broken_down:
+        lines += [
+            "FairFace-540 in detail (the fold-0 checkpoint at threshold 0.5, misses counted as "
+            "errors; adults: the bins from 20-29 up, as in benchmarks/crossdata.md):",
+            "",
+            "| model | gender all | female / male recall | adults 20+ | adults female / male "
+            "| under 20 | age bin exact | age bin 1-off |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in broken_down:
+            lines.append(
+                f"| {_label(r, names)} | {_pct(r.get('fairface_gender_accuracy_all'))} "
+                f"| {_pct(r.get('fairface_recall_female_all'))} / "
+                f"{_pct(r.get('fairface_recall_male_all'))} "
+                f"| {_pct(r.get('fairface_adults_gender_accuracy_all'))} "
+                f"| {_pct(r.get('fairface_adults_recall_female_all'))} / "
+                f"{_pct(r.get('fairface_adults_recall_male_all'))} "
+                f"| {_pct(r.get('fairface_under_20_gender_accuracy_all'))} "
+                f"| {_pct(r.get('fairface_age_bin_exact_all'))} "
+                f"| {_pct(r.get('fairface_age_bin_one_off'))} |"
+            )
+        lines.append("")
     if meta.get("overrides"):
         hw = all(o.startswith("trainer.") for o in meta["overrides"])
         what = "hardware only, results unchanged" if hw else "not the full benchmark"

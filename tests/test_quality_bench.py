@@ -29,3 +29,55 @@ def test_partial_run_keeps_other_models_rows_in_default_order(tmp_path: Path) ->
     assert q.merge_rows(tmp_path / "none.json", new) == (new, [])
     path.write_text("{not json")
     assert q.merge_rows(path, new) == (new, [])
+
+
+def test_fairface_adults_and_children_from_the_gender_x_bin_cells() -> None:
+    """crossdata's adults (20+) / under-20 figures are the cells' count-weighted means, and
+    quality.md shows them in its FairFace detail table."""
+    cd = load_script("benchmarks/crossdata.py")
+    cells = {
+        "male 0-2": {"n": 10, "gender_accuracy_all": 0.5},
+        "female 0-2": {"n": 10, "gender_accuracy_all": 0.7},
+        "male 20-29": {"n": 30, "gender_accuracy_all": 0.9},
+        "female 20-29": {"n": 10, "gender_accuracy_all": 0.6},
+        "female 70+": {"n": 10, "gender_accuracy_all": 0.8},
+    }
+    split = cd.age_split_scores(cells)
+    adults, young = split["adults"], split["under_20"]
+    assert adults["n"] == 50 and young["n"] == 20
+    assert abs(adults["gender_accuracy_all"] - (27 + 6 + 8) / 50) < 1e-12
+    assert abs(adults["recall_female_all"] - 0.7) < 1e-12  # (6 + 8) / 20
+    assert abs(adults["recall_male_all"] - 0.9) < 1e-12
+    assert abs(young["gender_accuracy_all"] - 0.6) < 1e-12
+    assert cd.age_split_scores({}) == {}
+
+    q = _quality()
+    row = {
+        "model": "dlib_resnet29",
+        "name": "recipe",
+        "run_dir": "/r/recipe",
+        "input_size": 150,
+        "size": 150,
+        "gender_accuracy_mean": 0.9,
+        "gender_accuracy_std": 0.01,
+        "age_mae_mean": 5.0,
+        "age_mae_std": 0.1,
+        "age_group_exact_mean": 0.6,
+        "age_group_exact_std": 0.01,
+        "age_group_one_off_mean": 0.9,
+        "age_group_one_off_std": 0.01,
+        "age_cs5_mean": 0.5,
+        "params": 5.7e6,
+        "train_seconds_per_fold": 60.0,
+        "images_per_second": 100.0,
+        "test_images_per_second": 100.0,
+        "folds": 5,
+        "fairface_gender_accuracy_all": 0.8,
+        "fairface_adults_gender_accuracy_all": adults["gender_accuracy_all"],
+        "fairface_adults_recall_female_all": adults["recall_female_all"],
+        "fairface_adults_recall_male_all": adults["recall_male_all"],
+        "fairface_under_20_gender_accuracy_all": young["gender_accuracy_all"],
+    }
+    meta = {"command": "x", "machine": "m", "torch": "t", "date": "d"}
+    page = q.markdown([row], meta)
+    assert "| dlib_resnet29 (recipe) | 80.0 | – / – | 82.0 | 70.0 / 90.0 | 60.0 |" in page
