@@ -151,6 +151,29 @@ def fairface_scores(run_dir: Path) -> dict:
     return out
 
 
+def _run_of(checkpoint: str | None) -> str:
+    """``runs/x/fold_0/checkpoints/best.ckpt`` -> ``x/fold_0``."""
+    if not checkpoint:
+        return "–"
+    parts = Path(checkpoint).parts
+    return "/".join(parts[-4:-2]) if len(parts) >= 4 else checkpoint
+
+
+def update_fairface(out_dir: Path, runs: dict[str, Path]) -> list[dict]:
+    """Re-score FairFace for existing rows of ``out_dir/quality.json`` (by config name) from
+    the fold-0 checkpoint of the given run directory; their CV figures stay as they are."""
+    rows = json.loads((out_dir / "quality.json").read_text())
+    for name, run_dir in runs.items():
+        matches = [r for r in rows if r.get("name") == name]
+        if len(matches) != 1:
+            raise ValueError(f"{name}: {len(matches)} rows of quality.json have this name")
+        scores = fairface_scores(run_dir)
+        if not scores:
+            raise FileNotFoundError(f"{run_dir}/fold_0/checkpoints/best.ckpt: not found")
+        matches[0].update(scores)
+    return rows
+
+
 def _label(row: dict, names: list) -> str:
     """``model (config name)``; the run directory's name where one config has several rows."""
     label = row.get("name")
@@ -238,8 +261,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             "errors; adults: the bins from 20-29 up, as in benchmarks/crossdata.md):",
             "",
             "| model | gender all | female / male recall | adults 20+ | adults female / male "
-            "| under 20 | age bin exact | age bin 1-off |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| under 20 | age bin exact | age bin 1-off | checkpoint |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in broken_down:
             lines.append(
@@ -251,7 +274,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 f"{_pct(r.get('fairface_adults_recall_male_all'))} "
                 f"| {_pct(r.get('fairface_under_20_gender_accuracy_all'))} "
                 f"| {_pct(r.get('fairface_age_bin_exact_all'))} "
-                f"| {_pct(r.get('fairface_age_bin_one_off'))} |"
+                f"| {_pct(r.get('fairface_age_bin_one_off'))} "
+                f"| {_run_of(r.get('fairface_checkpoint'))} |"
             )
         lines.append("")
     if meta.get("overrides"):
@@ -347,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         help="write only this command's models (default: keep the other models' rows of the "
         "existing quality.json)",
     )
+    ap.add_argument(
+        "--fairface-update",
+        action="store_true",
+        help="only re-score FairFace for the named configs' rows from RUNS_DIR/<name>'s fold-0 "
+        "checkpoint (e.g. a re-trained fold 0); the rows' CV figures stay",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -355,6 +385,25 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.data.records import DatasetError
     from agegender.evaluate.cv import run_cv
 
+    if args.fairface_update:
+        import yaml
+
+        runs = {
+            yaml.safe_load(config_path(n).read_text())["name"]: args.runs_dir / Path(n).stem
+            for n in args.models
+        }
+        rows = update_fairface(args.out_dir, runs)
+        meta = {
+            "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "kept": [Path(r.get("run_dir", "")).name or str(r.get("name")) for r in rows],
+        }
+        (args.out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (args.out_dir / "quality.md").write_text(markdown(rows, meta))
+        print(f"updated FairFace of {', '.join(runs)} in {args.out_dir / 'quality.md'}")
+        return 0
     rows, failed = [], []
     for name in args.models:
         cfg = config_path(name)
