@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from agegender.config.paths import default_data_root
+from agegender.evaluate.metrics import age_split_scores, bin_start, gender_bin_cells
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("fairface", "celeba", "adience", "utkface")
@@ -57,57 +58,6 @@ def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
     if args.limit:
         table = table.iloc[: args.limit]
     return table.reset_index(drop=True)
-
-
-def gender_bin_cells(frame: pd.DataFrame) -> dict[str, dict]:
-    """Gender accuracy (a miss is an error) per true gender x age bin, with counts."""
-    from agegender.evaluate.metrics import age_bin_names
-
-    if "age_min" not in frame or not frame["age_min"].notna().any() or "pred_gender" not in frame:
-        return {}
-    correct = (frame["pred_gender"].astype("Int8") == frame["gender"].astype("Int8")).fillna(False)
-    correct &= frame["face_found"]
-    out = {}
-    for name, lo in age_bin_names(frame):
-        for g, gname in ((0, "male"), (1, "female")):
-            mask = (frame["age_min"] == lo) & (frame["gender"] == g)
-            if mask.any():
-                out[f"{gname} {name}"] = {
-                    "n": int(mask.sum()),
-                    "gender_accuracy_all": float(correct[mask].mean()),
-                }
-    return out
-
-
-def age_split_scores(cells: dict[str, dict], adult_from: int = 20) -> dict[str, dict]:
-    """From :func:`gender_bin_cells`: gender accuracy and female / male recall (a miss is an
-    error) of the photos whose true age bin starts at ``adult_from`` or later (``adults``)
-    and of the younger ones (``under_<adult_from>``), the issue's FairFace figures."""
-    out: dict[str, dict] = {}
-    for name, keep in (
-        ("adults", lambda lo: lo >= adult_from),
-        (f"under_{adult_from}", lambda lo: lo < adult_from),
-    ):
-        part = {k: c for k, c in cells.items() if keep(_bin_start(k))}
-        if not part:
-            continue
-
-        def acc(items: list[dict]) -> float | None:
-            n = sum(c["n"] for c in items)
-            return sum(c["n"] * c["gender_accuracy_all"] for c in items) / n if n else None
-
-        out[name] = {
-            "n": sum(c["n"] for c in part.values()),
-            "gender_accuracy_all": acc(list(part.values())),
-            "recall_female_all": acc([c for k, c in part.items() if k.startswith("female")]),
-            "recall_male_all": acc([c for k, c in part.items() if k.startswith("male")]),
-        }
-    return out
-
-
-def _bin_start(cell: str) -> int:
-    """``"female 20-29"`` -> 20, ``"male 70+"`` -> 70."""
-    return int(cell.split()[-1].split("-")[0].rstrip("+"))
 
 
 def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataFrame) -> dict:
@@ -152,7 +102,7 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
 
 def _adult(cell: str) -> bool:
     """FairFace's adult bins 20-29 .. 60-69 (the issue's fairness rule)."""
-    return 20 <= _bin_start(cell) <= 60 and not cell.endswith("+")
+    return 20 <= bin_start(cell) <= 60 and not cell.endswith("+")
 
 
 def _number(v: object) -> bool:

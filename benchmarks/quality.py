@@ -116,12 +116,9 @@ def fairface_scores(run_dir: Path) -> dict:
     """FairFace-540 through the default face path for the fold-0 checkpoint of a run: gender
     (all, adults 20+, under 20, female / male recall) and age bin exact / one-off, misses
     counted as errors; the same figures as benchmarks/crossdata.py."""
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    from crossdata import age_split_scores, gender_bin_cells
-
     from agegender.config.paths import default_data_root
     from agegender.data.readers import read_table
+    from agegender.evaluate.metrics import age_split_scores, gender_bin_cells
     from agegender.evaluate.photos import evaluate_photos
     from agegender.infer import Predictor
 

@@ -184,12 +184,35 @@ def _photo_limits(crossdata: dict | None, name: str) -> list[str]:
     f, male = m.get("gender_recall_female_all"), m.get("gender_recall_male_all")
     if f is None or male is None:
         return []
+    from agegender.evaluate.metrics import age_split_scores
+
     worse, better = ("women", "men") if f < male else ("men", "women")
-    return [
+    out = [
         f"- On FairFace-540 photos (never trained on) it recognises {100 * min(f, male):.1f} % "
         f"of {worse} and {100 * max(f, male):.1f} % of {better}: on photos unlike its training "
         f"faces it errs towards calling {worse} {better}; see the FairFace table above."
     ]
+    split = {
+        label: c
+        for key, label in (("adults", "adults 20+"), ("under_20", "under 20"))
+        if (c := age_split_scores(m.get("by_gender_bin") or {}).get(key))
+        and c["recall_female_all"] is not None
+        and c["recall_male_all"] is not None
+    }
+    if split:
+        line = "- FairFace-540 by age: " + "; ".join(
+            f"{label}: {100 * c['gender_accuracy_all']:.1f} % (women "
+            f"{100 * c['recall_female_all']:.1f} %, men {100 * c['recall_male_all']:.1f} %)"
+            for label, c in split.items()
+        )
+        worse_women = {c["recall_female_all"] < c["recall_male_all"] for c in split.values()}
+        if len(worse_women) == 2:  # one age group's errors lean each way
+            line += (
+                ". The adults' and the under-20s' errors lean towards opposite genders, so "
+                "no single gender threshold balances both"
+            )
+        out.append(line + ".")
+    return out
 
 
 def _licences(summary: dict) -> list[str]:
@@ -383,7 +406,9 @@ def refresh_photos(text: str, crossdata: dict, name: str) -> str:
             continue
         if line.startswith("- Input:") and "Haar" in line:  # the stale pre-BlazeFace line
             line = INPUT_LINE
-        if line.startswith("- On FairFace-540 photos (never trained on)"):
+        if line.startswith(
+            ("- On FairFace-540 photos (never trained on)", "- FairFace-540 by age:")
+        ):
             continue
         out.append(line)
         if line.startswith("- Probabilities are reported for every face"):

@@ -32,9 +32,10 @@ def test_partial_run_keeps_other_models_rows_in_default_order(tmp_path: Path) ->
 
 
 def test_fairface_adults_and_children_from_the_gender_x_bin_cells() -> None:
-    """crossdata's adults (20+) / under-20 figures are the cells' count-weighted means, and
+    """FairFace's adults (20+) / under-20 figures are the cells' count-weighted means, and
     quality.md shows them in its FairFace detail table."""
-    cd = load_script("benchmarks/crossdata.py")
+    from agegender.evaluate.metrics import age_split_scores
+
     cells = {
         "male 0-2": {"n": 10, "gender_accuracy_all": 0.5},
         "female 0-2": {"n": 10, "gender_accuracy_all": 0.7},
@@ -42,14 +43,14 @@ def test_fairface_adults_and_children_from_the_gender_x_bin_cells() -> None:
         "female 20-29": {"n": 10, "gender_accuracy_all": 0.6},
         "female 70+": {"n": 10, "gender_accuracy_all": 0.8},
     }
-    split = cd.age_split_scores(cells)
+    split = age_split_scores(cells)
     adults, young = split["adults"], split["under_20"]
     assert adults["n"] == 50 and young["n"] == 20
     assert abs(adults["gender_accuracy_all"] - (27 + 6 + 8) / 50) < 1e-12
     assert abs(adults["recall_female_all"] - 0.7) < 1e-12  # (6 + 8) / 20
     assert abs(adults["recall_male_all"] - 0.9) < 1e-12
     assert abs(young["gender_accuracy_all"] - 0.6) < 1e-12
-    assert cd.age_split_scores({}) == {}
+    assert age_split_scores({}) == {}
 
     q = _quality()
     row = {

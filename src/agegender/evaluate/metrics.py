@@ -409,6 +409,55 @@ def age_bin_names(pred: pd.DataFrame) -> list[tuple[str, float]]:
     return out
 
 
+def gender_bin_cells(frame: pd.DataFrame) -> dict[str, dict]:
+    """Gender accuracy (a miss is an error) per true gender x age bin, with counts."""
+    if "age_min" not in frame or not frame["age_min"].notna().any() or "pred_gender" not in frame:
+        return {}
+    correct = (frame["pred_gender"].astype("Int8") == frame["gender"].astype("Int8")).fillna(False)
+    correct &= frame["face_found"]
+    out = {}
+    for name, lo in age_bin_names(frame):
+        for g, gname in ((0, "male"), (1, "female")):
+            mask = (frame["age_min"] == lo) & (frame["gender"] == g)
+            if mask.any():
+                out[f"{gname} {name}"] = {
+                    "n": int(mask.sum()),
+                    "gender_accuracy_all": float(correct[mask].mean()),
+                }
+    return out
+
+
+def age_split_scores(cells: dict[str, dict], adult_from: int = 20) -> dict[str, dict]:
+    """From :func:`gender_bin_cells`: gender accuracy and female / male recall (a miss is an
+    error) of the photos whose true age bin starts at ``adult_from`` or later (``adults``)
+    and of the younger ones (``under_<adult_from>``), the issue's FairFace figures."""
+    out: dict[str, dict] = {}
+    for name, keep in (
+        ("adults", lambda lo: lo >= adult_from),
+        (f"under_{adult_from}", lambda lo: lo < adult_from),
+    ):
+        part = {k: c for k, c in cells.items() if keep(bin_start(k))}
+        if not part:
+            continue
+
+        def acc(items: list[dict]) -> float | None:
+            n = sum(c["n"] for c in items)
+            return sum(c["n"] * c["gender_accuracy_all"] for c in items) / n if n else None
+
+        out[name] = {
+            "n": sum(c["n"] for c in part.values()),
+            "gender_accuracy_all": acc(list(part.values())),
+            "recall_female_all": acc([c for k, c in part.items() if k.startswith("female")]),
+            "recall_male_all": acc([c for k, c in part.items() if k.startswith("male")]),
+        }
+    return out
+
+
+def bin_start(cell: str) -> int:
+    """``"female 20-29"`` -> 20, ``"male 70+"`` -> 70."""
+    return int(cell.split()[-1].split("-")[0].rstrip("+"))
+
+
 def gender_reliability(pred: pd.DataFrame, n_bins: int = N_BINS) -> list[dict]:
     """Reliability-diagram bins of the gender prediction in a predictions frame."""
     if "p_female" not in pred.columns:
@@ -482,9 +531,12 @@ __all__ = [
     "P_GENDER",
     "age_group_metrics",
     "age_metrics",
+    "age_split_scores",
+    "bin_start",
     "confusion",
     "expected_calibration_error",
     "fairness_table",
+    "gender_bin_cells",
     "gender_metrics",
     "gender_reliability",
     "prediction_metrics",
