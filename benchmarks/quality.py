@@ -116,6 +116,8 @@ def fairface_scores(run_dir: Path) -> dict:
     """FairFace-540 through the default face path for the fold-0 checkpoint of a run: gender
     (all, adults 20+, under 20, female / male recall) and age bin exact / one-off, misses
     counted as errors; the same figures as benchmarks/crossdata.py."""
+    import os
+
     from agegender.config.paths import default_data_root
     from agegender.data.readers import read_table
     from agegender.evaluate.metrics import age_split_scores, gender_bin_cells
@@ -139,7 +141,7 @@ def fairface_scores(run_dir: Path) -> dict:
         "fairface_recall_male_all": m.get("gender_recall_male_all"),
         "fairface_age_bin_exact_all": m.get("age_bin_exact_all"),
         "fairface_age_bin_one_off": m.get("age_bin_one_off"),
-        "fairface_checkpoint": str(ckpt),
+        "fairface_checkpoint": os.path.relpath(ckpt.resolve()),  # links resolved
     }
     for part, cell in split.items():
         out[f"fairface_{part}_gender_accuracy_all"] = cell["gender_accuracy_all"]
@@ -156,14 +158,16 @@ def _run_of(checkpoint: str | None) -> str:
     return "/".join(parts[-4:-2]) if len(parts) >= 4 else checkpoint
 
 
-def update_fairface(out_dir: Path, runs: dict[str, Path]) -> list[dict]:
-    """Re-score FairFace for existing rows of ``out_dir/quality.json`` (by config name) from
-    the fold-0 checkpoint of the given run directory; their CV figures stay as they are."""
+def update_fairface(out_dir: Path, runs: list[Path]) -> list[dict]:
+    """Re-score FairFace for existing rows of ``out_dir/quality.json`` from the fold-0
+    checkpoint of the given run directories (a row matches by its run directory's name, the
+    config's file name); their CV figures stay as they are."""
     rows = json.loads((out_dir / "quality.json").read_text())
-    for name, run_dir in runs.items():
-        matches = [r for r in rows if r.get("name") == name]
+    for run_dir in runs:
+        name = run_dir.name
+        matches = [r for r in rows if Path(r.get("run_dir", "")).name == name]
         if len(matches) != 1:
-            raise ValueError(f"{name}: {len(matches)} rows of quality.json have this name")
+            raise ValueError(f"{name}: {len(matches)} rows of quality.json have this run name")
         scores = fairface_scores(run_dir)
         if not scores:
             raise FileNotFoundError(f"{run_dir}/fold_0/checkpoints/best.ckpt: not found")
@@ -383,12 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.evaluate.cv import run_cv
 
     if args.fairface_update:
-        import yaml
-
-        runs = {
-            yaml.safe_load(config_path(n).read_text())["name"]: args.runs_dir / Path(n).stem
-            for n in args.models
-        }
+        runs = [args.runs_dir / Path(n).stem for n in args.models]
         rows = update_fairface(args.out_dir, runs)
         meta = {
             "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
@@ -399,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         (args.out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out_dir / "quality.md").write_text(markdown(rows, meta))
-        print(f"updated FairFace of {', '.join(runs)} in {args.out_dir / 'quality.md'}")
+        print(f"updated FairFace of {', '.join(r.name for r in runs)} in {args.out_dir}")
         return 0
     rows, failed = [], []
     for name in args.models:
