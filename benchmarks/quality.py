@@ -259,7 +259,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if broken_down:
         lines += [
             "FairFace-540 in detail (the fold-0 checkpoint at threshold 0.5, misses counted as "
-            "errors; adults: the bins from 20-29 up, as in benchmarks/crossdata.md):",
+            "errors; adults: the bins from 20-29 up, as in benchmarks/crossdata.md). Where the "
+            "checkpoint's run is not the row's own, fold 0 was trained again from the row's "
+            "config, seed and folds for this table (`--fairface-update`), and the FairFace "
+            "columns above are that checkpoint's:",
             "",
             "| model | gender all | female / male recall | adults 20+ | adults female / male "
             "| under 20 | age bin exact | age bin 1-off | checkpoint |",
