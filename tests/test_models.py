@@ -7,6 +7,7 @@ import json
 
 import pytest
 import timm
+import numpy as np
 import torch
 from torch import nn
 
@@ -368,6 +369,12 @@ def test_dex_expected_age() -> None:
     logits[0, 30] = 0
     logits[1, 10] = logits[1, 20] = 0
     torch.testing.assert_close(dex_expected_age(logits), torch.tensor([30.0, 15.0]))
+    # one read-out for NumPy (predictor, int8 agreement) and torch (training, evaluation)
+    from agegender.artifact import dex_years
+
+    probs = torch.softmax(torch.randn(3, 101, dtype=torch.float64), -1)
+    np.testing.assert_allclose(dex_years(probs.numpy()), dex_years(probs).numpy(), rtol=1e-12)
+    assert isinstance(dex_years(probs.numpy()), np.ndarray)
 
 
 def test_channels_last_matches() -> None:

@@ -439,6 +439,19 @@ def probability_module(model: Any, spec: ModelSpec) -> Any:
     return ProbabilityModel(model).eval()
 
 
+def dex_years(probs: Any) -> Any:
+    """The DEX read-out: the expected age in years, ``sum_k p_k * k``, of age probabilities
+    ``(..., n_ages)`` over the years 0..n-1 (a NumPy array or a torch tensor, same kind
+    back). Every path that turns DEX probabilities into years (training metrics, evaluation,
+    the predictor, int8 agreement) calls this."""
+    n = probs.shape[-1]
+    if isinstance(probs, np.ndarray):
+        return probs @ np.arange(n, dtype=probs.dtype)
+    import torch
+
+    return (probs * torch.arange(n, dtype=probs.dtype, device=probs.device)).sum(-1)
+
+
 def dex_group_matrix(n_ages: int) -> np.ndarray:
     """``(n_ages, 8)`` 0/1 float32 matrix: the Adience group of each DEX age (0..n-1), so
     ``p_years @ matrix`` gives the group probabilities."""

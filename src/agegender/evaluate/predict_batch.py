@@ -35,6 +35,7 @@ import torch
 from agegender.artifact import (
     GENDER_THRESHOLD,
     dex_group_matrix,
+    dex_years,
     gender_labels,
     output_probabilities,
     parse_meta,
@@ -221,8 +222,7 @@ def predict_images(
             probs = mean["age"]
             if dex_groups is None:
                 dex_groups = torch.from_numpy(dex_group_matrix(probs.shape[-1])).to(device)
-            ages = torch.arange(probs.shape[-1], dtype=probs.dtype, device=device)
-            years[idx] = (probs * ages).sum(-1).cpu().numpy()
+            years[idx] = dex_years(probs).cpu().numpy()
             p_group[idx] = (probs @ dex_groups).cpu().numpy()
         elif age_mode == "regression":
             years[idx] = mean["age"].cpu().numpy()

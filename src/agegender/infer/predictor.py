@@ -43,6 +43,7 @@ from agegender.artifact import (
     GENDER_OUTPUT,
     ModelSpec,
     dex_group_matrix,
+    dex_years,
     gender_labels,
     load_model,
     parse_meta,
@@ -360,7 +361,7 @@ class Predictor:
                 f.age_group = AGE_GROUP_NAMES[int(p.argmax())]
             elif self.spec.age == "dex":
                 p = probs[AGE_OUTPUTS["dex"]][i].astype(np.float64)
-                f.age = float(p @ np.arange(len(p)))
+                f.age = float(dex_years(p))
                 f.age_probs = [float(v) for v in p]
                 gp = p @ self._dex_groups[: len(p)]
                 f.age_group_probs = dict(zip(AGE_GROUP_NAMES, map(float, gp), strict=True))

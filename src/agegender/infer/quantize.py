@@ -35,9 +35,10 @@ def int8_agreement(
         parts.append(f"gender decisions agree on {out['gender_agreement']:.1%}")
         parts.append(f"max |dP(female)| {out['max_abs_dp_female']:.3f}")
     if "age_probs" in a:
-        years = np.arange(a["age_probs"].shape[1])
+        from agegender.artifact import dex_years
+
         out["mean_abs_d_age"] = float(
-            np.abs(a["age_probs"] @ years - b["age_probs"] @ years).mean()
+            np.abs(dex_years(a["age_probs"]) - dex_years(b["age_probs"])).mean()
         )
         parts.append(f"mean |d age| {out['mean_abs_d_age']:.2f} years")
     out["summary"] = ", ".join(parts)

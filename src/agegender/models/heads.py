@@ -251,6 +251,8 @@ def flatten_neck(in_channels: int, grid: int) -> tuple[nn.Module, int]:
 
 
 def dex_expected_age(logits: torch.Tensor) -> torch.Tensor:
-    """Expected age in years from ``(B, 101)`` DEX logits: ``sum_k softmax_k * k``."""
-    ages = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-    return (logits.softmax(-1) * ages).sum(-1)
+    """Expected age in years from ``(B, 101)`` DEX logits: ``sum_k softmax_k * k``
+    (:func:`agegender.artifact.dex_years` of the softmax)."""
+    from agegender.artifact import dex_years
+
+    return dex_years(logits.softmax(-1))
