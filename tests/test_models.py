@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import timm
-import numpy as np
 import torch
 from torch import nn
 
