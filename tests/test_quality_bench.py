@@ -82,3 +82,32 @@ def test_fairface_adults_and_children_from_the_gender_x_bin_cells() -> None:
     meta = {"command": "x", "machine": "m", "torch": "t", "date": "d"}
     page = q.markdown([row], meta)
     assert "| dlib_resnet29 (recipe) | 80.0 | – / – | 82.0 | 70.0 / 90.0 | 60.0 |" in page
+
+
+def test_fairface_update_rescores_one_row_and_keeps_its_cv_figures(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import pytest
+
+    q = _quality()
+    rows = [
+        {"name": "a", "run_dir": "runs/a", "gender_accuracy_mean": 0.9},
+        {"name": "a", "run_dir": "runs/a_variant", "gender_accuracy_mean": 0.8},
+    ]
+    (tmp_path / "quality.json").write_text(json.dumps(rows))
+    seen = []
+
+    def fake(run_dir: Path) -> dict:
+        seen.append(run_dir)
+        return {"fairface_gender_accuracy_all": 0.5} if run_dir.name != "gone" else {}
+
+    monkeypatch.setattr(q, "fairface_scores", fake)
+    out = q.update_fairface(tmp_path, [tmp_path / "runs" / "a_variant"])
+    assert seen == [tmp_path / "runs" / "a_variant"]
+    assert out[1] == {**rows[1], "fairface_gender_accuracy_all": 0.5}  # matched by run name
+    assert out[0] == rows[0]
+    with pytest.raises(ValueError, match="0 rows of quality.json"):
+        q.update_fairface(tmp_path, [tmp_path / "b"])
+    (tmp_path / "quality.json").write_text(json.dumps([{"name": "g", "run_dir": "x/gone"}]))
+    with pytest.raises(FileNotFoundError, match="gone/fold_0"):
+        q.update_fairface(tmp_path, [tmp_path / "gone"])
