@@ -2,14 +2,16 @@
 
 dlib's 128-d descriptor (face weights, frozen, never fine-tuned) of every training face,
 then a plain logistic regression for gender trained on UTKFace alone, on CelebA-10k alone
-and on both (each run's own training split: fold 0 of the dlib recipes, CelebA-10k's
-training identities). Each is calibrated to equal female and male recall on UTKFace's
-fold-0 validation faces, then scored on FairFace-540 through the shipped face path (the
-same 150 px chips the dlib models see), misses counted as errors.
+and on both: the training split of configs/face/dlib_frozen.yaml without a CV fold (85 % of
+UTKFace, grouped by the duplicate audit, and CelebA-10k's training identities). Each is
+calibrated to equal female and male recall on the other 15 % of UTKFace, then scored on
+FairFace-540 through the shipped face path (the same 150 px chips the dlib models see),
+misses counted as errors.
 
 This is a diagnosis, not a model: nothing here is chosen on FairFace, and nothing ships.
 
     python benchmarks/descriptor_probe.py            # -> benchmarks/descriptor_probe.{md,json}
+    python benchmarks/descriptor_probe.py --render   # the .md again from the .json
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--render", action="store_true", help="only rewrite the .md from the .json in --out-dir"
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        page = json.loads((args.out_dir / "descriptor_probe.json").read_text())
+        (args.out_dir / "descriptor_probe.md").write_text(markdown(page["rows"], page["meta"]))
+        return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -137,7 +146,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"`{meta['command']}` ({meta['date']}, {meta['seconds']} s; FairFace faces found: "
         f"{meta['fairface_faces_found']} of 540).",
         "",
-        "| trained on | faces | threshold | UTKFace val | FairFace all | female / male recall "
+        "| trained on | faces | threshold | UTKFace held out | FairFace all | female / male recall "
         "| adults 20+ | adults female / male | under 20 | under 20 female / male |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
