@@ -192,12 +192,12 @@ def _photo_limits(crossdata: dict | None, name: str) -> list[str]:
         f"of {worse} and {100 * max(f, male):.1f} % of {better}: on photos unlike its training "
         f"faces it errs towards calling {worse} {better}; see the FairFace table above."
     ]
+    scores = age_split_scores(m.get("by_gender_bin") or {})
     split = {
-        label: c
+        label: scores[key]
         for key, label in (("adults", "adults 20+"), ("under_20", "under 20"))
-        if (c := age_split_scores(m.get("by_gender_bin") or {}).get(key))
-        and c["recall_female_all"] is not None
-        and c["recall_male_all"] is not None
+        if key in scores
+        and None not in (scores[key]["recall_female_all"], scores[key]["recall_male_all"])
     }
     if split:
         line = "- FairFace-540 by age: " + "; ".join(

@@ -25,7 +25,7 @@ per-class precision/recall/F1, ROC-AUC and log loss.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -437,20 +437,25 @@ def age_split_scores(cells: dict[str, dict], adult_from: int = 20) -> dict[str, 
         (f"under_{adult_from}", lambda lo: lo < adult_from),
     ):
         part = {k: c for k, c in cells.items() if keep(bin_start(k))}
-        if not part:
-            continue
-
-        def acc(items: list[dict]) -> float | None:
-            n = sum(c["n"] for c in items)
-            return sum(c["n"] * c["gender_accuracy_all"] for c in items) / n if n else None
-
-        out[name] = {
-            "n": sum(c["n"] for c in part.values()),
-            "gender_accuracy_all": acc(list(part.values())),
-            "recall_female_all": acc([c for k, c in part.items() if k.startswith("female")]),
-            "recall_male_all": acc([c for k, c in part.items() if k.startswith("male")]),
-        }
+        if part:
+            out[name] = {
+                "n": sum(c["n"] for c in part.values()),
+                "gender_accuracy_all": _pooled_accuracy(part.values()),
+                "recall_female_all": _pooled_accuracy(
+                    c for k, c in part.items() if k.startswith("female")
+                ),
+                "recall_male_all": _pooled_accuracy(
+                    c for k, c in part.items() if k.startswith("male")
+                ),
+            }
     return out
+
+
+def _pooled_accuracy(cells: Iterable[dict]) -> float | None:
+    """The accuracy of several cells' photos together (count-weighted); None for none."""
+    cells = list(cells)
+    n = sum(c["n"] for c in cells)
+    return sum(c["n"] * c["gender_accuracy_all"] for c in cells) / n if n else None
 
 
 def bin_start(cell: str) -> int:
