@@ -324,6 +324,26 @@ def merge_rows(previous: Path, rows: list[dict]) -> tuple[list[dict], list[str]]
     return sorted(rows + kept, key=rank), labels
 
 
+def page_meta(argv: list[str] | None) -> dict:
+    """The page's command line, machine, torch version and date."""
+    import torch
+
+    return {
+        "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_pages(out_dir: Path, rows: list[dict], meta: dict) -> None:
+    """``quality.json`` (the rows) and ``quality.md`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out_dir / "quality.md").write_text(markdown(rows, meta))
+
+
 def _shown_args(argv: list[str] | None) -> list[str]:
     """The command line for quality.md, without the free-text ``--note``."""
     args, out = list(argv if argv is not None else sys.argv[1:]), []
@@ -383,8 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    import torch
-
     from agegender.config import ConfigError
     from agegender.data.records import DatasetError
     from agegender.evaluate.cv import run_cv
@@ -392,15 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fairface_update:
         runs = [args.runs_dir / Path(n).stem for n in args.models]
         rows = update_fairface(args.out_dir, runs)
-        meta = {
-            "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-            "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"),
-            "kept": [Path(r.get("run_dir", "")).name or str(r.get("name")) for r in rows],
-        }
-        (args.out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (args.out_dir / "quality.md").write_text(markdown(rows, meta))
+        kept = [Path(r.get("run_dir", "")).name or str(r.get("name")) for r in rows]
+        write_pages(args.out_dir, rows, page_meta(argv) | {"kept": kept})
         print(f"updated FairFace of {', '.join(r.name for r in runs)} in {args.out_dir}")
         return 0
     rows, failed = [], []
@@ -433,23 +444,16 @@ def main(argv: list[str] | None = None) -> int:
             row["note"] = args.note
         rows.append(row)
         print(f"== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
-    meta = {
-        "command": "python benchmarks/quality.py " + " ".join(_shown_args(argv)),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
+    meta = page_meta(argv) | {
         "overrides": args.overrides,
         "folds": args.folds,
         "missing": failed,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     if not args.replace:
         rows, kept = merge_rows(args.out_dir / "quality.json", rows)
         if kept:
             meta["kept"] = kept
-    (args.out_dir / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out_dir / "quality.md").write_text(markdown(rows, meta))
+    write_pages(args.out_dir, rows, meta)
     print(f"wrote {args.out_dir / 'quality.json'} and {args.out_dir / 'quality.md'}")
     return 1 if failed else 0
 
