@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from agegender.artifact import gender_labels
     from agegender.config import load_config
     from agegender.config.paths import default_data_root
     from agegender.data.readers import read_table
@@ -102,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         clf.fit(feats[idx], gender[idx])
         p_val = clf.predict_proba(feats[val_utk])[:, 1]
         thr = choose_threshold(gender[val_utk], p_val, "equal-recall")["threshold"]
-        val_acc = float(np.mean((p_val >= thr) == gender[val_utk]))
+        val_acc = float(np.mean(gender_labels(p_val, thr) == gender[val_utk]))
         pred = np.full(len(ff), -1)
-        pred[owner] = (clf.predict_proba(ff_feats)[:, 1] >= thr).astype(int)
+        pred[owner] = gender_labels(clf.predict_proba(ff_feats)[:, 1], thr)
         frame = ff.assign(pred_gender=pred, face_found=pred >= 0)
         correct = (frame["pred_gender"] == frame["gender"]) & frame["face_found"]
         split = age_split_scores(gender_bin_cells(frame))

@@ -30,7 +30,10 @@ def int8_agreement(
     parts = []
     if "gender_probs" in a:
         pa, pb = a["gender_probs"][:, 1], b["gender_probs"][:, 1]
-        out["gender_agreement"] = float(np.mean((pa > threshold) == (pb > threshold)))
+        from agegender.artifact import gender_labels
+
+        same = gender_labels(pa, threshold) == gender_labels(pb, threshold)
+        out["gender_agreement"] = float(np.mean(same))
         out["max_abs_dp_female"] = float(np.abs(pa - pb).max())
         parts.append(f"gender decisions agree on {out['gender_agreement']:.1%}")
         parts.append(f"max |dP(female)| {out['max_abs_dp_female']:.3f}")
