@@ -4,6 +4,11 @@ Every odd file a user may have is either turned into an RGB uint8 array or rejec
 an :class:`ImageError` whose message is one line: corrupt or truncated JPEGs, text files
 named ``.jpg``, grayscale / RGBA / palette / CMYK / 16-bit images, EXIF rotation, and
 decompression bombs (more pixels than ``max_pixels``).
+
+HEIC/HEIF (what iPhones save) is read through pillow-heif's Pillow plugin, registered when
+this module is imported; AVIF through Pillow's own plugin (Pillow >= 11.3 wheels), else
+pillow-heif's where that build has one. Without a decoder such a file is one line saying
+what to install, never "cannot identify".
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 #: Default pixel limit (width * height) above which an image is refused as a possible
 #: decompression bomb. 64 megapixels covers every camera photo users send.
@@ -23,7 +28,89 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+    | {".heic", ".heif", ".hif", ".avif"}
 )
+
+
+def _register_heif() -> tuple[bool, bool]:
+    """Register pillow-heif's HEIF opener (and its AVIF opener when Pillow has no AVIF of
+    its own and this pillow-heif build offers one). Returns (heif, avif) support."""
+    avif = "avif" in features.modules and bool(features.check_module("avif"))  # Pillow >= 11.2
+    try:
+        import pillow_heif
+    except ImportError:
+        return False, avif
+    pillow_heif.register_heif_opener()
+    register_avif = getattr(pillow_heif, "register_avif_opener", None)  # pillow-heif < 1.0
+    if not avif and register_avif is not None:
+        try:
+            register_avif()
+            avif = True
+        except Exception:  # noqa: BLE001 - a libheif without an AV1 decoder: still no AVIF
+            pass
+    return True, avif
+
+
+#: Whether HEIC/HEIF and AVIF files can be decoded here.
+HEIF_SUPPORT, AVIF_SUPPORT = _register_heif()
+
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2"})
+
+
+def heif_kind(head: bytes) -> str | None:
+    """``"AVIF"``, ``"HEIC"`` or ``"HEIF"`` when ``head`` (a file's first bytes; 64 are
+    plenty) starts with an ISO-BMFF ``ftyp`` box naming one of their brands, else None."""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return None
+    end = min(len(head), max(16, int.from_bytes(head[:4], "big")))
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIC_BRANDS:
+        return "HEIC"
+    return "HEIF" if brands & _HEIF_BRANDS else None
+
+
+def _missing_decoder(kind: str) -> str:
+    if kind == "AVIF":
+        return (
+            "AVIF needs a Pillow with AVIF support (the wheels of Pillow >= 11.3 have it):"
+            " pip install -U pillow"
+        )
+    return f"{kind} needs pillow-heif: pip install pillow-heif"
+
+
+def _head(src: object) -> bytes | None:
+    """The first 64 bytes of a path or a BytesIO (None when they cannot be read)."""
+    import io
+
+    try:
+        if isinstance(src, io.BytesIO):
+            return src.getvalue()[:64]
+        with open(src, "rb") as fh:  # type: ignore[arg-type]
+            return fh.read(64)
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def _unidentified(src: object) -> str:
+    """The one-line reason for a file that no Pillow plugin identified."""
+    head = _head(src)
+    if head == b"":
+        return "not an image: empty file (0 bytes)"
+    kind = heif_kind(head or b"")
+    if kind is None:
+        return "not an image (cannot identify image file)"
+    if not (AVIF_SUPPORT if kind == "AVIF" else HEIF_SUPPORT):
+        return _missing_decoder(kind)
+    return f"corrupt or truncated {kind} image (cannot read its header)"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 class ImageError(ValueError):
@@ -70,10 +157,12 @@ def open_image(
     import io
 
     src = io.BytesIO(path) if isinstance(path, bytes | bytearray) else path
+    fmt: str | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(src) as img:
+                fmt = img.format
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(
@@ -94,13 +183,18 @@ def open_image(
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not an image (cannot identify image file)") from exc
+        raise ImageError(_unidentified(src)) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"decompression bomb: {exc}") from exc
-    except OSError as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    except (ValueError, SyntaxError, EOFError) as exc:  # PIL plugins raise these too
-        raise ImageError(f"cannot decode image: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError) as exc:
+        if fmt in ("HEIF", "AVIF"):  # libheif / libavif: "Invalid input: Unexpected end ..."
+            kind = heif_kind(_head(src) or b"") or fmt
+            raise ImageError(f"corrupt or truncated {kind} image: {_first_line(exc)}") from exc
+        if isinstance(exc, RuntimeError):
+            raise
+        if isinstance(exc, OSError):
+            raise ImageError(f"corrupt or truncated image: {exc}") from exc
+        raise ImageError(f"cannot decode image: {exc}") from exc  # PIL plugins raise these too
 
 
 def header_pixels(item: object) -> int | None:

@@ -2,9 +2,9 @@
 
 Inputs may be file paths, encoded bytes, PIL images or numpy arrays (``(H, W, 3)`` RGB
 uint8, ``(H, W)`` gray, ``(H, W, 4)`` RGBA, 16-bit or float in 0..1). Paths and bytes are
-decoded with :func:`agegender.data.imageio.open_image` (EXIF rotation, odd colour modes,
-pixel limit). :func:`collect_image_paths` expands the CLI's arguments (files, folders,
-``.txt`` / ``.csv`` lists).
+decoded with :func:`agegender.data.imageio.open_image` (JPEG, PNG, WebP, ..., HEIC/HEIF and
+AVIF; EXIF rotation, odd colour modes, pixel limit). :func:`collect_image_paths` expands the
+CLI's arguments (files, folders, ``.txt`` / ``.csv`` lists).
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def _read_list(list_file: Path) -> list[str]:
 
 
 def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Expand image files, folders (recursive, image names only) and ``.csv``/``.txt``
-    lists of paths into one list, in the order given (folders sorted).
+    """Expand image files, folders (recursive, image names only:
+    :data:`agegender.data.imageio.IMAGE_SUFFIXES`, ``.heic``/``.avif`` included, any case)
+    and ``.csv``/``.txt`` lists of paths into one list, in the order given (folders sorted).
 
     A missing argument is kept, like a missing path inside a list file: it becomes a
     per-image error row and the other inputs are still predicted. Raises ``ValueError``

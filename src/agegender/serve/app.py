@@ -15,7 +15,8 @@ Requests are multipart forms with one or several images in the field ``files`` (
        ``max_request_pixels`` decoded pixels in all (counted from the image headers
        before anything is decoded; decompression bombs included)
 415    a part whose content type (or, for ``application/octet-stream``, whose
-       bytes) is not JPEG, PNG, WebP, BMP, GIF or TIFF; a body that is not multipart
+       bytes) is not JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF or AVIF; a body
+       that is not multipart
 422    no file in the request, or no file in it could be decoded
 503    the server is busy: the request's lane (see :mod:`agegender.serve.admission`)
        is full; ``Retry-After`` says when to try again
@@ -47,7 +48,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agegender.data.imageio import header_pixels
+from agegender.data.imageio import header_pixels, heif_kind
 from agegender.infer.predictor import Cancelled, Predictor
 from agegender.serve.admission import Busy, Lane
 
@@ -64,7 +65,13 @@ ACCEPTED_TYPES = {
     "image/x-ms-bmp": "BMP",
     "image/gif": "GIF",
     "image/tiff": "TIFF",
+    "image/heic": "HEIF",
+    "image/heif": "HEIF",
+    "image/heic-sequence": "HEIF",
+    "image/heif-sequence": "HEIF",
+    "image/avif": "AVIF",
 }
+_KINDS = "JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC/HEIF or AVIF"
 _GENERIC_TYPES = {"", "application/octet-stream"}
 _MAGIC = (
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -204,6 +211,9 @@ def _sniff(head: bytes) -> str | None:
             return ctype
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
+    kind = heif_kind(head)
+    if kind is not None:
+        return "image/avif" if kind == "AVIF" else "image/heif"
     return None
 
 
@@ -219,7 +229,7 @@ _OPENAPI_BODY = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                             "description": "one or several images (JPEG, PNG, WebP, BMP, GIF, "
-                            "TIFF)",
+                            "TIFF, HEIC/HEIF, AVIF)",
                         },
                         "file": {
                             "type": "string",
@@ -341,11 +351,11 @@ def create_app(
             raise ApiError(413, f"file too large: {name}", {"limit": settings.max_file_bytes})
         declared = (upload.content_type or "").split(";")[0].strip().lower()
         if declared not in ACCEPTED_TYPES:
-            sniffed = _sniff(data[:16]) if declared in _GENERIC_TYPES else None
+            sniffed = _sniff(data[:64]) if declared in _GENERIC_TYPES else None
             if sniffed is None:
                 what = declared or "none"
                 if declared in _GENERIC_TYPES:
-                    what += " (and its bytes are not JPEG, PNG, WebP, BMP, GIF or TIFF)"
+                    what += f" (and its bytes are not {_KINDS})"
                 raise ApiError(
                     415,
                     f"unsupported content type for {name}: {what}",
