@@ -96,7 +96,10 @@ def predict_cmd(
         "or - (CSV, stdout).",
     ),
     annotate: Path | None = typer.Option(
-        None, "--annotate", help="Write copies of the images with boxes and labels here."
+        None,
+        "--annotate",
+        help="Write copies of the images with boxes and labels here (a folder; for a "
+        "video: a video file, OUT.mp4 or OUT.avi).",
     ),
     runtime: str = typer.Option(
         "auto", "--runtime", help="torch | onnxruntime (auto: onnxruntime for .onnx)."
@@ -151,8 +154,18 @@ def predict_cmd(
         help="Parquet --out: inputs per part written as the job goes (a kill loses at most "
         "one part's work, or a minute's).",
     ),
+    every: int = typer.Option(
+        1, "--every", min=1, help="Videos: predict every Nth frame (1: every frame)."
+    ),
+    max_frames: int | None = typer.Option(
+        None, "--max-frames", min=1, help="Videos: stop after predicting this many frames."
+    ),
 ) -> None:
     """Detect faces and predict gender and age; one row per face (or per failed image).
+
+    Videos (.mp4, .mkv, .avi, .mov, ...): the faces of each (--every Nth) frame, tracked
+    across frames; one row per face per frame and one summary row per track (--annotate
+    OUT.mp4 writes the video with boxes and labels).
 
     Exit status: 0 every input was read (a photo without a face is a result, not a
     failure); 1 some inputs could not be read (their rows say why, the others' results are
@@ -183,6 +196,13 @@ def predict_cmd(
         threads=threads,
         tta=tta,
     )
+    from agegender.infer.video import is_video_name
+
+    if any(is_video_name(p) for p in paths):
+        _predict_videos(paths, out, config, every, max_frames, annotate, resume, engine, part_size)
+        return
+    if every != 1 or max_frames is not None:
+        fail("--every and --max-frames are for videos (.mp4, .mkv, .avi, .mov, ...)")
     # a person at a terminal: a readable table (the local engine's results carry it)
     as_table = out == "-" and sys.stdout.isatty() and engine == "local"
     table_rows: list[tuple[str, ...]] = []
@@ -236,6 +256,74 @@ def predict_cmd(
         soft_wrap=True,
     )
     if s.unreadable:
+        raise typer.Exit(1)
+
+
+def _predict_videos(
+    paths: list[Path],
+    out: str,
+    config: object,
+    every: int,
+    max_frames: int | None,
+    annotate: Path | None,
+    resume: bool,
+    engine: str,
+    part_size: int,
+) -> None:
+    """``predict`` on videos (:func:`agegender.infer.video.predict_video_job`): rows per
+    face per frame, one per track and one per video; at a terminal, a table of the tracks.
+    Exit 1 when a video ended early (its frames read so far are written)."""
+    import sys
+
+    from rich.markup import escape
+
+    from agegender.infer.video import is_video_name, predict_video_job
+
+    photos = [p for p in paths if not is_video_name(p)]
+    if photos:
+        fail(f"{photos[0]}: give one predict command videos or photos, not both")
+    if resume:
+        fail("--resume is for photos; a video is predicted whole (--max-frames bounds it)")
+    if engine != "local":
+        fail(f"--engine {engine} is for photos; videos run on the local engine")
+    as_table = out == "-" and sys.stdout.isatty()
+    s = predict_video_job(
+        paths,
+        None if as_table else out,
+        config,  # type: ignore[arg-type]
+        every=every,
+        max_frames=max_frames,
+        annotate=annotate,
+        part_size=part_size,
+        progress=sys.stdout.isatty() and console.is_terminal,
+        console=console,
+    )
+    if as_table:
+        from rich.table import Table
+
+        table = Table(title="tracked faces (gender: mean log-odds of the frames; age: median)")
+        for col in ("video", "track", "seen (s)", "frames", "gender", "age"):
+            table.add_column(col, overflow="fold")
+        for t in s.tracks:
+            p = max(t.p_female or 0.0, t.p_male or 0.0)
+            seen = f"{t.first_time or 0:.1f}-{t.last_time or 0:.1f}"
+            gender = f"{t.gender} ({100 * p:.0f} %)" if t.gender else "-"
+            age = "-" if t.age is None else f"{t.age:.0f} ({t.age_group})"
+            row = (Path(t.source).name, str(t.track_id), seen, str(t.frames_seen), gender, age)
+            table.add_row(*row)
+        Console().print(table)
+    for video, reason in s.errors:
+        text = escape(f"{video}: {reason}")
+        console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+    where = "the table above" if as_table else "stdout" if out == "-" else out
+    console.print(
+        f"{s.videos} video{'s' if s.videos != 1 else ''}: {s.frames:,} frames predicted of "
+        f"{s.frames_read:,} read (every {every}), {s.faces:,} faces in {len(s.tracks)} "
+        f"tracks; wrote {where} ({s.frames_per_second:,.1f} frames/s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if s.errors:
         raise typer.Exit(1)
 
 

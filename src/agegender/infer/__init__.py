@@ -28,6 +28,7 @@ _WHERE = {
     "ImageResult": "agegender.infer.results",
     "NoModelError": "agegender.infer.predictor",
     "Predictor": "agegender.infer.predictor",
+    "predict_video": "agegender.infer.video",
 }
 
 __all__ = sorted(_WHERE)

@@ -91,7 +91,8 @@ def model_identity(predictor: Predictor, config: PredictorConfig) -> dict[str, A
     }
 
 
-def _progress(show: bool, console: Any) -> Any:
+def _progress(show: bool, console: Any, unit: str = "photos") -> Any:
+    """A rich progress bar (``unit``/s beside it; videos: frames) shown when ``show``."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -106,7 +107,8 @@ def _progress(show: bool, console: Any) -> Any:
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} photos/s" if speed else "- photos/s", "progress.data.speed")
+            text = f"{speed:,.0f} {unit}/s" if speed else f"- {unit}/s"
+            return Text(text, "progress.data.speed")
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),

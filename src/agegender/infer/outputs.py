@@ -49,11 +49,49 @@ BASE_COLUMNS = (
 )
 
 
+#: The columns of a video's rows (:mod:`agegender.infer.video`): ``kind`` is ``frame`` (a
+#: face in a frame), ``track`` (one summary per tracked face) or ``video`` (one per video:
+#: the frames predicted and, when reading stopped early, why).
+VIDEO_BASE_COLUMNS = (
+    "path",
+    "kind",
+    "frame",
+    "time",
+    "track_id",
+    "x",
+    "y",
+    "w",
+    "h",
+    "detector_score",
+    "p_female",
+    "p_male",
+    "gender",
+    "age",
+    "age_group",
+    "first_frame",
+    "last_frame",
+    "first_time",
+    "last_time",
+    "frames_seen",
+    "confidence",
+    "error",
+)
+
+
+def _age_group_columns(spec: ModelSpec) -> list[str]:
+    return [f"p_age_{g}" for g in AGE_GROUP_NAMES] if spec.age in ("groups", "dex") else []
+
+
 def result_columns(spec: ModelSpec) -> list[str]:
     """The CSV columns for a model: the base columns, plus each age group's probability
     for models that give them (age groups, DEX)."""
-    extra = [f"p_age_{g}" for g in AGE_GROUP_NAMES] if spec.age in ("groups", "dex") else []
-    return [*BASE_COLUMNS, *extra]
+    return [*BASE_COLUMNS, *_age_group_columns(spec)]
+
+
+def video_columns(spec: ModelSpec) -> list[str]:
+    """The columns of a video's rows: :data:`VIDEO_BASE_COLUMNS`, plus each age group's
+    probability (frame rows) for models that give them."""
+    return [*VIDEO_BASE_COLUMNS, *_age_group_columns(spec)]
 
 
 def output_format(out: str | Path) -> str:
@@ -86,8 +124,9 @@ def check_replaceable(out: str | Path) -> None:
         return
     with open(p, encoding="utf-8", errors="replace") as fh:
         head = fh.read(4096)
+    first = head.lstrip("\ufeff")
     ours = (
-        head.lstrip("\ufeff").startswith(",".join(BASE_COLUMNS))
+        first.startswith((",".join(BASE_COLUMNS), ",".join(VIDEO_BASE_COLUMNS)))
         if fmt == "csv"
         else bool(_JSON_OURS.match(head))
     )
@@ -148,7 +187,9 @@ class ResultWriter:
     rows) and annotated photos to ``annotate``; counts faces and failed inputs as it goes.
 
     ``parquet``: a prepared :class:`ParquetOutput` (the job's, after ``--resume`` has read
-    it); without one a ``.parquet`` ``out`` replaces whatever output of ours is there."""
+    it); without one a ``.parquet`` ``out`` replaces whatever output of ours is there.
+    ``columns``: other columns than the model's photo columns (a video's,
+    :func:`video_columns`)."""
 
     def __init__(
         self,
@@ -158,9 +199,10 @@ class ResultWriter:
         annotate: str | Path | None = None,
         stream: IO[str] | None = None,
         parquet: ParquetOutput | None = None,
+        columns: list[str] | None = None,
     ) -> None:
         self.format = None if out is None else output_format(out)
-        self.columns = result_columns(spec)
+        self.columns = result_columns(spec) if columns is None else list(columns)
         self.annotator = None if annotate is None else Annotator(annotate)
         self._own = False
         self.stream: IO[str] | None = stream

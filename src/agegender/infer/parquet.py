@@ -49,8 +49,14 @@ RUN_COLUMN = "run_id"
 DEFAULT_PART_SIZE = 5000  # inputs per part: a kill loses at most this many
 DEFAULT_PART_SECONDS = 60.0  # ... or this much work, whichever comes first
 _PART = re.compile(r"^part-[0-9TZ]+-[0-9a-f]+-\d{5,}\.parquet$")
-_INT_COLUMNS = frozenset({"face_index", "x", "y", "w", "h"})
-_STR_COLUMNS = frozenset({"path", "gender", "age_group", "face_source", "error", RUN_COLUMN})
+# the photo columns, then a video's (frame, track and video rows: agegender.infer.video)
+_INT_COLUMNS = frozenset(
+    {"face_index", "x", "y", "w", "h"}
+    | {"frame", "track_id", "first_frame", "last_frame", "frames_seen"}
+)
+_STR_COLUMNS = frozenset(
+    {"path", "gender", "age_group", "face_source", "error", RUN_COLUMN} | {"kind"}
+)
 
 
 class OutputError(ValueError):
