@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +126,20 @@ def run_once(video: Path, every: int, out: Path, config: PredictorConfig) -> dic
     }
 
 
+def git_commit() -> str | None:
+    """The commit of the code measured (``-dirty``: with changes not committed)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=150, help="frames per video")
@@ -158,6 +173,7 @@ def main() -> None:
         + (f" --frames {args.frames}" if args.frames != 150 else "")
         + (f" --rounds {args.rounds}" if args.rounds != 1 else ""),
         "when": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+        "commit": git_commit(),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -181,7 +197,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         "# Video speed",
         "",
-        f"`{r['command']}` ({r['when']}): {r['video']['frames']} frames a video, "
+        f"`{r['command']}` ({r['when']}, commit {r['commit']}): {r['video']['frames']} "
+        "frames a video, "
         f"{r['video']['faces']} faces in each frame, {r['settings']}; {m['cores']} cores, "
         f"OpenCV {m['opencv']}.",
         "",
