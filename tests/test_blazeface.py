@@ -226,7 +226,8 @@ def test_auto_adds_full_range_faces_for_small_faces(utkface_dir: Path) -> None:
     from agegender.infer.detector import make_detector
 
     auto, short_only = make_detector("blazeface_full"), BlazeFaceDetector(model="short")
-    assert auto.name == "blazeface" and (auto.margin, auto.shift) == blazeface.FRAMING["short"]
+    assert auto.name == "blazeface_full"
+    assert (auto.margin, auto.shift) == blazeface.FRAMING["short"]
     files = sorted(utkface_dir.glob("*.jpg"))[::400][:12]
     rng = np.random.default_rng(1)
     found = {"auto": 0, "short": 0}

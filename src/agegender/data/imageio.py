@@ -146,12 +146,14 @@ def open_image(
     path: str | Path | bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_size: int | None = None,
+    draft_size: int | tuple[int, int] | None = None,
 ) -> Image.Image:
     """Open, fully decode, EXIF-rotate and convert an image to RGB.
 
     ``path`` may be a file path or the file's bytes. ``draft_size`` lets the JPEG decoder
-    scale down by 2/4/8 while decoding when the result will be resized to at most that size.
+    scale down by 2/4/8 while decoding when the result will be resized to at most that size
+    (an int for both sides, or ``(width, height)`` in the file's stored orientation: the
+    decoded image is at least that large).
     Raises :class:`ImageError` with a one-line reason for anything unusable.
     """
     import io
@@ -172,7 +174,8 @@ def open_image(
                 if w == 0 or h == 0:
                     raise ImageError(f"image has no pixels ({w}x{h})")
                 if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
+                    want = draft_size if isinstance(draft_size, tuple) else (draft_size,) * 2
+                    img.draft("RGB", want)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)

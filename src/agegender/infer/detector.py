@@ -26,10 +26,12 @@ import numpy as np
 
 from agegender.infer.boxes import Box
 
-DETECTORS = ("blazeface", "blazeface_full", "haar", "none")
+DETECTORS = ("blazeface", "blazeface_128", "blazeface_full", "haar", "none")
 #: The detector ``predict``, the service, ``evaluate`` and the benchmarks use by default:
 #: BlazeFace finds 100 % of FairFace-540's photos and 19/19 Adience photos where Haar finds
-#: 82.6 % and 17/19, at 3-4 ms per photo instead of 20-26 (README, design section).
+#: 82.6 % and 17/19, at 3-4 ms per photo instead of 20-26 (README, design section); run
+#: over an image pyramid it also finds the small faces of group photos
+#: (benchmarks/group_photos.md).
 DEFAULT_DETECTOR = "blazeface"
 
 #: How a Haar box becomes a crop framed like UTKFace's aligned faces (the training data):
@@ -203,10 +205,18 @@ Detector = Union[HaarDetector, NoneDetector, "BlazeFaceDetector"]
 DETECTOR_INFO: dict[str, dict[str, str]] = {
     "blazeface": {
         "returns": "box + 6 landmarks (eyes, nose tip, mouth, ears); faces are aligned",
+        "speed": "portraits as blazeface_128; group photos 10-100 ms (416-1600 px)",
+        "notes": "BlazeFace short range over an image pyramid: the whole photo at 128 px, "
+        "then the network over the whole photo at finer scales (down to 24 px faces, at most "
+        "2000 px on the long side), skipped once a sure face twice the smallest size looked "
+        "for is found (portraits); detections merged across scales, middling ones checked "
+        "again (benchmarks/group_photos.md)",
+    },
+    "blazeface_128": {
+        "returns": "box + 6 landmarks; faces are aligned",
         "speed": "3.7 ms (448 px), 2.5 ms (89x109)",
-        "notes": "MediaPipe BlazeFace short range (bundled, run by LiteRT); found 100 % of "
-        "FairFace-540 and 19/19 Adience photos; model='full' finds faces down to ~1/14 of "
-        "the photo",
+        "notes": "MediaPipe BlazeFace short range on the whole photo at 128 px only (the "
+        "default until 2026-12-07): faces under about 1/7 of the long side are missed",
     },
     "blazeface_full": {
         "returns": "box + 6 landmarks; faces are aligned",
@@ -227,6 +237,20 @@ DETECTOR_INFO: dict[str, dict[str, str]] = {
 }
 
 
+def detection_side(detector: Detector) -> int | None:
+    """The long side (px) a photo needs for ``detector`` to see all it looks at (None: the
+    whole photo): the predictor decodes a large JPEG at the coarsest scale that keeps it
+    (:mod:`agegender.infer.decode`)."""
+    if isinstance(detector, NoneDetector):
+        return None
+    if isinstance(detector, HaarDetector):
+        return max(detector.detect_size, detector.retry_size or 0)
+    if getattr(detector, "pyramid", False):
+        return int(detector.detect_size)  # type: ignore[union-attr]
+    size = getattr(detector, "input_size", None)
+    return 4 * int(size) if size else None
+
+
 def check_detector(name: str) -> str:
     """``name`` if it is a registered detector, else a ValueError listing them."""
     if name not in DETECTORS:
@@ -235,19 +259,24 @@ def check_detector(name: str) -> str:
 
 
 def make_detector(name: str | Detector = "haar", **kwargs: object) -> Detector:
-    """Build a detector by name: ``haar`` (kwargs go to :class:`HaarDetector`), ``blazeface``
-    (kwargs go to :class:`agegender.infer.blazeface.BlazeFaceDetector`; needs the optional
-    packages it names) or ``none``."""
+    """Build a detector by name: ``haar`` (kwargs go to :class:`HaarDetector`),
+    ``blazeface`` (the pyramid), ``blazeface_128`` (one 128 px pass) or ``blazeface_full``
+    (short + full range), whose kwargs go to
+    :class:`agegender.infer.blazeface.BlazeFaceDetector`, or ``none``."""
     if not isinstance(name, str):
         return name
     if name == "haar":
         return HaarDetector(**kwargs)  # type: ignore[arg-type]
-    if name in ("blazeface", "blazeface_full"):
+    if name in ("blazeface", "blazeface_128", "blazeface_full"):
         from agegender.infer.blazeface import BlazeFaceDetector
 
-        if name == "blazeface_full":
+        if name == "blazeface":
+            kwargs = {"pyramid": True, **kwargs}
+        elif name == "blazeface_full":
             kwargs = {"model": "auto", **kwargs}
-        return BlazeFaceDetector(**kwargs)  # type: ignore[arg-type]
+        detector = BlazeFaceDetector(**kwargs)  # type: ignore[arg-type]
+        detector.name = name
+        return detector
     check_detector(name)
     return NoneDetector()
 

@@ -90,6 +90,24 @@ def find_faces(
     """Every face of ``rgb`` as a ``size`` px square crop framed like the training faces
     (aligned on landmarks when the detector gives them and ``align``)."""
     boxes, source = detect_faces(detector, rgb)
+    return crop_faces(
+        rgb, boxes, source, size, margin=margin, shift=shift, align=align, template=template
+    )
+
+
+def crop_faces(
+    rgb: np.ndarray,
+    boxes: list[Box],
+    source: str,
+    size: int,
+    *,
+    margin: float,
+    shift: float,
+    align: bool = True,
+    template: tuple[tuple[float, float], ...] = UTKFACE_TEMPLATE,
+) -> list[FoundFace]:
+    """The crops of ``boxes`` (found in ``rgb``, or mapped onto it) as :func:`find_faces`
+    cuts them."""
     out = []
     for b in boxes:
         if align and b.landmarks is not None and len(b.landmarks) >= len(template):

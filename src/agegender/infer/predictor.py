@@ -57,9 +57,15 @@ from agegender.data.imageio import (
 )
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group
 from agegender.evaluate.tta import check_mode
-from agegender.infer.detector import DEFAULT_DETECTOR, Detector, make_detector
-from agegender.infer.faces import FoundFace, find_faces, largest_face
-from agegender.infer.inputs import Input, one_line, source_name, to_rgb_array
+from agegender.infer.decode import Decoded, crop_scale, decode_photo, finer, scale_box
+from agegender.infer.detector import (
+    DEFAULT_DETECTOR,
+    Detector,
+    detection_side,
+    make_detector,
+)
+from agegender.infer.faces import FoundFace, crop_faces, detect_faces, largest_face
+from agegender.infer.inputs import Input, one_line, source_name
 from agegender.infer.results import FaceResult, ImageResult
 
 #: Where the bundled default model lives: ``<name>.onnx`` (meta inside) or ``<name>.pt``.
@@ -280,26 +286,43 @@ class Predictor:
 
     def _decode_and_find(self, item: Input, source: str) -> _Prepared:
         try:
-            rgb = to_rgb_array(item, self.max_pixels)
+            photo = decode_photo(item, detection_side(self.detector), max_pixels=self.max_pixels)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line error
             return _Prepared(source, error=one_line(exc))
-        h, w = rgb.shape[:2]
+        w, h = photo.width, photo.height
         try:
-            found = find_faces(
-                rgb,
-                self.detector,
-                self.spec.resize,
-                margin=self.margin,
-                shift=self.shift,
-                align=self.align,
-                template=self.spec.template,
-            )
+            found = self._find(photo)
             if not found:
                 return _Prepared(source, error="no face found", width=w, height=h)
             faces = self.preprocess([f.crop for f in found])
         except Exception as exc:  # noqa: BLE001
             return _Prepared(source, error=one_line(exc), width=w, height=h)
         return _Prepared(source, found, faces, width=w, height=h)
+
+    def _find(self, photo: Decoded) -> list[FoundFace]:
+        """The faces of ``photo``: found at its decoded scale, cut from a finer decode when
+        one is too small there for the model's input, boxes in the photo's own pixels."""
+        boxes, source = detect_faces(self.detector, photo.rgb)
+        sx, sy = photo.scale
+        boxes = [scale_box(b, 1 / sx, 1 / sy) for b in boxes]  # photo pixels
+        if photo.reduced and boxes:
+            need = max(crop_scale(b, self.spec.resize, self.spec.template) for b in boxes)
+            if need > 1.05 * sx:
+                photo = finer(photo, need, max_pixels=self.max_pixels)
+                sx, sy = photo.scale
+        found = crop_faces(
+            photo.rgb,
+            [scale_box(b, sx, sy) for b in boxes],
+            source,
+            self.spec.resize,
+            margin=self.margin,
+            shift=self.shift,
+            align=self.align,
+            template=self.spec.template,
+        )
+        for f, b in zip(found, boxes, strict=True):
+            f.box = b
+        return found
 
     def face_batch(
         self, items: Sequence[Input], *, largest: bool = False

