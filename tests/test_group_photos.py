@@ -107,13 +107,13 @@ def test_level_anchors_follow_the_128px_layout() -> None:
 def test_pyramid_scales() -> None:
     d = bf.BlazeFaceDetector(pyramid=True)
     assert d.pyramid_scales(128, 96) == []  # the 128 px pass already sees every pixel
-    assert d.pyramid_scales(448, 448) == [1.0]
+    assert d.pyramid_scales(448, 448) == [1.0]  # never enlarged
     s = d.pyramid_scales(4000, 3000)
     assert s == sorted(s) and s[-1] == pytest.approx(0.5)  # at most 2000 px
     assert all(b / a == pytest.approx(4.0) for a, b in zip(s, s[1:], strict=False))
     # each level's largest faces reach the coarser one's smallest
     assert bf.LEVEL_FACE_PX[1] / s[0] >= bf.COARSE_MIN_FRACTION * 4000
-    fine = bf.BlazeFaceDetector(pyramid=True, min_face=48)
+    fine = bf.BlazeFaceDetector(pyramid=True, min_face=64)
     assert fine.pyramid_scales(1600, 1200)[-1] == pytest.approx(0.5)
 
 
