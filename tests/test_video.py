@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -370,3 +371,38 @@ def test_max_frames_bounds_a_50000_frame_video(predictor: Predictor, tmp_path: P
     rows = pq.read_table(out).to_pylist()
     assert [r["kind"] for r in rows] == ["video"]
     assert (rows[0]["frames_seen"], rows[0]["last_frame"], rows[0]["error"]) == (100, 693, None)
+
+
+def test_interrupted_video_keeps_the_parts_written(
+    predictor: Predictor, lanes: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C after 10 frames (Parquet parts of 4 frames): the rows of all 10 are there."""
+    from agegender.infer.parquet import read_output
+
+    out = tmp_path / "v.parquet"
+    seen = []
+
+    def interrupt(frame) -> None:
+        seen.append(frame.frame)
+        if len(seen) == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_video_job(
+            [lanes], out, PredictorConfig(), part_size=4, predictor=predictor, on_frame=interrupt
+        )
+    rows = read_output(out).to_pylist()
+    assert {r["frame"] for r in rows} == set(range(10)) == set(seen)
+    assert {r["kind"] for r in rows} == {"frame"}  # the tracks and video rows come at the end
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="util-linux `script` (a pty) absent")
+def test_terminal_shows_a_table_of_the_tracks(lanes: Path) -> None:
+    cmd = f"{sys.executable} -m agegender predict {lanes} --threads 1 --every 2"
+    out = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=300
+    ).stdout
+    assert "tracked faces" in out and "lanes.mp4" in out
+    assert "0.0-1.5" in out  # the man and the woman: the whole video (frames 0 to 38)
+    assert "1 video: 20 frames predicted of 40 read (every 2)" in out
+    assert "3 tracks; wrote the table above" in out

@@ -194,8 +194,8 @@ class VideoReader:
     def _time(self, cap: Any, index: int) -> float | None:
         ms = float(cap.get(cv2.CAP_PROP_POS_MSEC))
         if math.isfinite(ms) and (ms > 0 or index == 0):
-            return ms / 1000.0
-        return index / self.info.fps if self.info.fps else None
+            return round(ms / 1000.0, 6)
+        return round(index / self.info.fps, 6) if self.info.fps else None
 
     def __iter__(self) -> Iterator[tuple[int, float | None, np.ndarray]]:
         cap = _capture(self.path)
