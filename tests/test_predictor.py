@@ -352,6 +352,10 @@ def test_cli_bench_predict_json(utkface_dir: Path) -> None:
     ):
         assert figures[key] > 0, key
     assert figures["arch"] == "small_cnn" and 0.5 <= figures["detected_fraction"] <= 1.0
+    # the phone-photo (12 MP JPEG) and group-photo cases, one core
+    assert figures["ms_per_photo_phone_12mp"] > 0 and figures["ms_per_photo_group"] > 0
+    assert 0.8 <= figures["faces_found_phone_12mp"] <= 1.2
+    assert figures["faces_found_group"] >= 10  # of 12
 
 
 @pytest.mark.parametrize("age", ["groups", "dex", "regression"])

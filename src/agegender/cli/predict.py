@@ -85,7 +85,10 @@ def predict_cmd(
         None, "--model", "-m", help="A .ckpt, .onnx or .pt model, or a bundled model name."
     ),
     detector: str = typer.Option(
-        "blazeface", "--detector", help="blazeface | haar | none (pre-cropped faces)."
+        "blazeface",
+        "--detector",
+        help="blazeface (faces of 24 px and up, group photos) | blazeface_128 (one fast pass: "
+        "big faces only) | blazeface_full | haar | none (pre-cropped faces).",
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
     out: str = typer.Option(
@@ -113,7 +116,9 @@ def predict_cmd(
     detect_size: int | None = typer.Option(
         None,
         "--detect-size",
-        help="Long side the Haar detector sees (default 160; more finds smaller faces, slower).",
+        help="Long side the detector looks at, at most: blazeface's finest level (default 2000: "
+        "faces from 24 px, or 48 px in a 12 MP photo; less is faster) or Haar's image "
+        "(default 160; more finds smaller faces, slower).",
     ),
     tta: str = typer.Option(
         "none",
@@ -483,7 +488,9 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     runtime: str = typer.Option("auto", "--runtime", help="torch | onnxruntime."),
-    detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
+    detector: str = typer.Option(
+        "blazeface", "--detector", help="blazeface | blazeface_128 | blazeface_full | haar | none."
+    ),
     max_file_mb: float = typer.Option(10.0, "--max-file-mb", help="Largest upload per file."),
     max_files: int = typer.Option(16, "--max-files", help="Most files per request."),
     timeout: float = typer.Option(30.0, "--timeout", help="Inference timeout per request (s)."),
@@ -500,7 +507,9 @@ def serve_cmd(
         256, "--max-connections", help="Open connections and requests at once (else 503)."
     ),
     detect_size: int | None = typer.Option(
-        None, "--detect-size", help="Long side the Haar detector sees (default 160)."
+        None,
+        "--detect-size",
+        help="Long side the detector looks at, at most (blazeface default 2000, Haar 160).",
     ),
     threads: int | None = typer.Option(None, "--threads", help="Classifier intra-op threads."),
     tta: str = typer.Option(
@@ -532,7 +541,9 @@ def bench_predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     seconds: float = typer.Option(2.0, "--seconds", help="Time per measurement."),
     photos: int = typer.Option(200, "--photos", help="Photos for the end-to-end figure."),
-    detector: str = typer.Option("blazeface", "--detector", help="blazeface | haar | none."),
+    detector: str = typer.Option(
+        "blazeface", "--detector", help="blazeface | blazeface_128 | blazeface_full | haar | none."
+    ),
     tta: str = typer.Option("none", "--tta", help="none | flip (two views per face)."),
     onnx_file: Path | None = typer.Option(
         None,

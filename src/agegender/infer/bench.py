@@ -11,6 +11,11 @@
 - ``detected_fraction``: photos where the detector found at least one face;
 - ``photos_per_s_end_to_end_real`` and ``detected_fraction_real``: the same on real photos
   (FairFace-540's 448x448 JPEGs from ``AGEGENDER_DATA``, faces of every size and pose);
+- ``ms_per_photo_phone_12mp`` and ``ms_per_photo_group``: one core (one decode/detect
+  worker, one classifier thread), ONNX Runtime, on 4000x3000 JPEGs (quality 90, sensor
+  noise) with one face of 15-35 % of the photo's height (a phone photo), and on 1600x1200
+  JPEGs of 12 faces of 70-110 px in a 4 x 3 grid (a group photo); ``faces_found_group``:
+  faces found per group photo (of 12);
 - ``cpu_ms_per_*``: CPU time of this process (all threads) per item, which stays
   meaningful when other processes share the cores (``load_average_1min``): divide
   ``1000 * cores`` by it for the rate on an otherwise idle machine.
@@ -67,6 +72,53 @@ def make_photos(
         bg.save(p, quality=90)
         paths.append(p)
     return paths
+
+
+def _pasted(
+    faces: list[Path], size: tuple[int, int], spots: list[tuple[int, int, int]], noise: float
+) -> Image.Image:
+    """``faces`` pasted at ``spots`` (x, y, side) on a smooth random background."""
+    rng = np.random.default_rng(len(spots))
+    field = rng.integers(40, 220, (6, 8, 3), dtype=np.uint8)
+    bg = Image.fromarray(field).resize(size, Image.Resampling.BICUBIC)
+    for face, (x, y, side) in zip(faces, spots, strict=False):
+        bg.paste(
+            Image.open(face).convert("RGB").resize((side, side), Image.Resampling.BICUBIC), (x, y)
+        )
+    if noise:
+        arr = np.asarray(bg, dtype=np.float32) + rng.normal(0, noise, (size[1], size[0], 1))
+        bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return bg
+
+
+def make_phone_and_group_photos(
+    face_dir: str | os.PathLike, out_dir: str | os.PathLike, n: int = 6, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """``n`` 12 MP phone photos (one face of 15-35 % of the height) and ``n`` 1600x1200
+    group photos (12 faces of 70-110 px in a 4 x 3 grid), as JPEG quality 90."""
+    rng = np.random.default_rng(seed)
+    faces = sorted(Path(face_dir).glob("*.jpg"))
+    if len(faces) < 12:
+        raise FileNotFoundError(f"fewer than 12 face JPEGs in {face_dir}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    phone, group = [], []
+    for i in range(n):
+        side = int(3000 * rng.uniform(0.15, 0.35))
+        x, y = int(rng.integers(0, 4000 - side)), int(rng.integers(0, 3000 - side))
+        pick = [faces[int(j)] for j in rng.choice(len(faces), 12, replace=False)]
+        p = out / f"phone_{i}.jpg"
+        _pasted(pick[:1], (4000, 3000), [(x, y, side)], noise=3.0).save(p, quality=90)
+        phone.append(p)
+        spots = []
+        for k in range(12):
+            s = int(rng.integers(70, 111))
+            cx, cy = 200 + 400 * (k % 4), 200 + 400 * (k // 4)
+            spots.append((cx - s // 2, cy - s // 2, s))
+        p = out / f"group_{i}.jpg"
+        _pasted(pick, (1600, 1200), spots, noise=0.0).save(p, quality=90)
+        group.append(p)
+    return phone, group
 
 
 def _rate(fn: Callable[[], int], seconds: float, min_runs: int = 3) -> tuple[float, float]:
@@ -192,6 +244,24 @@ def bench_predict(
             res[f"cpu_ms_per_photo_end_to_end{label}"] = round(cpu_ms, 2)
             if not label:
                 res["detected_fraction"] = round(found / len(paths), 3)
+        phone, group = make_phone_and_group_photos(face_dir, Path(tmp) / "phone")
+        one_core = {**kw, "workers": 1, "threads": 1}  # one decode/detect worker and thread
+        if onnx_file is not None:
+            one = Predictor.load(onnx_file, runtime="onnxruntime", **one_core)
+        else:
+            one = Predictor.from_module(module, meta, runtime="onnxruntime", **one_core)
+        for label, items in (("phone_12mp", phone), ("group", group)):
+            found = 0
+
+            def run_one(items: list[Path] = items) -> int:
+                nonlocal found
+                found = sum(len(r.faces) for r in one.predict_paths(items))
+                return len(items)
+
+            rate, _ = _rate(run_one, seconds, min_runs=1)
+            res[f"ms_per_photo_{label}"] = round(1000 / rate, 1)
+            res[f"faces_found_{label}"] = round(found / len(items), 2)
+        one.close()
     res["photos"] = photos
     res["photo_size"] = 250
     res["detector"] = onnx_p.detector.name

@@ -83,7 +83,9 @@ def model_identity(predictor: Predictor, config: PredictorConfig) -> dict[str, A
         "model_sha1": sha1,
         "arch": predictor.spec.arch,
         "detector": predictor.detector.name,
-        "detect_size": config.detect_size if predictor.detector.name == "haar" else None,
+        "detect_size": config.detect_size
+        if predictor.detector.name in ("haar", "blazeface")
+        else None,
         "margin": predictor.margin,
         "shift": predictor.shift,
         "align": predictor.align,

@@ -553,7 +553,8 @@ class PredictorConfig:
 
     Picklable, so every engine builds the same predictor from it: the CLI and the local
     engine call :meth:`load` in this process, each Ray actor calls it once in its own
-    (:mod:`agegender.infer.distributed`). ``detect_size`` only applies to ``haar``.
+    (:mod:`agegender.infer.distributed`). ``detect_size`` applies to ``blazeface`` (its
+    pyramid's finest level) and ``haar``.
     """
 
     model: str | None = None
@@ -574,6 +575,8 @@ class PredictorConfig:
         det: str | Detector = self.detector
         if self.detector == "haar" and self.detect_size:
             det = HaarDetector(detect_size=self.detect_size)
+        elif self.detector == "blazeface" and self.detect_size:
+            det = make_detector("blazeface", detect_size=self.detect_size)
         predictor = Predictor.load(
             model_file if model_file is not None else self.model,
             runtime=self.runtime,
