@@ -125,10 +125,19 @@ def _paste(
     mask[edge:-edge, edge:-edge] = 1.0
     mask = cv2.GaussianBlur(mask, (0, 0), edge / 2)
     H, W = canvas.shape[:2]
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    warped = cv2.warpAffine(img, m, (W, H), flags=interp, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(mask, m, (W, H), flags=cv2.INTER_LINEAR)[..., None]
-    canvas[:] = (warped * alpha + canvas * (1 - alpha)).astype(np.uint8)
+    # warp only the region the tile lands on
+    hull = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ m.T
+    x0, y0 = (max(0, int(np.floor(v))) for v in hull.min(0))
+    x1, y1 = min(W, int(np.ceil(hull[:, 0].max()))), min(H, int(np.ceil(hull[:, 1].max())))
+    if x1 > x0 and y1 > y0:
+        mr = m.copy()
+        mr[:, 2] -= (x0, y0)
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        size = (x1 - x0, y1 - y0)
+        warped = cv2.warpAffine(img, mr, size, flags=interp, borderMode=cv2.BORDER_CONSTANT)
+        alpha = cv2.warpAffine(mask, mr, size, flags=cv2.INTER_LINEAR)[..., None]
+        roi = canvas[y0:y1, x0:x1]
+        roi[:] = (warped * alpha + roi * (1 - alpha)).astype(np.uint8)
     # the true box: the source box's corners through the transform, as an upright square
     corners = np.array([[bx, by, 1], [bx + bw, by, 1], [bx, by + bh, 1], [bx + bw, by + bh, 1]])
     pts = corners @ m.T
