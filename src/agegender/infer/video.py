@@ -85,6 +85,8 @@ VIDEO_SUFFIXES = frozenset(
 )
 #: ``--annotate`` video files: the OpenCV writer's codec for each suffix.
 ANNOTATE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+#: Faces per classifier pass for videos (see :class:`VideoPrediction`).
+VIDEO_BATCH = 8
 #: P(female) is clipped to [EPS, 1 - EPS] before its log-odds (|log-odds| <= 13.8).
 EPS = 1e-6
 _NO_FACE = "no face found"
@@ -484,7 +486,12 @@ class VideoPrediction:
     ``tracks`` holds one :class:`TrackSummary` per track (also when the iteration was
     stopped early: the frames seen so far), ``error`` why reading stopped early (``None``
     when the video was read to its end or to ``max_frames``), ``frames_read`` and
-    ``frames``. Made by :func:`predict_video`."""
+    ``frames``. Made by :func:`predict_video`.
+
+    ``batch_size``: faces per classifier pass (default :data:`VIDEO_BATCH`, not the
+    predictor's 64): a frame comes out once its faces are classified, so a small batch keeps
+    few frames waiting (and held in memory with ``keep_frames``); the classifier's cost a
+    face hardly changes with the batch (measured: 1.8 to 2.0 ms from 4 to 64 here)."""
 
     def __init__(
         self,
@@ -496,8 +503,10 @@ class VideoPrediction:
         tracker: FaceTracker | None = None,
         keep_frames: bool = False,
         info: VideoInfo | None = None,
+        batch_size: int = 0,
     ) -> None:
         self.predictor = predictor
+        self.batch_size = batch_size or VIDEO_BATCH
         self.reader = VideoReader(path, every=every, max_frames=max_frames, info=info)
         self.info = self.reader.info
         w, h = self.info.width, self.info.height
@@ -546,7 +555,7 @@ class VideoPrediction:
                 yield rgb
 
         try:
-            for result in self.predictor.predict_iter(arrays()):
+            for result in self.predictor.predict_iter(arrays(), batch_size=self.batch_size):
                 index, t, rgb = pending.popleft()
                 yield self._track(result, index, t, rgb)
         finally:
