@@ -63,7 +63,7 @@ def assert_inputs_once(table, expected: set[str]) -> dict[str, int]:
 
 #: The fixtures that hand a test real data (each skips the test when its data is absent).
 REAL_DATA_FIXTURES = frozenset(
-    {"real_data_root", "utkface_dir", "adience_dir", "celeba_dir", "fairface_dir"}
+    {"real_data_root", "utkface_dir", "adience_dir", "celeba_dir", "fairface_dir", "aaf_dir"}
 )
 
 
@@ -132,6 +132,13 @@ def celeba_dir() -> Path:
 @pytest.fixture(scope="session")
 def fairface_dir() -> Path:
     return real_data("fairface-540", "FairFace-540")
+
+
+@pytest.fixture(scope="session")
+def aaf_dir() -> Path:
+    """All-Age-Faces as its publisher lays it out (not in ../shared/data: fetched into a
+    data root of one's own, see the README's Data section)."""
+    return real_data("all-age-faces", "All-Age-Faces")
 
 
 @pytest.fixture(autouse=True)

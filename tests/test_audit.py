@@ -322,6 +322,54 @@ def test_parallel_map_keeps_order():
     assert out == list(range(150, 0, -1))
 
 
+# ------------------------------------------------------------------ across datasets
+def _table(paths: list[str], genders: list[int], ages: list[float]) -> pd.DataFrame:
+    rows = [dict(path=p, gender=g, age=a, subject="", source="t") for p, g, a in
+            zip(paths, genders, ages, strict=True)]  # fmt: skip
+    return make_table(rows)
+
+
+def test_link_datasets_joins_copies_across_datasets():
+    """Exact copies (same digest) and near copies (matching framed thumbnails) join two
+    datasets' groups; a look-alike does not; each dataset's own groups are kept."""
+    from agegender.data.audit import link_datasets
+
+    a = [face_like(1), face_like(2), face_like(7).rotate(90)]
+    b = [a[0].filter(ImageFilter.GaussianBlur(1.5)), face_like(3), face_like(9).rotate(90)]
+    thumbs = np.stack([thumb(im) for im in a + b])
+    ta = _table(["a0", "a1", "a2"], [0, 0, 0], [30, 40, 50])
+    tb = _table(["b0", "b1", "b2"], [1, 1, 0], [33, 40, 20])
+    links = link_datasets(
+        [ta, tb],
+        ["A", "B"],
+        groups=[np.array([0, 1, 1]), None],  # a1 and a2 are one group of A's own audit
+        sha1=[np.array(["x", "y", "z"], object), np.array(["", "", "z"], object)],
+        thumbs=thumbs,
+        found=np.array([True] * 6),
+    )
+    gid = links.group_id
+    assert gid[0] == gid[3]  # a0 ~ b0: near (blurred), across
+    assert gid[1] == gid[2] == gid[5]  # A's own group, then b2 = a2's bytes
+    assert gid[4] not in (gid[0], gid[1])  # b1 looks like a1 but is another photo
+    assert links.dataset.tolist() == [0, 0, 0, 1, 1, 1]
+    assert links.cross_groups().tolist() == [True, True, True, True, False, True]
+    s = links.summary
+    json.dumps(s)
+    assert s["cross_dataset_groups"] == 2 and s["cross_dataset_files"] == 5
+    assert s["cross_dataset_pairs"] == {"exact": 1, "near": 1}
+    assert s["dataset_pairs"] == {"A + B": 2}
+    assert s["datasets"]["B"] == {"rows": 3, "faces_framed": 3, "in_cross_groups": 2}
+    assert s["cross_gender_conflict_groups"] == 1  # a0 male, b0 female
+    assert s["cross_age_gap_years"]["groups"] == 2
+    assert s["cross_age_gap_years"]["max"] == 25  # median of A's (40, 50) vs b2's 20
+    near = links.pairs[links.pairs["kind"] == "near"].iloc[0]
+    assert (near["i"], near["j"]) == (0, 3) and near["grad_corr"] >= 0.8
+    # without a face found for b0, only the exact copy is left
+    found = np.array([True, True, True, False, True, True])
+    alone = link_datasets([ta, tb], ["A", "B"], thumbs=thumbs, found=found)
+    assert alone.summary["cross_dataset_groups"] == 0
+
+
 # ------------------------------------------------------------------ CLI
 def _utk_dataset(root: Path) -> Path:
     root.mkdir()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -232,3 +233,91 @@ def test_fairness_table_breaks_down_by_bin() -> None:
     assert list(bins.index) == ["0-2", "70+"]
     assert bins.loc["70+", "gender_accuracy"] == 0.5 and bins.loc["0-2", "age_bin_exact"] == 0.5
     assert "age_group" not in set(f["by"])
+
+
+# --------------------------------------------------------------------------- copies across datasets
+def _faces_table(n: int) -> pd.DataFrame:
+    from agegender.data.records import make_table
+
+    return make_table(
+        [dict(path=f"x{k}.jpg", gender=k % 2, age=20 + k, subject="", source="x") for k in range(n)]
+    )
+
+
+def test_extra_copies_follow_the_side_of_their_group() -> None:
+    """An extra face copied from a main training face trains, one copied from a validation
+    face validates, one copied from a test face is held out; the rest split by their own
+    groups, and a later extra follows the sides an earlier one took."""
+    from agegender.train.data import HELD_OUT, TRAIN, VAL, _Sides
+
+    main = np.array([0, 1, 2, 3])  # main rows' groups: train, train, val, test
+    first = np.r_[0, 2, 3, 10:30]  # copies of main 0 (train), 2 (val), 3 (test), then 20 new
+    second = np.array([12, 13, 40, 41])  # copies of two of the first extra's faces
+    sides = _Sides(np.r_[main, first, second], [4, 4 + len(first)], {})
+    sides.side_of.update({0: TRAIN, 1: TRAIN, 2: VAL, 3: HELD_OUT})
+    s1 = sides.place(0, _faces_table(len(first)), 0.3, seed=0)
+    assert s1[:3].tolist() == [TRAIN, VAL, HELD_OUT]
+    assert set(s1[3:].tolist()) == {TRAIN, VAL} and 3 <= (s1[3:] == VAL).sum() <= 9
+    s2 = sides.place(1, _faces_table(len(second)), 0.0, seed=0)
+    assert s2[:2].tolist() == s1[5:7].tolist() and s2[2:].tolist() == [TRAIN, TRAIN]
+    # without the audit nothing is linked: the extra splits by itself alone
+    alone = _Sides(None, [], {}).place(0, _faces_table(len(first)), 0.3, seed=0)
+    assert HELD_OUT not in alone.tolist()
+
+
+@pytest.mark.realdata
+def test_audit_and_folds_find_faces_copied_across_datasets(
+    utkface_dir: Path, tmp_path: Path
+) -> None:
+    """UTKFace crops re-framed All-Age-Faces style (hair, shoulders, another size) are found
+    as copies of their UTKFace files across the two datasets, and folded together."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from agegender.cli import app
+    from agegender.data.readers import parse_utkface_name
+
+    files = sorted(utkface_dir.iterdir())[::700][:34]
+    utk, aaf = tmp_path / "utk", tmp_path / "aaf"
+    utk.mkdir()
+    for f in files[:24]:
+        shutil.copy(f, utk / f.name)
+    copied = files[:24:4] + files[24:]  # 6 copies of utk's faces, 10 faces it lacks
+    rng = np.random.default_rng(0)
+    (aaf / "aglined faces").mkdir(parents=True)
+    (aaf / "image sets").mkdir()
+    lines = []
+    for k, f in enumerate(copied):
+        lab = parse_utkface_name(f.name)
+        face = Image.open(f).convert("RGB").resize((236, 236), Image.Resampling.BICUBIC)
+        canvas = rng.normal(110, 12, (395, 309, 3)).clip(0, 255).astype(np.uint8)
+        page = Image.fromarray(canvas)
+        page.paste(face, (36, 70))
+        face_id = k if lab["gender"] == 1 else 7381 + k
+        name = f"{face_id:05d}A{int(lab['age']) % 100:02d}.jpg"
+        page.save(aaf / "aglined faces" / name, quality=90)
+        lines.append(f"{name} {1 - lab['gender']}")
+    (aaf / "image sets" / "train.txt").write_text("\n".join(lines) + "\n")
+
+    res = CliRunner().invoke(app, ["data", "audit", str(utk), str(aaf), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert [d["format"] for d in out["datasets"]] == ["utkface", "aaf"]
+    cross = out["cross_dataset"]
+    assert cross["dataset_pairs"] == {"utk + aaf": 6}
+    assert cross["cross_dataset_groups"] == 6 and cross["cross_dataset_files"] == 12
+    assert cross["datasets"]["aaf"]["faces_framed"] == len(copied) == 16
+
+    folds_csv = tmp_path / "folds.csv"
+    res = CliRunner().invoke(
+        app, ["data", "folds", str(utk), str(aaf), "--k", "3", "--out", str(folds_csv), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert [c["read"] for c in json.loads(res.stdout)["row_counts"]] == [24, 16]
+    folds = pd.read_csv(folds_csv)
+    fold_of = dict(zip(folds["path"].map(lambda p: Path(p).name), folds["fold"], strict=True))
+    for k, f in enumerate(copied[:6]):
+        lab = parse_utkface_name(f.name)
+        face_id = k if lab["gender"] == 1 else 7381 + k
+        assert fold_of[f.name] == fold_of[f"{face_id:05d}A{int(lab['age']) % 100:02d}.jpg"]

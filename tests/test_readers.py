@@ -215,7 +215,7 @@ def test_readers_own_their_format() -> None:
     from agegender.data.readers import FORMATS, READERS, Reader, default_crop
     from agegender.data.readers.celeba import ALIGNED_FACE_CROP
 
-    assert set(READERS) == {"adience", "celeba", "fairface", "folders", "utkface", "csv"}
+    assert set(READERS) == {"adience", "celeba", "fairface", "aaf", "folders", "utkface", "csv"}
     assert all(isinstance(r, Reader) and r.name == name for name, r in READERS.items())
     assert FORMATS[0] == "auto" and FORMATS[1:] == tuple(READERS)
     assert list(READERS)[-1] == "csv"  # the catch-all is asked last
@@ -294,3 +294,97 @@ def test_row_counts_name_the_label_file(tmp_path) -> None:
     assert counts.labels == str(folder / "labels.csv")
     assert f"(labels: {folder / 'labels.csv'})" in counts.line()
     assert counts.to_dict()["labels"] == str(folder / "labels.csv")
+
+
+# --------------------------------------------------------------------------- All-Age-Faces
+def make_aaf(root: Path) -> Path:
+    """A tiny All-Age-Faces layout: ids 0, 1 and 7380 are women by the id rule, 7381 and
+    9000 men; val.txt labels 9000 female (a deliberate disagreement) and has two bad lines;
+    one image's name breaks the naming rule."""
+    rng = np.random.default_rng(3)
+    for folder in ("aglined faces", "original images"):
+        for name in ("00000A02.jpg", "00001A25.jpg", "07380A40.jpg", "07381A30.jpg",
+                     "09000A61.jpg", "face.jpg"):  # fmt: skip
+            pixels = rng.integers(0, 255, (40, 31, 3), dtype=np.uint8)
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / folder / name)
+    sets = root / "image sets"
+    sets.mkdir()
+    (sets / "train.txt").write_text("00000A02.jpg 0\n07381A30.jpg 1\n")
+    (sets / "val.txt").write_text(
+        "00001A25.jpg 0\n09000A61.jpg 0\n\nmissing.jpg 1\n07380A40.jpg\n07381A30.jpg 2\n"
+    )
+    (sets / "train_.txt").write_text("07380A40.jpg 0\n09000A61.jpg 1\n")
+    return root
+
+
+def test_aaf_reader_checks_its_label_sources(tmp_path: Path) -> None:
+    from agegender.data.prepare import RowCounts
+
+    root = make_aaf(tmp_path / "all-age-faces")
+    assert detect_format(root) == "aaf" and detect_format(root / "aglined faces") == "aaf"
+    r = read_dataset(root)
+    t = r.table.set_index(r.table["path"].map(lambda p: Path(p).name))
+    assert r.format == "aaf" and Path(t["path"].iloc[0]).parent.name == "aglined faces"
+    # id rule: 0..7380 female (1 in our coding), above male; exact age from the name
+    assert t["gender"].to_dict() == {
+        "00000A02.jpg": 1, "00001A25.jpg": 1, "07380A40.jpg": 1, "07381A30.jpg": 0
+    }  # fmt: skip
+    assert t["age"].tolist() == [2, 25, 40, 30] and t["age_group"].tolist() == [0, 4, 5, 4]
+    assert (t["source"] == "aaf").all() and (t["subject"] == "").all()
+    assert t["fold"].isna().all()  # the publisher's lists are not person-disjoint folds
+    # the face whose list disagrees with the id rule is left out and named, never kept
+    (dis,) = r.disagreements
+    assert dis.path.endswith("09000A61.jpg")
+    assert "id rule says male" in dis.reason and "image sets/val.txt:2 says female" in dis.reason
+    reasons = sorted((Path(p.path).name, p.line, p.reason) for p in r.problems)
+    assert reasons == [
+        ("face.jpg", 0, "cannot parse All-Age-Faces name 'face.jpg' (expected NNNNNAxx.jpg)"),
+        ("val.txt", 4, "image not found: missing.jpg"),
+        ("val.txt", 5, "expected 2 fields, got 1"),
+        ("val.txt", 6, "gender '2' is not 0 or 1"),
+    ]
+    counts = RowCounts.of(r, root).to_dict()
+    assert counts["read"] == 4 + 4 + 1 and counts["kept"] == 4
+    assert counts["reasons"] == {"bad_rows": 4, "label_disagreement": 1}
+    # the original images instead of the aligned faces: the same labels, the same checks
+    orig = read_dataset(root / "original images")
+    assert [Path(p).parent.name for p in orig.table["path"]] == ["original images"] * 4
+    assert len(orig.disagreements) == 1
+
+
+def test_aaf_audit_reports_the_disagreements(tmp_path: Path) -> None:
+    from agegender.data.prepare import read_rows
+
+    root = make_aaf(tmp_path / "aaf")
+    rows = read_rows(root, workers=1)
+    s = rows.report.to_dict()
+    assert s["label_source_disagreements"] == 1 and s["rows"] == 4
+    assert s["label_source_examples"][0]["path"].endswith("09000A61.jpg")
+    assert s["images"] == 6  # 4 rows, the unparseable name and the disagreeing face
+    assert "label sources disagree" in " ".join(p["reason"] for p in s["problems"])
+    assert "1 with disagreeing label sources" in rows.counts.line()
+
+
+def test_real_aaf(aaf_dir: Path) -> None:
+    """The publisher's counts: 13,322 faces, 7,381 women and 5,941 men, ages 2-80; its
+    five lists agree with its id rule on every face."""
+    r = read_dataset(aaf_dir)
+    assert r.format == "aaf" and len(r.table) == 13322
+    assert r.problems == [] and r.disagreements == []
+    assert r.table["gender"].value_counts().to_dict() == {1: 7381, 0: 5941}
+    assert r.table["age"].min() == 2 and r.table["age"].max() == 80
+    assert detect_format(aaf_dir) == "aaf"
+
+
+def test_real_aaf_folds_keep_copies_together(aaf_dir: Path) -> None:
+    """All-Age-Faces has no subject ids: its 382 groups of copies (the audit's) each fall
+    in one fold; the 149 whose labels disagree are dropped and counted."""
+    from agegender.data.prepare import read_folds
+
+    rows, folds = read_folds(aaf_dir, "auto", 5)
+    assert rows.counts.to_dict()["reasons"] == {"conflicting": 317}
+    t = folds.table
+    assert len(t) == 13322 - 317 and sorted(t["fold"].unique().tolist()) == [0, 1, 2, 3, 4]
+    assert (t.groupby("split_group")["fold"].nunique() == 1).all()
+    assert t["split_group"].nunique() < len(t)  # copies share a group

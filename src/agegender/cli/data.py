@@ -21,7 +21,9 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("folds")
 def data_folds(
-    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Dataset folder or label file; several are folded together."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write (path, fold, ...)."),
     k: int = typer.Option(5, "--k", min=2, help="Number of folds."),
     seed: int = typer.Option(0, "--seed", help="Shuffle seed for the fold assignment."),
@@ -35,7 +37,10 @@ def data_folds(
     workers: int | None = typer.Option(None, "--workers", help="Parallel image readers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Write grouped, stratified k folds: no subject or duplicate group spans two folds."""
+    """Write grouped, stratified k folds: no subject or duplicate group spans two folds.
+
+    With several datasets their rows are folded together and a face copied in two of them
+    (found by the audit across datasets) stays in one fold."""
     import json
 
     from agegender.data.folds import write_folds
@@ -45,8 +50,8 @@ def data_folds(
     from agegender.data.readers import DatasetError
 
     try:
-        rows, folds = read_folds(
-            path,
+        many, folds = read_folds(
+            paths[0] if len(paths) == 1 else list(paths),
             format,
             k,
             seed=seed,
@@ -60,7 +65,9 @@ def data_folds(
     write_folds(folds, out)
     sizes = folds.table["fold"].value_counts().sort_index()
     how = "official dataset folds" if folds.official else f"StratifiedGroupKFold seed {seed}"
-    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
+    rows = many if isinstance(many, list) else [many]
+    for r in rows:
+        console.print(r.counts.line(), highlight=False, soft_wrap=True)
     console.print(
         f"wrote {out}: {len(folds.table)} faces in {folds.k} folds ({how}), "
         f"{folds.groups} independent groups; sizes "
@@ -77,14 +84,18 @@ def data_folds(
             "groups": folds.groups,
             "fold_sizes": sizes.astype(int).tolist(),
             "conflicts": conflicts,
-            "row_counts": rows.counts.to_dict(),
+            "row_counts": rows[0].counts.to_dict(),
         }
+        if len(rows) > 1:
+            info["row_counts"] = [r.counts.to_dict() for r in rows]
         typer.echo(json.dumps(info))
 
 
 @data_app.command("audit")
 def data_audit(
-    path: Path = typer.Argument(..., help="Dataset folder or label file."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Dataset folder or label file; several are also compared with each other."
+    ),
     format: str = FORMAT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel image readers."),
@@ -92,28 +103,41 @@ def data_audit(
     """Unreadable images, exact and near-duplicate images, label conflicts, label balance.
 
     The rows kept are those ``data folds`` and ``train`` (with ``data.audit``) would keep:
-    unreadable images and duplicate groups with conflicting labels are rejected."""
+    unreadable images and duplicate groups with conflicting labels are rejected. With
+    several datasets, also the faces copied across them: byte-identical files, and faces
+    that match once each is cut through the face path to one framing."""
     import json
 
-    from agegender.data.audit import print_report
-    from agegender.data.prepare import read_rows
+    from agegender.data.audit import print_links, print_report
+    from agegender.data.prepare import read_datasets, read_rows
     from agegender.data.readers import DatasetError
 
+    progress = console.is_terminal and not as_json
     try:
-        rows = read_rows(
-            path,
-            format,
-            workers=workers,
-            progress=console.is_terminal and not as_json,
-            console=console,
-        )
-    except (DatasetError, ValueError, OSError) as exc:
+        if len(paths) == 1:
+            many = [
+                read_rows(paths[0], format, workers=workers, progress=progress, console=console)
+            ]
+            links = None
+        else:
+            many, links = read_datasets(
+                list(paths), format, workers=workers, progress=progress, console=console
+            )
+    except (DatasetError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
+    reports = [{**r.report.to_dict(), "row_counts": r.counts.to_dict()} for r in many]
     if as_json:
-        typer.echo(json.dumps({**rows.report.to_dict(), "row_counts": rows.counts.to_dict()}))
+        if links is None:
+            typer.echo(json.dumps(reports[0]))
+        else:
+            typer.echo(json.dumps({"datasets": reports, "cross_dataset": links.summary}))
     else:
-        print_report(rows.report, Console())
-    console.print(rows.counts.line(), highlight=False, soft_wrap=True)
+        for r in many:
+            print_report(r.report, Console())
+        if links is not None:
+            print_links(links, Console())
+    for r in many:
+        console.print(r.counts.line(), highlight=False, soft_wrap=True)
 
 
 @data_app.command("cache")

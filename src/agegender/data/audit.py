@@ -44,8 +44,11 @@ exact and near-duplicate edges, so a chain of copies forms one group.
   ``conflict_files`` counts their rows); ``age_disagreement_groups``: groups whose exact
   ages differ (even inside one age group).
 - ``label_errors``: number of reader problems (unparseable names or rows, missing images).
-- ``problems``: list of ``{path, line, reason}``: reader problems, then unreadable images
-  with the decoder's reason.
+- ``label_source_disagreements``: faces the reader left out because the dataset's own
+  label sources disagree on them (All-Age-Faces: its id rule vs its lists);
+  ``label_source_examples``: the first 10 as ``{path, line, reason}``.
+- ``problems``: list of ``{path, line, reason}``: reader problems, faces whose label
+  sources disagree, then unreadable images with the decoder's reason.
 - ``gender_balance`` ``{male, female, unknown}``; ``age_groups`` (rows per Adience group
   name, plus ``unknown``); ``age_histogram`` (exact ages per decade ``"20-29"``, plus
   ``unknown``); ``image_sizes`` (the 10 most common stored ``WxH``); ``image_modes``.
@@ -95,6 +98,11 @@ class FileFacts:
     thumb: bytes | None = None  # THUMB x THUMB uint8 grayscale
 
 
+def gray_thumbnail(img: Image.Image) -> Image.Image:
+    """The THUMB x THUMB grayscale thumbnail the hashes and confirmations are made of."""
+    return img.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS)
+
+
 def inspect_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileFacts:
     """Read a file once: SHA-1 of its bytes, stored size and mode, a grayscale thumbnail.
 
@@ -117,7 +125,7 @@ def inspect_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileFacts:
     try:
         # the JPEG decoder may scale by 1/2, 1/4 while decoding: the thumbnail is 32 px
         img = open_image(data, max_pixels=max_pixels, draft_size=2 * THUMB)
-        gray = img.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS)
+        gray = gray_thumbnail(img)
     except ImageError as exc:
         return FileFacts(sha1, width, height, mode, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the audit
@@ -374,7 +382,7 @@ def audit_dataset(
     conflict_groups = gender_conf | age_conf
     conflict = conflict_groups.to_numpy()[gid] if n else np.zeros(0, bool)
 
-    problems = list(result.problems)
+    problems = list(result.problems) + list(result.disagreements)
     line = table["line"] if "line" in table else pd.Series([pd.NA] * n)
     for r in np.flatnonzero(~readable):
         ln = line.iloc[r]
@@ -383,7 +391,7 @@ def audit_dataset(
     in_table = set(unique_paths.tolist())
     unlabelled_images = {
         p.path
-        for p in result.problems
+        for p in problems
         if p.path not in in_table and is_image_name(p.path) and Path(p.path).is_file()
     }
     gender = table["gender"]
@@ -428,6 +436,8 @@ def audit_dataset(
         "conflict_files": int(conflict.sum()),
         "age_disagreement_groups": int((dup & (per_group["ages"] > 1)).sum()),
         "label_errors": len(result.problems),
+        "label_source_disagreements": len(result.disagreements),
+        "label_source_examples": [p.to_dict() for p in result.disagreements[:10]],
         "gender_balance": {
             "male": int((gender == 0).sum()),
             "female": int((gender == 1).sum()),
@@ -475,6 +485,378 @@ def audit_dataset(
     )
 
 
+# ------------------------------------------------------------------ across datasets
+#: Side of the face crops every dataset is cut to before faces of different datasets are
+#: compared (UTKFace's framing, through the face path) ...
+FRAMED_SIZE = 64
+#: ... and the part of them the thumbnails are made of (x0, y0, x1, y1 in pixels): brows to
+#: chin, without the margins where one dataset's image may end (UTKFace's tight crops are
+#: padded there) and another's shows hair or background.
+FRAMED_INNER = (8, 8, 56, 56)
+
+
+def framed_thumbnails(
+    read: pd.DataFrame,
+    paths: list[str] | np.ndarray,
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    console: Console | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(thumbs, found)`` for ``paths``: ``(N, 32, 32)`` uint8 grayscale thumbnails of each
+    image's largest face cut through the face path (default detector) to UTKFace's framing
+    (its :data:`FRAMED_INNER` part), and whether a face was found. Datasets framed
+    differently (UTKFace's tight crops, All-Age-Faces' hair and shoulders, CelebA's loose
+    crops) only compare alike this way.
+
+    The crops go through the image cache built over the rows of ``read`` (all the rows a
+    reader gave: one cache per dataset, reused by every later audit and run)."""
+    from agegender.data.cache import build_cache
+    from agegender.infer.align import UTKFACE_TEMPLATE
+    from agegender.infer.detector import DEFAULT_DETECTOR
+
+    thumbs = np.zeros((len(paths), THUMB, THUMB), np.uint8)
+    if len(paths) == 0:
+        return thumbs, np.zeros(0, bool)
+    cache = build_cache(
+        read,
+        FRAMED_SIZE,
+        cache_dir=cache_dir,
+        workers=workers,
+        progress=progress,
+        console=console,
+        align=DEFAULT_DETECTOR,
+        template=UTKFACE_TEMPLATE,
+    )
+    rows = cache.rows_for(paths)
+    found = np.asarray(cache.ok, dtype=bool)[rows]
+    for k in np.flatnonzero(found):
+        face = Image.fromarray(cache.images[rows[k]]).crop(FRAMED_INNER)
+        thumbs[k] = np.asarray(gray_thumbnail(face))
+    return thumbs, found
+
+
+#: Near copies across datasets: pHash candidates within this many bits (of 64) ...
+CROSS_NEAR_THRESHOLD = 16
+#: ... whose gradients, blurred by BLUR_SIGMA px, have at least this cosine similarity ...
+CROSS_MIN_BLUR_GRAD = 0.75
+BLUR_SIGMA = 1.5
+#: ... are confirmed when, once one thumbnail is registered onto the other (an affine
+#: map, OpenCV's ECC), their gradients have at least this cosine similarity.
+CROSS_MIN_GRAD_CORR = 0.865
+
+
+def registered_grad_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Gradient cosine similarity of two 32x32 grayscale thumbnails after ``b`` is
+    registered onto ``a`` (``cv2.findTransformECC``, affine, from the identity); -1 when
+    the registration does not converge."""
+    import cv2
+
+    warp = np.eye(2, 3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    try:
+        _, warp = cv2.findTransformECC(
+            a.astype(np.float32), b.astype(np.float32), warp, cv2.MOTION_AFFINE, criteria, None, 3
+        )
+    except cv2.error:
+        return -1.0
+    moved = cv2.warpAffine(
+        b,
+        warp,
+        (b.shape[1], b.shape[0]),
+        flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    f = gradient_features(np.stack([a, moved]))
+    return float(f[0] @ f[1])
+
+
+def cross_near_pairs(
+    thumbs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    near_threshold: int = CROSS_NEAR_THRESHOLD,
+    min_blur_grad: float = CROSS_MIN_BLUR_GRAD,
+    min_grad_corr: float = CROSS_MIN_GRAD_CORR,
+    cache_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Near copies between thumbnails of different ``labels`` (datasets): ``i, j,
+    hamming, blur_grad, grad_corr`` (``i < j``; ``grad_corr`` after registration).
+
+    Faces of two datasets are cut from differently framed images (a tight crop, a head
+    with shoulders), so even one photo's two cuts are a few pixels apart and the plain
+    gradient similarity that confirms copies within a dataset would miss many (on UTKFace
+    x All-Age-Faces, real copies scored 0.40-0.91 unregistered, as low as look-alike
+    strangers). Hence: pHash candidates (``near_threshold``), a shift-tolerant gate on
+    blurred gradients (``min_blur_grad``), then each remaining pair is registered (affine
+    ECC) and confirmed on its gradients (``min_grad_corr``). Calibrated by viewing
+    UTKFace x All-Age-Faces pairs side by side (faces framed by :func:`framed_thumbnails`):
+    each of the 26 pairs at 0.877 or more was one photo, each pair at 0.849 or less two
+    people (smooth baby faces the most alike, 0.82-0.85). With ``cache_dir`` the result is
+    stored there, keyed by the thumbnails, labels and settings (the folds of a
+    cross-validation share it)."""
+    import hashlib as _hashlib
+
+    from scipy.ndimage import gaussian_filter
+
+    cols = ["i", "j", "hamming", "blur_grad", "grad_corr"]
+    thumbs = np.ascontiguousarray(thumbs, dtype=np.uint8)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    settings = (near_threshold, min_blur_grad, min_grad_corr, BLUR_SIGMA, 1)
+    stored = None
+    if cache_dir is not None:
+        key = _hashlib.sha1(thumbs.tobytes() + labels.tobytes() + repr(settings).encode())
+        stored = Path(cache_dir).expanduser() / f"cross-pairs-{key.hexdigest()[:20]}.csv"
+        if stored.is_file():
+            return pd.read_csv(stored)
+    if len(thumbs) < 2 or near_threshold < 0:
+        return pd.DataFrame({c: [] for c in cols})
+    i, j, d = hash_pairs(phash_batch(thumbs), near_threshold)
+    keep = labels[i] != labels[j]
+    i, j, d = i[keep], j[keep], d[keep]
+    blurred = gaussian_filter(thumbs.astype(np.float32), (0, BLUR_SIGMA, BLUR_SIGMA))
+    bg = _pair_dots(gradient_features(blurred), i, j)
+    keep = bg >= min_blur_grad
+    i, j, d, bg = i[keep], j[keep], d[keep], bg[keep]
+    gc = np.array(
+        [registered_grad_corr(thumbs[a], thumbs[b]) for a, b in zip(i, j, strict=True)],
+        dtype=np.float32,
+    )
+    keep = gc >= min_grad_corr
+    out = pd.DataFrame(
+        {"i": i[keep], "j": j[keep], "hamming": d[keep], "blur_grad": bg[keep],
+         "grad_corr": gc[keep]}
+    )  # fmt: skip
+    if stored is not None:
+        from agegender.fileio import atomic_path
+
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(stored) as tmp:
+            out.to_csv(tmp, index=False)
+    return out
+
+
+@dataclass
+class DatasetLinks:
+    """Duplicates across several datasets (:func:`link_datasets`); per-row arrays follow
+    the datasets' rows concatenated in order.
+
+    - ``dataset``: the row's dataset (index into ``names``).
+    - ``group_id``: duplicate groups over all rows: each dataset's own groups joined by
+      copies found across datasets; a row without copies has a group of its own.
+    - ``pairs``: the copies found across datasets, ``i, j, kind`` (``exact``: same bytes;
+      ``near``: the framed faces match, :func:`cross_near_pairs`) and the near pairs'
+      ``hamming, blur_grad, grad_corr``.
+    - ``summary``: JSON-able counts (see :func:`link_datasets`).
+    """
+
+    names: list[str]
+    dataset: np.ndarray
+    group_id: np.ndarray
+    pairs: pd.DataFrame
+    summary: dict
+
+    def cross_groups(self) -> np.ndarray:
+        """Per row: its group holds rows of at least two datasets."""
+        per_group = pd.Series(self.dataset).groupby(self.group_id).nunique()
+        if not len(self.group_id):
+            return np.zeros(0, bool)
+        return per_group.to_numpy()[self.group_id] > 1
+
+
+def _components(n: int, edges_i: list[np.ndarray], edges_j: list[np.ndarray]) -> np.ndarray:
+    i = np.concatenate([np.arange(n), *edges_i]).astype(np.int64)
+    j = np.concatenate([np.arange(n), *edges_j]).astype(np.int64)
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return pd.factorize(labels)[0] if n else np.zeros(0, np.int64)
+
+
+def _same_key_edges(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges joining every row to the first row with the same key (keys < 0 or "" stay
+    alone)."""
+    keys = np.asarray(keys)
+    valid = keys != "" if keys.dtype.kind in "OUS" else keys >= 0
+    rows = np.flatnonzero(valid)
+    if not len(rows):
+        return rows, rows
+    first = pd.Series(rows).groupby(pd.factorize(keys[rows])[0]).transform("min")
+    return rows, first.to_numpy()
+
+
+def link_datasets(
+    tables: list[pd.DataFrame],
+    names: list[str],
+    *,
+    groups: list[np.ndarray | None] | None = None,
+    sha1: list[np.ndarray | None] | None = None,
+    thumbs: np.ndarray | None = None,
+    found: np.ndarray | None = None,
+    near_threshold: int = CROSS_NEAR_THRESHOLD,
+    min_grad_corr: float = CROSS_MIN_GRAD_CORR,
+    cache_dir: str | Path | None = None,
+) -> DatasetLinks:
+    """Join several datasets' duplicate groups by the copies found across them.
+
+    ``tables``: each dataset's rows; ``groups``: each one's own duplicate groups (its
+    audit's ``group_id``; None: each row alone); ``sha1``: each row's file digest (exact
+    copies); ``thumbs`` / ``found``: the rows' faces cut to one framing
+    (:func:`framed_thumbnails`, all datasets concatenated) for near copies between rows of
+    different datasets (:func:`cross_near_pairs`; ``cache_dir`` keeps them for the next
+    call). Labels are not compared to drop anything: each dataset keeps its own (their age
+    labels differ in origin); disagreements are counted.
+
+    ``summary`` keys: ``datasets`` (``{name: {rows, faces_framed, in_cross_groups}}``),
+    ``cross_dataset_groups``, ``cross_dataset_files``, ``cross_dataset_pairs``
+    (``{exact, near}``), ``dataset_pairs`` (``{"a + b": groups holding both}``),
+    ``cross_gender_conflict_groups``, ``cross_age_gap_years`` (median and max gap between
+    exact ages of one group's datasets), ``cross_examples`` (up to 10 groups as lists of
+    ``{dataset, path, gender, age}``), ``settings``.
+    """
+    if len(tables) != len(names):
+        raise ValueError(f"{len(tables)} tables for {len(names)} names")
+    sizes = [len(t) for t in tables]
+    n = int(sum(sizes))
+    dataset = np.repeat(np.arange(len(tables)), sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    edges_i: list[np.ndarray] = []
+    edges_j: list[np.ndarray] = []
+    for k, g in enumerate(groups or []):
+        if g is not None:
+            a, b = _same_key_edges(pd.factorize(np.asarray(g))[0])
+            edges_i.append(a + offsets[k])
+            edges_j.append(b + offsets[k])
+    pair_frames = []
+    if sha1 is not None:
+        digests = (
+            np.concatenate(
+                [
+                    np.asarray(d if d is not None else [""] * m, dtype=object)
+                    for d, m in zip(sha1, sizes, strict=True)
+                ]
+            )
+            if n
+            else np.zeros(0, object)
+        )
+        a, b = _same_key_edges(digests)
+        cross = dataset[a] != dataset[b]
+        pair_frames.append(pd.DataFrame({"i": b[cross], "j": a[cross], "kind": "exact"}))
+        edges_i.append(a)
+        edges_j.append(b)
+    if thumbs is not None and n:
+        ok = np.ones(n, bool) if found is None else np.asarray(found, dtype=bool)
+        rows = np.flatnonzero(ok)
+        near = cross_near_pairs(
+            thumbs[rows],
+            dataset[rows],
+            near_threshold=near_threshold,
+            min_grad_corr=min_grad_corr,
+            cache_dir=cache_dir,
+        )
+        near = near.assign(
+            i=rows[near["i"].to_numpy(dtype=np.int64)],
+            j=rows[near["j"].to_numpy(dtype=np.int64)],
+            kind="near",
+        )
+        pair_frames.append(near)
+        edges_i.append(near["i"].to_numpy(dtype=np.int64))
+        edges_j.append(near["j"].to_numpy(dtype=np.int64))
+    cols = ["i", "j", "kind", "hamming", "blur_grad", "grad_corr"]
+    pairs = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame()
+    pairs = pairs.reindex(columns=cols)
+    gid = _components(n, edges_i, edges_j)
+    links = DatasetLinks(list(names), dataset, gid, pairs, {})
+    links.summary = _links_summary(links, tables, found, near_threshold, min_grad_corr)
+    return links
+
+
+def _links_summary(
+    links: DatasetLinks,
+    tables: list[pd.DataFrame],
+    found: np.ndarray | None,
+    near_threshold: int,
+    min_grad_corr: float,
+) -> dict:
+    names, dataset, gid = links.names, links.dataset, links.group_id
+    n = len(gid)
+    cols = ["path", "gender", "age"]
+    rows = (
+        pd.concat([t[cols] for t in tables], ignore_index=True)
+        if n
+        else pd.DataFrame({c: [] for c in cols})
+    )
+    in_cross = links.cross_groups()
+    framed = np.ones(n, bool) if found is None else np.asarray(found, dtype=bool)
+    per_dataset = {
+        name: {
+            "rows": int((dataset == k).sum()),
+            "faces_framed": int((framed & (dataset == k)).sum()),
+            "in_cross_groups": int((in_cross & (dataset == k)).sum()),
+        }
+        for k, name in enumerate(names)
+    }
+    cross_gids = np.unique(gid[in_cross])
+    members = pd.DataFrame(
+        {
+            "g": gid[in_cross],
+            "d": dataset[in_cross],
+            "gender": rows["gender"].to_numpy(dtype="float64", na_value=np.nan)[in_cross],
+            "age": rows["age"].to_numpy(dtype="float64")[in_cross],
+            "row": np.flatnonzero(in_cross),
+        }
+    )
+    dataset_pairs: Counter[str] = Counter()
+    gender_conflicts = 0
+    gaps: list[float] = []
+    for _, m in members.groupby("g"):
+        present = sorted(set(m["d"].tolist()))
+        for a in range(len(present)):
+            for b in range(a + 1, len(present)):
+                dataset_pairs[f"{names[present[a]]} + {names[present[b]]}"] += 1
+        gender_conflicts += int(m["gender"].nunique() > 1)
+        ages = m.dropna(subset=["age"]).groupby("d")["age"].median()
+        if len(ages) > 1:
+            gaps.append(float(ages.max() - ages.min()))
+    examples = []
+    for g in cross_gids[:10]:
+        examples.append(
+            [
+                {
+                    "dataset": names[dataset[r]],
+                    "path": str(rows["path"].iloc[r]),
+                    "gender": None
+                    if pd.isna(rows["gender"].iloc[r])
+                    else int(rows["gender"].iloc[r]),
+                    "age": None if math.isnan(rows["age"].iloc[r]) else float(rows["age"].iloc[r]),
+                }
+                for r in np.flatnonzero(gid == g)
+            ]
+        )
+    kinds = links.pairs["kind"].value_counts() if len(links.pairs) else pd.Series(dtype=int)
+    return {
+        "datasets": per_dataset,
+        "cross_dataset_groups": len(cross_gids),
+        "cross_dataset_files": int(in_cross.sum()),
+        "cross_dataset_pairs": {k: int(kinds.get(k, 0)) for k in ("exact", "near")},
+        "dataset_pairs": dict(dataset_pairs.most_common()),
+        "cross_gender_conflict_groups": gender_conflicts,
+        "cross_age_gap_years": {
+            "groups": len(gaps),
+            "median": float(np.median(gaps)) if gaps else None,
+            "max": float(max(gaps)) if gaps else None,
+        },
+        "cross_examples": examples,
+        "settings": {
+            "near_threshold": near_threshold,
+            "min_blur_grad": CROSS_MIN_BLUR_GRAD,
+            "min_grad_corr": min_grad_corr,
+            "registration": "affine ECC",
+            "framing": f"utkface template, {FRAMED_SIZE} px, face path, box {list(FRAMED_INNER)}",
+        },
+    }
+
+
 # ------------------------------------------------------------------ human-readable output
 def print_report(report: AuditReport, console: Console | None = None, max_problems: int = 20):
     """Print the audit as rich tables (overview, duplicates, labels, problems)."""
@@ -488,6 +870,7 @@ def print_report(report: AuditReport, console: Console | None = None, max_proble
         ("readable", "readable"),
         ("unreadable", "unreadable"),
         ("label_errors", "label problems (reader)"),
+        ("label_source_disagreements", "left out: the dataset's label sources disagree"),
         ("labelled_gender", "rows with gender"),
         ("labelled_age", "rows with age / age group"),
         ("exact_duplicate_groups", "byte-identical groups"),
@@ -538,3 +921,31 @@ def print_report(report: AuditReport, console: Console | None = None, max_proble
         console.print(f"[bold]problems[/] ({len(report.problems):,}; first {shown}):")
         for p in report.problems[:shown]:
             console.print(f"  {p}", highlight=False, soft_wrap=True, markup=False)
+
+
+def print_links(links: DatasetLinks, console: Console | None = None) -> None:
+    """Print the duplicates found across datasets as a rich table and a few examples."""
+    console = console or Console()
+    s = links.summary
+    t = Table(title="duplicates across datasets")
+    t.add_column("dataset")
+    t.add_column("rows", justify="right")
+    t.add_column("faces framed", justify="right")
+    t.add_column("in cross-dataset groups", justify="right")
+    for name, d in s["datasets"].items():
+        t.add_row(name, f"{d['rows']:,}", f"{d['faces_framed']:,}", f"{d['in_cross_groups']:,}")
+    pairs = s["cross_dataset_pairs"]
+    t.caption = (
+        f"{s['cross_dataset_groups']:,} groups span datasets ({s['cross_dataset_files']:,} "
+        f"rows; {pairs['exact']:,} exact and {pairs['near']:,} near pairs); "
+        f"{s['cross_gender_conflict_groups']:,} with conflicting gender"
+    )
+    console.print(t)
+    for k, v in s["dataset_pairs"].items():
+        console.print(f"  {k}: {v:,} groups", highlight=False)
+    for members in s["cross_examples"][:3]:
+        console.print(
+            "  e.g. " + " = ".join(f"{m['dataset']}:{Path(m['path']).name}" for m in members),
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -30,12 +30,16 @@ from agegender.data.records import ReadResult
 #: Why a row is not kept: key in ``row_counts["reasons"]`` -> (one row, several rows).
 REASONS: dict[str, tuple[str, str]] = {
     "bad_rows": ("bad row", "bad rows"),  # the reader could not use the line / file name
+    # the dataset's own label sources disagree on the face (All-Age-Faces: id rule vs lists)
+    "label_disagreement": ("with disagreeing label sources", "with disagreeing label sources"),
     "limit": ("outside the sample", "outside the sample"),  # data.limit / --limit
     "unreadable": ("unreadable", "unreadable"),  # the image does not decode
     "conflicting": ("conflicting", "conflicting"),  # a duplicate group with differing labels
     "not_in_folds_file": ("not in the folds file", "not in the folds file"),
     "no_task_labels": ("without the task's labels", "without the task's labels"),
     "no_face": ("without a face", "without a face"),  # --align / the predictor's face path
+    # a data.extra face that is a copy of a face of the main dataset's test split
+    "held_out_copy": ("copy of a test face", "copies of test faces"),
 }
 
 
@@ -50,9 +54,12 @@ class RowCounts:
 
     @classmethod
     def of(cls, result: ReadResult, path: str | Path) -> RowCounts:
-        """The reader's rows plus its problems (each is one line or file it could not use)."""
-        counts = cls(str(path), len(result.table) + len(result.problems), labels=result.labels)
+        """The reader's rows plus its problems (each is one line or file it could not use)
+        and the faces it left out because their label sources disagree."""
+        read = len(result.table) + len(result.problems) + len(result.disagreements)
+        counts = cls(str(path), read, labels=result.labels)
         counts.reject("bad_rows", len(result.problems))
+        counts.reject("label_disagreement", len(result.disagreements))
         return counts
 
     @classmethod
@@ -128,6 +135,7 @@ class DatasetRows:
     report: Any = None  # the AuditReport, over the rows read (or sampled)
     dup_group: np.ndarray | None = None
     conflict: np.ndarray | None = None
+    sha1: np.ndarray | None = None  # each kept row's file digest (from the audit)
 
 
 def read_rows(
@@ -161,7 +169,7 @@ def read_rows(
     from agegender.data.audit import audit_dataset
 
     report = audit_dataset(
-        ReadResult(table, result.problems, result.format),
+        ReadResult(table, result.problems, result.format, disagreements=result.disagreements),
         workers=workers,
         progress=progress,
         console=console,
@@ -178,11 +186,103 @@ def read_rows(
     rows.table = table[keep].reset_index(drop=True)
     rows.dup_group = np.asarray(report.group_id)[keep]
     rows.conflict = conflict[keep]
+    rows.sha1 = report.files["sha1"].to_numpy(dtype=object)[keep]
     return rows
 
 
+def link_rows(
+    datasets: list[DatasetRows],
+    tables: list[pd.DataFrame] | None = None,
+    names: list[str] | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    console: Any = None,
+) -> Any:
+    """The duplicates across several audited datasets
+    (:func:`~agegender.data.audit.link_datasets`): each dataset's own groups, joined by
+    byte-identical files and by faces that match once cut to one framing
+    (:func:`~agegender.data.audit.framed_thumbnails`). ``tables``: the rows to link (a
+    subset of each dataset's kept rows, default all of them; a ``group`` column, when
+    present, replaces the audit's groups); ``names``: the datasets' names (default their
+    folder names)."""
+    from agegender.data.audit import framed_thumbnails, link_datasets
+
+    tables = tables if tables is not None else [d.table for d in datasets]
+    names = names or [Path(d.counts.path).name or d.counts.path for d in datasets]
+    groups, digests, thumbs, found = [], [], [], []
+    for d, t in zip(datasets, tables, strict=True):
+        paths = t["path"].astype(str).tolist()
+        if "group" in t.columns:
+            groups.append(t["group"].to_numpy())
+        elif d.dup_group is not None:
+            groups.append(_by_path(d.table, d.dup_group, paths, -1))
+        else:
+            groups.append(None)
+        digests.append(None if d.sha1 is None else _by_path(d.table, d.sha1, paths, ""))
+        # the cut faces are cached for every row the reader gave (reused by later audits
+        # and runs), or for these rows alone when they are a small sample of them
+        read = d.result.table if 2 * len(t) > len(d.result.table) else t
+        th, ok = framed_thumbnails(read, paths, workers=workers, progress=progress, console=console)
+        thumbs.append(th)
+        found.append(ok)
+    from agegender.data.cache import default_cache_dir
+
+    return link_datasets(
+        tables,
+        names,
+        groups=groups,
+        sha1=digests,
+        thumbs=np.concatenate(thumbs),
+        found=np.concatenate(found),
+        cache_dir=default_cache_dir(),
+    )
+
+
+def _by_path(table: pd.DataFrame, values: np.ndarray, paths: list[str], missing: Any) -> np.ndarray:
+    """``values`` (aligned with ``table``) for ``paths``."""
+    lookup = dict(zip(table["path"].astype(str), values, strict=True))
+    return np.asarray([lookup.get(p, missing) for p in paths], dtype=np.asarray(values).dtype)
+
+
+def read_datasets(
+    paths: list[str | Path],
+    format: str = "auto",
+    *,
+    drop_conflicts: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+    console: Any = None,
+) -> tuple[list[DatasetRows], Any]:
+    """:func:`read_rows` (audited) for each of several datasets, then the duplicates across
+    them (:func:`link_rows`). Returns ``(rows per dataset, DatasetLinks)``; used by
+    ``data audit`` and ``data folds`` with several paths."""
+    rows = [
+        read_rows(
+            p,
+            format,
+            drop_conflicts=drop_conflicts,
+            workers=workers,
+            progress=progress,
+            console=console,
+        )
+        for p in paths
+    ]
+    names = _unique_names([Path(p).name or str(p) for p in paths])
+    return rows, link_rows(rows, names=names, workers=workers, progress=progress, console=console)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 def read_folds(
-    path: str | Path,
+    path: str | Path | list[str | Path],
     format: str,
     k: int,
     *,
@@ -192,13 +292,38 @@ def read_folds(
     limit: int | None = None,
     workers: int | None = None,
     progress: bool = False,
-) -> tuple[DatasetRows, Any]:
+) -> tuple[DatasetRows | list[DatasetRows], Any]:
     """:func:`read_rows` (audited) then grouped, stratified ``k`` folds
     (:func:`~agegender.data.folds.make_folds`); conflicting duplicate groups are dropped
     there (``conflicts="drop"``), after they have joined split groups, and counted as
-    rejected rows. Returns ``(rows, folds)``; used by ``data folds`` and ``cv``."""
+    rejected rows. Returns ``(rows, folds)``; used by ``data folds`` and ``cv``.
+
+    With a list of paths the datasets are folded together: their rows in one table, the
+    duplicate groups those across datasets (:func:`read_datasets`), so no copy of a face
+    in two datasets spans two folds; ``rows`` is then the list of each dataset's rows."""
     from agegender.data.folds import make_folds
 
+    if isinstance(path, list):
+        if limit is not None:
+            raise ValueError("limit: not with several datasets")
+        many, links = read_datasets(
+            path, format, drop_conflicts=False, workers=workers, progress=progress
+        )
+        table = pd.concat([r.table for r in many], ignore_index=True)
+        conflict = np.concatenate([r.conflict for r in many])
+        folds = make_folds(
+            table,
+            k,
+            seed=seed,
+            dup_group=links.group_id,
+            conflict=conflict,
+            conflicts=conflicts,
+            use_official=official,
+        )
+        if conflicts == "drop":
+            for k_, r in enumerate(many):
+                r.counts.reject("conflicting", int(conflict[links.dataset == k_].sum()))
+        return many, folds
     rows = read_rows(
         path,
         format,
@@ -225,6 +350,8 @@ __all__ = [
     "REASONS",
     "DatasetRows",
     "RowCounts",
+    "link_rows",
+    "read_datasets",
     "read_folds",
     "read_rows",
     "reject_failed_images",

@@ -9,13 +9,15 @@ A *FaceTable* is a :class:`pandas.DataFrame` with one row per face and these col
 - ``age_group`` Adience group index 0..7 (nullable Int8), see :data:`AGE_GROUPS`
 - ``subject``   subject / identity id used to keep a person in one fold (str, "" unknown)
 - ``race``      UTKFace race code 0..4 when known (nullable Int8), see :data:`RACES`
-- ``source``    reader that produced the row: utkface, adience, celeba, folders, csv (str)
+- ``source``    reader that produced the row: utkface, adience, celeba, fairface, aaf,
+  folders, csv (str)
 - ``fold``      the dataset's own fold or partition when it has one (nullable Int8)
 - ``line``      1-based line of the label file the row came from, when there is one
 - ``age_min``, ``age_max``  the true age bin in years when the dataset labels bins
   (FairFace: ``0-2 ... 60-69, more than 70``; the last is ``(70, inf)``), else NaN
 
-Readers never drop a row silently: what they cannot read becomes a :class:`Problem`.
+Readers never drop a row silently: what they cannot read becomes a :class:`Problem`, and a
+face whose label sources disagree is a :class:`Problem` in ``ReadResult.disagreements``.
 """
 
 from __future__ import annotations
@@ -172,12 +174,15 @@ class DatasetError(ValueError):
 
 @dataclass
 class ReadResult:
-    """What a reader returns: the table of faces it could read, and every problem it met."""
+    """What a reader returns: the table of faces it could read, every problem it met, and
+    the faces it left out because the dataset's own label sources disagree on them
+    (``disagreements``, one Problem per face saying which sources; All-Age-Faces)."""
 
     table: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     format: str = ""
     labels: str = ""  # the file the labels came from, where it is not the path itself
+    disagreements: list[Problem] = field(default_factory=list)
 
 
 def make_table(rows: list[dict] | None = None) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from agegender.config import Config, ConfigError
 from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
-from agegender.data.prepare import RowCounts, read_rows, reject_failed_images
+from agegender.data.prepare import DatasetRows, RowCounts, read_rows, reject_failed_images
 from agegender.data.records import DatasetError
 
 __all__ = ["PreparedData", "model_face_template", "prepare_data", "resolve_sizes"]
@@ -205,7 +205,7 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     if d.extra:
         info["sources"] = {_source_name(d.path): dict(splits.sizes())}
         table, images, cache_rows, splits = _add_extra(
-            config, table, images, cache_rows, splits, info, size, progress, row_counts
+            config, table, images, cache_rows, splits, info, size, progress, row_counts, rows
         )
     info["used"] = len(table)
     info["splits"] = splits.sizes()
@@ -265,11 +265,18 @@ def _add_extra(
     size: int,
     progress: bool,
     row_counts: list[RowCounts],
+    main_rows: DatasetRows,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, Splits]:
-    """Append ``data.extra`` datasets: each is read, cached at ``size`` through its own
-    face box and split by its own groups into training (drawn ``weight`` times per epoch)
-    and validation rows; the test split stays the main dataset's. Rows get a ``source``;
-    each dataset's :class:`RowCounts` is appended to ``row_counts``."""
+    """Append ``data.extra`` datasets: each is read and audited (its duplicate groups, as
+    for UTKFace, since a dataset without subject ids has no other; conflicting groups
+    dropped with ``data.drop_conflicts``), cached at ``size`` through its own face box and
+    split by its own groups into training (drawn ``weight`` times per epoch) and
+    validation rows; the test split stays the main dataset's. Copies of one face across
+    datasets (:func:`agegender.data.prepare.link_rows`) stay on one side: an extra face
+    whose copy the main dataset (or an earlier extra) trains on is trained on, one whose
+    copy is validated on is validated on, and one whose copy is in the test split is left
+    out (``held_out_copy``). Rows get a ``source``; each dataset's :class:`RowCounts` is
+    appended to ``row_counts``."""
     from agegender.data.readers import default_crop, sample_rows
     from agegender.infer.align import FRAMING_TOLERANCE, template_gap
 
@@ -279,14 +286,15 @@ def _add_extra(
     train, val = [splits.train], [splits.val]
     offset = len(table)
     rng = np.random.default_rng(d.seed)
+    loaded = []
     for k, extra in enumerate(d.extra):
         key = f"data.extra[{k}]"
         name = extra.name or _source_name(extra.path)
         try:
-            x = read_rows(extra.path, extra.format, audit=False)
+            x = read_rows(extra.path, extra.format, drop_conflicts=d.drop_conflicts)
         except DatasetError as exc:
             raise ConfigError(f"{key}.path: {exc}") from None
-        result, xt, counts = x.result, x.table, x.counts
+        result, xt, counts = x.result, x.table.assign(group=x.dup_group), x.counts
         labelled = xt[_useful(config, xt)]
         counts.reject("no_task_labels", len(xt) - len(labelled))
         if extra.limit is not None and extra.limit < len(labelled):
@@ -310,11 +318,16 @@ def _add_extra(
         reject_failed_images(counts, failures)
         row_counts.append(counts)
         xt, x_rows = xt[ok].reset_index(drop=True), x_rows[ok]
-        if extra.val_fraction > 0:
-            xs = split_by_fractions(xt, [1 - extra.val_fraction, extra.val_fraction], d.seed)
-            x_train, x_val = xs.train, xs.val
-        else:
-            x_train, x_val = np.arange(len(xt)), np.array([], dtype=np.int64)
+        loaded.append((name, x, xt, x_images, x_rows, int((~ok).sum()), crop))
+    sides = _extra_sides(config, table, splits, main_rows, loaded, info, progress)
+    for k, (extra, (name, x, xt, x_images, x_rows, failed, crop)) in enumerate(
+        zip(d.extra, loaded, strict=True)
+    ):
+        side = sides.place(k, xt, extra.val_fraction, d.seed)
+        held = side == HELD_OUT
+        x.counts.reject("held_out_copy", int(held.sum()))
+        xt, x_rows, side = xt[~held].reset_index(drop=True), x_rows[~held], side[~held]
+        x_train, x_val = np.flatnonzero(side == TRAIN), np.flatnonzero(side == VAL)
         whole, part = divmod(extra.weight, 1.0)
         drawn = [x_train] * int(whole)
         if part > 0:
@@ -325,14 +338,15 @@ def _add_extra(
         train.append(x_train + offset)
         val.append(x_val + offset)
         info["sources"][name] = {
-            "read": int(len(result.table)),
+            "read": int(len(x.result.table)),
             "used": int(len(xt)),
             "train": int(len(x_train)),
             "val": int(len(x_val)),
-            "undecodable": int((~ok).sum()),
+            "undecodable": failed,
+            "held_out_copies": int(held.sum()),
             "crop": None if crop is None else [float(c) for c in crop],
             "align": bool(extra.align),
-            "row_counts": counts.to_dict(),
+            "row_counts": x.counts.to_dict(),
         }
         offset += len(xt)
     merged = pd.concat(tables, ignore_index=True)
@@ -346,3 +360,70 @@ def _add_extra(
         notes=list(splits.notes),
     )
     return merged, all_images, np.arange(len(merged), dtype=np.int64), new_splits
+
+
+# --------------------------------------------------------------------------- copies across datasets
+TRAIN, VAL, HELD_OUT = 0, 1, 2  #: a row's side; HELD_OUT: the main dataset's test split
+
+
+@dataclass
+class _Sides:
+    """Which side each duplicate group (over all of a run's datasets) is on: the most
+    held-out side of its rows placed so far (test > validation > training)."""
+
+    group_id: np.ndarray | None  # over the main rows then each extra's rows, or None
+    starts: list[int]  # where each extra's rows start in group_id
+    side_of: dict[int, int]
+
+    def place(self, k: int, xt: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
+        """Sides of extra ``k``'s rows (TRAIN, VAL or HELD_OUT), remembered for the next
+        extras: a copy's side where one is placed, the other rows split by their own
+        groups (``val_fraction`` of them to validation)."""
+        side = np.full(len(xt), -1, np.int64)
+        gid = None
+        if self.group_id is not None:
+            gid = self.group_id[self.starts[k] : self.starts[k] + len(xt)]
+            side = np.array([self.side_of.get(int(g), -1) for g in gid], dtype=np.int64)
+            xt = xt.assign(group=gid)
+        free = np.flatnonzero(side < 0)
+        if val_fraction > 0 and len(free):
+            xs = split_by_fractions(xt.iloc[free], [1 - val_fraction, val_fraction], seed)
+            side[free[xs.train]], side[free[xs.val]] = TRAIN, VAL
+        side[side < 0] = TRAIN
+        for g, s in zip(gid if gid is not None else [], side, strict=False):
+            self.side_of[int(g)] = max(self.side_of.get(int(g), -1), int(s))
+        return side
+
+
+def _extra_sides(
+    config: Config,
+    table: pd.DataFrame,
+    splits: Splits,
+    main_rows: DatasetRows,
+    loaded: list,
+    info: dict,
+    progress: bool,
+) -> _Sides:
+    """Link the main dataset's rows (grouped as its splits were: folds file, audit or
+    subjects) and every extra's, and mark the groups of the main rows with their split's
+    side."""
+    from agegender.data.datamodule import table_groups
+    from agegender.data.prepare import link_rows
+
+    d = config.data
+    names = [_source_name(d.path)] + [name for name, *_ in loaded]
+    links = link_rows(
+        [main_rows] + [x for _, x, *_ in loaded],
+        [table.assign(group=table_groups(table))] + [xt for _, _, xt, *_ in loaded],
+        names,
+        progress=progress,
+    )
+    info["cross_dataset_duplicates"] = links.summary
+    side_of: dict[int, int] = {}
+    main_gid = links.group_id[: len(table)]
+    for s, idx in ((TRAIN, splits.train), (VAL, splits.val), (HELD_OUT, splits.test)):
+        if idx is not None:
+            for g in main_gid[idx]:
+                side_of[int(g)] = max(side_of.get(int(g), -1), s)
+    starts = np.cumsum([len(table)] + [len(xt) for _, _, xt, *_ in loaded]).tolist()
+    return _Sides(links.group_id, starts[:-1], side_of)

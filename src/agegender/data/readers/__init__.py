@@ -14,20 +14,21 @@ from typing import Any
 
 import pandas as pd
 
-from agegender.data.readers import adience, celeba, csv_manifest, fairface, folders, utkface
+from agegender.data.readers import aaf, adience, celeba, csv_manifest, fairface, folders, utkface
 from agegender.data.readers.common import Reader, iter_images, require_path
 from agegender.data.readers.utkface import parse_utkface_name
 from agegender.data.records import DatasetError, ReadResult
 
 #: Every reader by name, in the order ``auto`` asks them to recognise a path: the layouts
-#: marked by their own label files first, then class folders, then UTKFace file names,
-#: and the generic CSV manifest last.
+#: marked by their own label files (All-Age-Faces by its ``image sets/``) first, then class
+#: folders, then UTKFace file names, and the generic CSV manifest last.
 READERS: dict[str, Reader] = {
     r.name: r
     for r in (
         adience.READER,
         celeba.READER,
         fairface.READER,
+        aaf.READER,
         folders.READER,
         utkface.READER,
         csv_manifest.READER,
