@@ -49,7 +49,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -602,7 +602,9 @@ def predict_video(
     )
 
 
-def video_row(video: VideoPrediction, first: FrameResult | None, last: FrameResult | None) -> dict:
+def video_row(
+    video: VideoPrediction, first: FrameResult | None, last: FrameResult | None
+) -> dict[str, Any]:
     """The ``kind=video`` row: frames predicted (``frames_seen``), the first and last of
     them, and ``error`` when reading stopped early."""
     return {
@@ -729,7 +731,7 @@ def predict_video_job(
     progress: bool = False,
     console: Any = None,
     predictor: Predictor | None = None,
-    on_frame: Any = None,
+    on_frame: Callable[[FrameResult], None] | None = None,
 ) -> VideoJobSummary:
     """Predict and track the faces of ``videos`` into ``out`` (``.csv`` / ``.json`` /
     ``.parquet`` file or ``.parquet/`` folder of parts, ``-`` for CSV on stdout, None for
@@ -811,7 +813,7 @@ def _run_video(
     summary: VideoJobSummary,
     bar: Any,
     annotator: VideoAnnotator | None,
-    on_frame: Any,
+    on_frame: Callable[[FrameResult], None] | None,
 ) -> None:
     from agegender.infer.parquet import input_key
 
