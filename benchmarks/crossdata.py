@@ -78,6 +78,7 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
         "age_group_one_off",
     )
     out = {k: metrics[k] for k in keep if _number(metrics.get(k))}
+    out |= probability_quality(frame)
     out["seconds_per_photo"] = info["seconds_per_photo"]
     by_bin = fairness[fairness["by"] == "age_bin"]
     if len(by_bin):
@@ -97,6 +98,25 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
             mean = float(np.mean(adult))
             out["adult_cells_mean"] = mean
             out["adult_cells_max_gap"] = float(max(abs(a - mean) for a in adult))
+    return out
+
+
+def probability_quality(frame: pd.DataFrame) -> dict[str, float]:
+    """Log loss and ECE of the gender probability over the found faces: the P(female) the
+    model reports (``gender_log_loss``, ``gender_ece``) and the network's own output
+    before the model's calibrated decision moved it (``..._raw``)."""
+    from agegender.evaluate.metrics import gender_metrics
+
+    if "p_female" not in frame.columns or "gender" not in frame.columns:
+        return {}
+    found = frame[frame["face_found"].to_numpy(bool)]
+    out = {}
+    for suffix, col in (("", "p_female"), ("_raw", "p_female_raw")):
+        if col in found.columns:
+            m = gender_metrics(found["gender"], found[col])
+            for key in ("gender_log_loss", "gender_ece"):
+                if _number(m.get(key)):
+                    out[key + suffix] = m[key]
     return out
 
 
@@ -142,6 +162,23 @@ def markdown(results: list[dict], meta: dict) -> str:
     notes = meta.get("notes") or []
     if notes:
         lines += ["", *(f"**Note:** {n}" for n in notes)]
+    calibrated = [r for r in results if "gender_log_loss_raw" in r["metrics"]]
+    if calibrated:
+        lines += [
+            "",
+            "## Gender probability (found faces): log loss and ECE, the network's output → "
+            "the P(female) the model reports",
+            "",
+            "| model | detector | set | log loss | ECE |",
+            "|---|---|---|---:|---:|",
+        ]
+        for r in calibrated:
+            m = r["metrics"]
+            lines.append(
+                f"| {r['model']} | {r['detector']} | {r['set']} "
+                f"| {m['gender_log_loss_raw']:.4f} → {m['gender_log_loss']:.4f} "
+                f"| {m['gender_ece_raw']:.4f} → {m['gender_ece']:.4f} |"
+            )
     bins = [r for r in results if "by_age_bin" in r["metrics"]]
     if bins:
         names = list(bins[0]["metrics"]["by_age_bin"])

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for name, table in (("utkface validation", val[["path", "gender"]]), ("fairface", fairface)):
         frame = evaluate_photos(predictor, table)["predictions"]
-        p = (
-            frame["p_female"].to_numpy(float)
-            if "p_female" in frame
+        p = (  # the network's own output: the thresholds are on it, not on a model's report
+            frame["p_female_raw"].to_numpy(float)
+            if "p_female_raw" in frame
             else np.full(len(frame), np.nan)
         )
         sets[name] = (p, frame["gender"].astype(int).to_numpy())

@@ -51,8 +51,10 @@ def test_gender_labels_is_the_rule() -> None:
 
 
 def test_meta_threshold_is_read_and_checked() -> None:
-    assert parse_meta(META).gender_threshold == 0.5
-    assert parse_meta({**META, "gender_decision": {"threshold": 0.42}}).gender_threshold == 0.42
+    assert parse_meta(META).gender_decision.threshold == 0.5
+    spec = parse_meta({**META, "gender_decision": {"threshold": 0.42}})
+    assert spec.gender_decision.threshold == 0.42
+    assert spec.gender_threshold == 0.5  # on the reported P(female), moved to match
     for bad in (0.0, 1.0, -0.1, "0.4", None, True):
         with pytest.raises(ValueError, match=r"gender_decision\.threshold"):
             parse_meta({**META, "gender_decision": {"threshold": bad}})
@@ -132,10 +134,13 @@ def test_predictor_decides_at_the_models_threshold(tmp_path: Path, runtime: str)
     t = float(np.median(p))
     meta["gender_decision"] = {"threshold": t}
     predictor = Predictor.from_module(model, meta, runtime=runtime, detector="none")
-    assert predictor.spec.gender_threshold == t
+    assert predictor.spec.gender_decision.threshold == t
     faces = [predictor.predict(im).faces[0] for im in images]
     got = np.array([f.gender == "female" for f in faces])
-    assert got.tolist() == (np.array([f.p_female for f in faces]) > t).tolist()
+    assert got.tolist() == (np.array([f.p_female_raw for f in faces]) > t).tolist()
+    assert np.allclose([f.p_female_raw for f in faces], p, atol=1e-5)
+    # one story: the reported P(female) is above 0.5 exactly for the women
+    assert got.tolist() == (np.array([f.p_female for f in faces]) > 0.5).tolist()
     assert 0 < got.sum() < len(got)  # the threshold really splits them
 
 
@@ -170,8 +175,10 @@ def test_cli_calibrate_writes_a_model_that_uses_it(tmp_path: Path, kind: str) ->
     at = d["at_threshold"]
     assert abs(at["female_recall"] - at["male_recall"]) <= 1 / 30 + 1e-9
     calibrated = Predictor.load(out, detector="none")
-    assert calibrated.spec.gender_threshold == d["threshold"] != 0.5
-    assert calibrated.info()["gender_threshold"] == d["threshold"]  # /healthz says it
+    assert calibrated.spec.gender_decision.threshold == d["threshold"] != 0.5
+    assert calibrated.info()["gender_decision"]["threshold"] == d["threshold"]  # /healthz
+    assert calibrated.info()["gender_threshold"] == 0.5  # on the reported P(female)
+    assert d["probability"]["slope"] > 0 and "age_bands" not in d
     stored = read_onnx_meta(out) if kind == ".onnx" else torch.load(out)["meta"]
     assert stored["gender_decision"]["rule"] == "equal-recall"
     assert stored["gender_decision"]["chosen_on"] == str(data)
@@ -179,7 +186,7 @@ def test_cli_calibrate_writes_a_model_that_uses_it(tmp_path: Path, kind: str) ->
     original = Predictor.load(src, detector="none")
     image = tmp_path / "7.png"
     a, b = original.predict(image).faces[0], calibrated.predict(image).faces[0]
-    assert a.p_female == pytest.approx(b.p_female, abs=1e-6)
+    assert a.p_female == pytest.approx(b.p_female_raw, abs=1e-6)
     # the evaluation (the predictor's face path) decides at the stored threshold too
     from agegender.data.readers import read_dataset
     from agegender.evaluate.photos import evaluate_photos
@@ -233,4 +240,4 @@ def test_write_with_meta_keeps_a_checkpoint_loadable(cv_run: Path, tmp_path: Pat
     assert meta2["gender_decision"]["threshold"] == 0.4 and meta2["config"] is not None
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert Predictor.load(out, detector="none").spec.gender_threshold == 0.4
+    assert Predictor.load(out, detector="none").spec.gender_decision.threshold == 0.4

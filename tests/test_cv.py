@@ -207,8 +207,9 @@ def test_cv_calibrate_scores_each_fold_at_its_validation_threshold(
         got = json.loads((fold_dir / "results.json").read_text())["gender_decision"]
         assert got["threshold"] == want["threshold"] and got["faces"] == len(val)
         pred = pd.read_csv(fold_dir / "predictions.csv")
-        female = (pred["p_female"] > got["threshold"]).astype(int)
+        female = (pred["p_female_raw"] > got["threshold"]).astype(int)
         assert (pred["pred_gender"] == female).all()
+        assert ((pred["p_female"] > 0.5).astype(int) == female).all()  # one story
         assert f["metrics"]["gender_accuracy"] == pytest.approx(
             (pred["pred_gender"] == pred["gender"]).mean()
         )

@@ -194,6 +194,29 @@ def calibrate_cmd(
     rule: str = typer.Option(
         "equal-recall", "--rule", help="equal-recall (women and men) | balanced-accuracy."
     ),
+    by_age: bool = typer.Option(
+        False,
+        "--by-age",
+        help="Also a threshold per band of the model's predicted age (the rule applied within "
+        "each band): children <13, teenagers 13-19, adults 20+ (other edges: --age-bands).",
+    ),
+    age_bands: str | None = typer.Option(
+        None,
+        "--age-bands",
+        help="Predicted-age band edges in years, e.g. 13,20 (implies --by-age).",
+    ),
+    min_band_faces: int = typer.Option(
+        50,
+        "--min-band-faces",
+        min=20,
+        help="A band with fewer validation faces of either gender keeps the global threshold.",
+    ),
+    probability: str = typer.Option(
+        "platt",
+        "--probability",
+        help="The reported P(female), moved so the decision falls at 0.5: platt (its slope "
+        "fitted on the faces) | shift (slope 1).",
+    ),
     format: str = FORMAT_OPTION,
     detector: str = typer.Option(
         "blazeface",
@@ -204,14 +227,23 @@ def calibrate_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use a random sample."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
-    """Choose the gender threshold on validation photos; write it into a copy of the model.
+    """Choose the gender decision on validation photos; write it into a copy of the model.
 
-    predict, evaluate and serve then call a face female when P(female) is above it.
+    A threshold on the network's P(female) (one, or one per predicted-age band with
+    --by-age), and the reported probability moved so the decision falls at 0.5: predict,
+    evaluate and serve then call a face female exactly when its reported P(female) is
+    above 0.5.
     """
     import json
 
     from agegender.data.records import DatasetError
-    from agegender.evaluate.calibrate import calibrate_model, check_rule
+    from agegender.evaluate.calibrate import (
+        DEFAULT_AGE_BANDS,
+        PROBABILITY_FITS,
+        calibrate_model,
+        check_rule,
+        parse_age_bands,
+    )
     from agegender.infer import NoModelError
     from agegender.infer.detector import check_detector
 
@@ -223,10 +255,27 @@ def calibrate_cmd(
         check_detector(detector)
     except ValueError as exc:
         fail(f"--detector: {exc}")
+    if probability not in PROBABILITY_FITS:
+        fail(f"--probability: unknown fit {probability!r}; choose platt or shift")
+    edges = DEFAULT_AGE_BANDS if by_age else None
+    if age_bands is not None:
+        try:
+            edges = parse_age_bands(age_bands)
+        except ValueError as exc:
+            fail(f"--age-bands: {exc}")
     check_writable(out)
     try:
         res = calibrate_model(
-            model, data, out, format=format, rule=rule, detector=detector, limit=limit
+            model,
+            data,
+            out,
+            format=format,
+            rule=rule,
+            age_bands=edges,
+            min_band_faces=min_band_faces,
+            probability=probability,
+            detector=detector,
+            limit=limit,
         )
     except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -234,17 +283,52 @@ def calibrate_cmd(
         typer.echo(json.dumps(res, indent=2))
         return
     _print_row_counts(res["row_counts"])
-    for key, label in (("at_0.5", "at 0.5"), ("at_threshold", f"at {res['threshold']:.3f}")):
-        r = res[key]
+    _print_decision(res)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _print_decision(res: dict) -> None:
+    """``agegender calibrate``'s report: recalls at 0.5, at the threshold and by age band
+    (with any fallback), and the reported probability's fit."""
+    rows = [("at 0.5", res["at_0.5"]), (f"at {res['threshold']:g}", res["at_threshold"])]
+    bands = res.get("age_bands")
+    if bands:
+        rows.append(("by age band", res["at_decision"]))
+    for label, r in rows:
         console.print(
-            f"{label:>9}: accuracy {100 * r['accuracy']:.1f} %, female recall "
-            f"{100 * r['female_recall']:.1f} %, male recall {100 * r['male_recall']:.1f} %",
+            f"{label:>11}: accuracy {_pct(r['accuracy'])}, female recall "
+            f"{_pct(r['female_recall'])}, male recall {_pct(r['male_recall'])}",
             highlight=False,
         )
     console.print(
         f"{res['rule']} threshold {res['threshold']:.4f} on {res['female_faces']} female + "
         f"{res['male_faces']} male faces ({res['faces_found']} of {res['photos']} photos with "
-        f"a face); wrote {res['out']}",
+        "a face)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if bands:
+        for b in bands["bands"]:
+            at, glob = b["at_threshold"], b["at_global"]
+            how = b["fallback"] or f"{res['rule']} within the band"
+            console.print(
+                f"  predicted age {b['predicted_age']:>6}: threshold {b['threshold']:.4f} "
+                f"({how}); {b['female_faces']} female + {b['male_faces']} male faces, "
+                f"female / male recall {_pct(at['female_recall'])} / {_pct(at['male_recall'])} "
+                f"(global threshold: {_pct(glob['female_recall'])} / "
+                f"{_pct(glob['male_recall'])})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    pr = res["probability"]
+    net, rep = pr["network"], pr["reported"]
+    console.print(
+        f"reported P(female) = sigmoid({pr['slope']:g} * (logit(p) - logit(threshold))) "
+        f"({pr['method']}): log loss {net['log_loss']:.4f} -> {rep['log_loss']:.4f}, ECE "
+        f"{net['ece']:.4f} -> {rep['ece']:.4f} on these faces; wrote {res['out']}",
         highlight=False,
         soft_wrap=True,
     )

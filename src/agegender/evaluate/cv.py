@@ -298,8 +298,9 @@ def run_fold(
             model, meta, val, tta=tta, batch_size=batch, cache_dir=d.cache_dir
         )
         try:
+            raw = "p_female_raw" if "p_female_raw" in val_pred.columns else "p_female"
             decision = choose_threshold(
-                val_pred["gender"], val_pred["p_female"], calibrate, where=f"{split_csv}"
+                val_pred["gender"], val_pred[raw], calibrate, where=f"{split_csv}"
             )
         except ValueError as exc:
             raise DatasetError(f"fold {k} validation faces: {exc}") from None

@@ -36,8 +36,10 @@ __all__ = ["evaluate_model_file", "evaluate_photos", "photo_metrics", "predict_p
 
 def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """One row per row of ``table``: its labels, ``face_found``, ``faces`` (count),
-    ``error`` and the largest face's ``p_female``/``p_male``/``pred_gender``/``pred_age``
-    and ``p_age_<group>``. ``info``: photos, seconds, photos per second."""
+    ``error`` and the largest face's ``p_female``/``p_male``/``pred_gender`` (the
+    predictor's decision and its probabilities), ``p_female_raw`` (the network's own
+    output), ``pred_age`` and ``p_age_<group>``. ``info``: photos, seconds, photos per
+    second."""
     paths = table["path"].astype(str).tolist()
     cols = [c for c in LABEL_COLUMNS if c in table.columns]
     out = table[cols].reset_index(drop=True).copy()
@@ -46,6 +48,7 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
     count = np.zeros(n, np.int64)
     errors = np.full(n, "", dtype=object)
     p_female = np.full(n, np.nan)
+    p_raw = np.full(n, np.nan)
     female = np.full(n, -1, np.int64)  # the predictor's own decision (its threshold)
     pred_age = np.full(n, np.nan)
     p_groups = np.full((n, len(AGE_GROUP_NAMES)), np.nan)
@@ -58,6 +61,8 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
         found[i], count[i] = True, len(result.faces)
         if face.p_female is not None:
             p_female[i], female[i] = face.p_female, int(face.gender == "female")
+            if face.p_female_raw is not None:
+                p_raw[i] = face.p_female_raw
         if face.age is not None:
             pred_age[i] = face.age
         if face.age_group_probs:
@@ -68,6 +73,7 @@ def predict_photos(predictor: Any, table: pd.DataFrame) -> tuple[pd.DataFrame, d
     out["faces"] = count
     if np.isfinite(p_female).any():
         out["p_male"], out["p_female"] = 1 - p_female, p_female
+        out["p_female_raw"] = p_raw
         out["pred_gender"] = pd.array(np.where(female < 0, None, female), dtype="Int8")
     if np.isfinite(p_groups).any():
         for j, col in enumerate(P_AGE):

@@ -14,7 +14,9 @@ is false for that row (counted in the results).
 The frame :func:`predict_table` returns has one row per table row, in order: the true
 labels (``path, gender, age, age_group, race, subject`` and ``fold`` when present), an
 ``error`` (empty, or why the image could not be used), and the predictions:
-``p_male, p_female, pred_gender`` (gender task), ``p_age_<group>`` for the 8 Adience groups
+``p_male, p_female, pred_gender`` (gender task: the model's decision and its probabilities,
+:func:`predictions_frame`) and ``p_female_raw`` (the network's own output),
+``p_age_<group>`` for the 8 Adience groups
 (group and DEX models; for DEX the probability mass of the ages in each group),
 ``pred_age`` (regression and DEX: years) and ``pred_age_group`` (argmax for group models,
 the group of ``pred_age`` otherwise).
@@ -33,11 +35,15 @@ import pandas as pd
 import torch
 
 from agegender.artifact import (
-    GENDER_THRESHOLD,
+    AGE_OUTPUTS,
+    NO_DECISION,
+    GenderDecision,
     dex_group_matrix,
     dex_years,
     gender_labels,
+    gender_probability,
     output_probabilities,
+    output_years,
     parse_meta,
 )
 from agegender.data.records import ages_to_groups
@@ -236,19 +242,31 @@ def predictions_frame(
     table: pd.DataFrame,
     faces: FaceImages,
     pred: Predictions,
-    gender_threshold: float = GENDER_THRESHOLD,
+    gender_decision: GenderDecision | float = NO_DECISION,
 ) -> pd.DataFrame:
-    """One row per table row: true labels, error, face_found and the predictions
-    (``pred_gender``: female above the model's ``gender_threshold``)."""
+    """One row per table row: true labels, error, face_found and the predictions.
+    ``pred_gender`` is the model's decision (:func:`agegender.artifact.gender_labels`, by
+    the predicted age's band when ``gender_decision`` has bands), ``p_female``/``p_male``
+    that decision's probabilities (:func:`agegender.artifact.gender_probability`) and
+    ``p_female_raw`` the network's own output. A plain number is a threshold alone."""
+    if not isinstance(gender_decision, GenderDecision):
+        gender_decision = GenderDecision(threshold=float(gender_decision))
     cols = [c for c in LABEL_COLUMNS if c in table.columns]
     out = table[cols].reset_index(drop=True).copy()
     out["error"] = faces.errors
     if faces.face_found is not None:
         out["face_found"] = faces.face_found
     if pred.p_gender is not None:
-        out[P_GENDER[0]] = pred.p_gender[:, 0]
-        out[P_GENDER[1]] = pred.p_gender[:, 1]
-        g = gender_labels(pred.p_gender[:, 1], gender_threshold)
+        raw = pred.p_gender[:, 1].astype(np.float64)
+        years = _decision_years(pred)
+        if gender_decision.identity:
+            out[P_GENDER[0]] = pred.p_gender[:, 0]
+            out[P_GENDER[1]] = pred.p_gender[:, 1]
+        else:
+            p = gender_probability(raw, gender_decision, years)
+            out[P_GENDER[0]], out[P_GENDER[1]] = 1.0 - p, p
+        out["p_female_raw"] = pred.p_gender[:, 1]
+        g = gender_labels(raw, gender_decision, years)
         out["pred_gender"] = pd.array(np.where(g < 0, None, g), dtype="Int8")
     if pred.p_age_group is not None:
         for j, col in enumerate(P_AGE):
@@ -264,6 +282,17 @@ def predictions_frame(
     if groups is not None:
         out["pred_age_group"] = pd.array(np.where(groups < 0, None, groups), dtype="Int8")
     return out
+
+
+def _decision_years(pred: Predictions) -> np.ndarray | None:
+    """Each face's predicted age in years, as the predictor reports it (the age a gender
+    decision with age bands reads): DEX or regression years (at least 0), or the group
+    midpoints weighted by the group probabilities."""
+    if pred.pred_age is not None:
+        return output_years({AGE_OUTPUTS["regression"]: pred.pred_age}, "regression")
+    if pred.p_age_group is not None:
+        return output_years({AGE_OUTPUTS["groups"]: pred.p_age_group}, "groups")
+    return None
 
 
 def predict_table(
@@ -289,7 +318,7 @@ def predict_table(
         table, size, detector=detector, cache_dir=cache_dir, workers=workers, progress=progress
     )
     pred = predict_images(model, meta, faces, tta=tta, batch_size=batch_size, device=device)
-    frame = predictions_frame(table, faces, pred, parse_meta(meta).gender_threshold)
+    frame = predictions_frame(table, faces, pred, parse_meta(meta).gender_decision)
     n_ok = int(faces.ok.sum())
     info = {
         "n_images": int(len(table)),

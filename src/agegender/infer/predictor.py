@@ -45,6 +45,7 @@ from agegender.artifact import (
     dex_group_matrix,
     dex_years,
     gender_labels,
+    gender_probability,
     load_model,
     parse_meta,
     preprocess_crops,
@@ -364,8 +365,6 @@ class Predictor:
 
     def _faces(self, probs: dict[str, np.ndarray], found: Sequence[FoundFace]) -> list[FaceResult]:
         out = []
-        g = probs.get(GENDER_OUTPUT)
-        female = None if g is None else gender_labels(g[:, 1], self.spec.gender_threshold)
         for i, face in enumerate(found):
             box = face.box
             f = FaceResult(face_index=i, box=box.as_tuple(), detector_score=box.score)
@@ -374,9 +373,6 @@ class Predictor:
                 f.crop = face.crop
             if box.landmarks is not None:
                 f.landmarks = [[float(x), float(y)] for x, y in box.landmarks]
-            if g is not None:
-                f.p_male, f.p_female = float(g[i, 0]), float(g[i, 1])
-                f.gender = "female" if female[i] == 1 else "male"
             if self.spec.age == "groups":
                 p = probs[AGE_OUTPUTS["groups"]][i].astype(np.float64)
                 f.age = float(p @ np.asarray(AGE_GROUP_MIDPOINTS))
@@ -395,7 +391,29 @@ class Predictor:
                 if f.age is not None:
                     f.age_group = AGE_GROUP_NAMES[age_to_group(f.age)]
             out.append(f)
+        g = probs.get(GENDER_OUTPUT)
+        if g is not None:
+            self._decide_gender(out, g)
         return out
+
+    def _decide_gender(self, faces: Sequence[FaceResult], g: np.ndarray) -> None:
+        """Each face's gender, through the model's decision (:func:`gender_labels`, at the
+        threshold of the face's predicted-age band when the model has bands), and the
+        P(female) / P(male) of that decision (:func:`gender_probability`), so the label is
+        always the more probable one; ``p_female_raw`` keeps the network's own output."""
+        decision = self.spec.gender_decision
+        raw = g[:, 1].astype(np.float64)
+        ages = np.array([np.nan if f.age is None else f.age for f in faces], np.float64)
+        female = gender_labels(raw, decision, ages)
+        p_female = gender_probability(raw, decision, ages)
+        for i, f in enumerate(faces):
+            f.p_female_raw = float(g[i, 1])
+            if decision.identity:  # the network's own pair, exactly as it gave them
+                f.p_male, f.p_female = float(g[i, 0]), float(g[i, 1])
+            else:
+                f.p_female = float(p_female[i])
+                f.p_male = 1.0 - f.p_female
+            f.gender = "female" if female[i] == 1 else "male"
 
     def predict(
         self, x: Input | Sequence[Input], *, sources: Sequence[str] | None = None
@@ -528,8 +546,10 @@ class Predictor:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> dict[str, Any]:
-        """Model name, architecture, runtime, tasks, the gender threshold (female above
-        it) and preprocessing (for /healthz)."""
+        """Model name, architecture, runtime, tasks, the gender threshold on the reported
+        P(female) (0.5: female above it) with the decision behind it (the thresholds on the
+        network's output, by predicted-age band, and the slope) and preprocessing (for
+        /healthz)."""
         s = self.spec
         return {
             "model": s.name,
@@ -538,6 +558,7 @@ class Predictor:
             "source": self.source,
             "tasks": {"gender": s.gender, "age": s.age},
             "gender_threshold": s.gender_threshold if s.gender else None,
+            "gender_decision": s.gender_decision.describe() if s.gender else None,
             "input_size": s.input_size,
             "detector": self.detector.name,
             "tta": self.tta,

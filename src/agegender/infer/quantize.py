@@ -13,26 +13,35 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from agegender.artifact import GenderDecision
 
 __all__ = ["export_int8", "int8_agreement"]
 
 
 def int8_agreement(
-    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], threshold: float
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    threshold: float | GenderDecision,
+    age_mode: str = "none",
 ) -> dict[str, Any]:
     """How far outputs ``b`` (int8) are from ``a`` (float) on the same faces: the share of
-    gender decisions at ``threshold`` that agree, the largest change of P(female), the
-    mean change of the DEX age in years; ``summary`` says it in one line."""
+    gender decisions that agree (at ``threshold``, or through a model's
+    :class:`~agegender.artifact.GenderDecision`, each side at the band of its own predicted
+    age, from its outputs of ``age_mode``), the largest change of the network's P(female),
+    the mean change of the DEX age in years; ``summary`` says it in one line."""
     out: dict[str, Any] = {}
     parts = []
     if "gender_probs" in a:
         pa, pb = a["gender_probs"][:, 1], b["gender_probs"][:, 1]
-        from agegender.artifact import gender_labels
+        from agegender.artifact import gender_labels, output_years
 
-        same = gender_labels(pa, threshold) == gender_labels(pb, threshold)
+        ya, yb = output_years(a, age_mode), output_years(b, age_mode)
+        same = gender_labels(pa, threshold, ya) == gender_labels(pb, threshold, yb)
         out["gender_agreement"] = float(np.mean(same))
         out["max_abs_dp_female"] = float(np.abs(pa - pb).max())
         parts.append(f"gender decisions agree on {out['gender_agreement']:.1%}")
@@ -84,7 +93,8 @@ def export_int8(
         export_onnx_bytes(module, meta, opset), faces, meta, source=[str(p) for p in photos]
     )
     q = OnnxModel(data)
-    agreement = int8_agreement(float_p.classify(faces), q(faces), float_p.spec.gender_threshold)
+    spec = float_p.spec
+    agreement = int8_agreement(float_p.classify(faces), q(faces), spec.gender_decision, spec.age)
     # the file's record says how close it is to float, too
     record = {**record, **agreement, "faces": int(len(faces))}
     meta = dict(q.meta)

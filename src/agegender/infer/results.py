@@ -17,6 +17,7 @@ class FaceResult:
     face_index: int
     box: tuple[int, int, int, int]  # x, y, w, h in the (EXIF-rotated) image's pixels
     detector_score: float
+    # P(female) and P(male) of the model's decision: the label is the more probable one
     p_female: float | None = None
     p_male: float | None = None
     gender: str | None = None  # "female" | "male" (None: model has no gender head)
@@ -28,13 +29,16 @@ class FaceResult:
     landmarks: list[list[float]] | None = None  # detector key points (x, y), if any
     aligned: bool = False  # crop aligned on the landmarks (else a square around the box)
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # keep_crops
+    # the network's own P(female), before the model's calibrated decision moved it (equal
+    # to p_female for a model without one); not the answer: see p_female and gender
+    p_female_raw: float | None = None
 
     def to_dict(self, ndigits: int = 6) -> dict[str, Any]:
         # every mutable value below is rebuilt, so a shallow copy is enough; the crop is an
         # array, not JSON (see crop_data_url)
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "crop"}
         d["box"] = list(self.box)
-        for k in ("detector_score", "p_female", "p_male", "age"):
+        for k in ("detector_score", "p_female", "p_male", "age", "p_female_raw"):
             if d[k] is not None:
                 d[k] = round(float(d[k]), ndigits)
         if d["age_group_probs"] is not None:
