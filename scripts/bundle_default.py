@@ -336,22 +336,26 @@ def input_line(summary: dict) -> str:
     return INPUT_LINE
 
 
-def _decision_rows(name: str) -> list[str]:
+def _decision_rows(name: str, crossdata: dict | None = None) -> list[str]:
     """The card's "Gender decision" section, from the shipped model's own meta (its
-    ``gender_decision``, written by ``agegender calibrate``): nothing for a model that
-    decides at 0.5."""
+    ``gender_decision``, written by ``agegender calibrate``: the threshold, any thresholds
+    by predicted age, the reported probability's slope and its log loss / ECE on the
+    validation faces) and, from ``crossdata``, the same on FairFace-540: nothing for a
+    model that decides at 0.5."""
+    from agegender.artifact import parse_decision
     from agegender.infer.onnx import read_onnx_meta
 
     meta = read_onnx_meta(WEIGHTS / f"{name}.onnx")
     d = meta.get("gender_decision")
     if not d:
         return []
+    decision = parse_decision(d)
     cv_rule = meta.get("cv_calibrate")
     if cv_rule:
         cv_line = (
-            "The cross-validated figures above were scored the same way: each fold at the "
-            f"threshold the {cv_rule} rule chose on that fold's own validation faces "
-            f"(`agegender cv ... --calibrate {cv_rule}`); "
+            "The cross-validated figures above were scored at a threshold the same way: each "
+            f"fold at the one the {cv_rule} rule chose on that fold's own validation faces "
+            f"(`agegender cv ... --calibrate {cv_rule}`, one threshold for all ages); "
         )
     else:
         cv_line = (
@@ -359,33 +363,118 @@ def _decision_rows(name: str) -> list[str]:
         )
     at, before = d["at_threshold"], d["at_0.5"]
 
-    def pct(v: float) -> str:
-        return f"{100 * v:.1f} %"
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
 
-    return [
+    def row(label: str, threshold: str, r: dict) -> str:
+        return (
+            f"| {label} | {threshold} | {pct(r['accuracy'])} | {pct(r['female_recall'])} | "
+            f"{pct(r['male_recall'])} |"
+        )
+
+    bands = d.get("age_bands")
+    if bands:
+        parts = []
+        for b in bands["bands"]:
+            how = " (too few faces: the global threshold)" if b.get("fallback") else ""
+            parts.append(f"{b['predicted_age']}: **{b['threshold']:g}**{how}")
+        how = (
+            "A face is called female when the network's P(female) is above the threshold of "
+            "its band of **predicted** age (the model's own age estimate, the only age known "
+            "when it predicts): " + "; ".join(parts) + f". Global threshold {d['threshold']:g}"
+            " (faces without a predicted age). Each band's threshold was chosen by "
+            f"`agegender calibrate --by-age` (rule: {d['rule']}, within the band) on the "
+            "band's validation faces; a band with fewer than "
+            f"{bands['min_faces_per_gender']} faces of either gender keeps the global one."
+        )
+    else:
+        how = (
+            f"A face is called female when the network's P(female) is above "
+            f"**{d['threshold']:g}**, not 0.5, chosen by `agegender calibrate` (rule: "
+            f"{d['rule']})."
+        )
+    prob = d.get("probability") or {}
+    slope = decision.slope
+    lines = [
         "## Gender decision",
         "",
-        f"A face is called female when P(female) is above **{d['threshold']:g}**, not 0.5. "
-        f"The threshold was chosen by `agegender calibrate` (rule: {d['rule']}) on "
-        f"{d['faces']:,} validation faces ({d['female_faces']:,} women, {d['male_faces']:,} "
-        "men) of the shipped fold: never its training or test faces, never FairFace. "
-        "`predict`, `evaluate` and `serve` read it from the model's meta "
-        "(`gender_decision`); the probabilities themselves are unchanged.",
+        how + f" Chosen on {d['faces']:,} validation faces ({d['female_faces']:,} women, "
+        f"{d['male_faces']:,} men) of the shipped fold: never its training or test faces, "
+        "never FairFace. `predict`, `evaluate`, `serve` and the Ray engine read it from the "
+        "model's meta (`gender_decision`).",
+        "",
+        "Every output reports the probability of that decision, P(female) = sigmoid("
+        + (f"{slope:g} × " if slope != 1 else "")
+        + "(logit(p) - logit(t))), p the network's output and t the face's threshold: above "
+        "0.5 exactly where the face is called female, so a label always comes with its own "
+        "probability (at least 0.5)"
+        + (
+            f"; the slope {slope:g} was fitted on the same validation faces (Platt scaling "
+            "with its intercept tied to the decision)."
+            if prob.get("method") == "platt"
+            else "."
+        ),
         "",
         "| on the validation faces | threshold | accuracy | female recall | male recall |",
         "| --- | ---: | ---: | ---: | ---: |",
-        f"| before | 0.5 | {pct(before['accuracy'])} | {pct(before['female_recall'])} | "
-        f"{pct(before['male_recall'])} |",
-        f"| shipped | {d['threshold']:g} | {pct(at['accuracy'])} | {pct(at['female_recall'])} | "
-        f"{pct(at['male_recall'])} |",
+        row("at 0.5", "0.5", before),
+        row("one threshold" + ("" if bands else " (shipped)"), f"{d['threshold']:g}", at),
+    ]
+    if bands:
+        lines += [
+            row("by predicted age (shipped)", "by band", d["at_decision"]),
+            "",
+            "| predicted age | women | men | threshold | female recall | male recall "
+            "| at the one threshold: female / male recall |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in bands["bands"]:
+            at, g = b["at_threshold"], b["at_global"]
+            lines.append(
+                f"| {b['predicted_age']} | {b['female_faces']} | {b['male_faces']} "
+                f"| {b['threshold']:g}{' (global)' if b.get('fallback') else ''} "
+                f"| {pct(at['female_recall'])} | {pct(at['male_recall'])} "
+                f"| {pct(g['female_recall'])} / {pct(g['male_recall'])} |"
+            )
+    if prob:
+        ff = next(
+            (
+                r["metrics"]
+                for r in (crossdata or {}).get("results", [])
+                if (r["model"], r["detector"], r["set"]) == (name, "blazeface", "fairface")
+                and "gender_log_loss_raw" in r["metrics"]
+            ),
+            None,
+        )
+        net, shift, rep = prob["network"], prob["shift"], prob["reported"]
+        lines += [
+            "",
+            "| gender probability | log loss | ECE |",
+            "| --- | ---: | ---: |",
+            f"| validation faces: the network's output | {net['log_loss']:.4f} "
+            f"| {net['ece']:.4f} |",
+            f"| validation faces: moved by the threshold alone | {shift['log_loss']:.4f} "
+            f"| {shift['ece']:.4f} |",
+            f"| validation faces: reported (shipped) | {rep['log_loss']:.4f} | {rep['ece']:.4f} |",
+        ]
+        if ff:
+            lines += [
+                f"| FairFace-540 (found faces): the network's output "
+                f"| {ff['gender_log_loss_raw']:.4f} | {ff['gender_ece_raw']:.4f} |",
+                f"| FairFace-540 (found faces): reported (shipped) | {ff['gender_log_loss']:.4f} "
+                f"| {ff['gender_ece']:.4f} |",
+            ]
+    by_age = " --by-age" if bands else ""
+    lines += [
         "",
         cv_line
-        + "the photo figures below use the shipped threshold. Reproduce: `agegender calibrate "
-        f"{name} --data {d['chosen_on']} --out {name}.onnx --rule {d['rule']} --detector "
-        f"{d['detector']}` (`benchmarks/gender_threshold.py --val-csv` writes that manifest "
-        "of the fold's validation faces from its `folds.csv`).",
+        + "the photo figures below use the shipped decision. Reproduce: `agegender calibrate "
+        f"{name} --data {d['chosen_on']} --out {name}.onnx --rule {d['rule']}{by_age} "
+        f"--detector {d['detector']}` (`benchmarks/gender_threshold.py --val-csv` writes that "
+        "manifest of the fold's validation faces from its `folds.csv`).",
         "",
     ]
+    return lines
 
 
 def refresh_photos(text: str, crossdata: dict, name: str) -> str:
@@ -393,7 +482,7 @@ def refresh_photos(text: str, crossdata: dict, name: str) -> str:
     shipped model's meta), its "Photos it never trained on" section and its FairFace
     limits line rebuilt from ``crossdata`` (benchmarks/crossdata.json);
     for a model whose cross-validation run is not on this machine."""
-    photos = _decision_rows(name) + _photo_rows(crossdata, name)  # before these sections
+    photos = _decision_rows(name, crossdata) + _photo_rows(crossdata, name)  # before these
     out: list[str] = []
     skipping = False
     for line in text.splitlines():
@@ -488,7 +577,7 @@ def card(
         "",
         fairness_table((results.get("pooled") or {}).get("fairness") or []),
         "",
-        *_decision_rows(name),
+        *_decision_rows(name, crossdata),
         *_photo_rows(crossdata, name),
     ]
     if extra:

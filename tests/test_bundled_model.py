@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agegender import Predictor
+from agegender.artifact import gender_labels
 from agegender.cli import app
 from agegender.data.readers import read_dataset
 from agegender.infer.predictor import WEIGHTS_DIR
@@ -59,8 +60,8 @@ def test_card_shows_the_measured_photo_figures(name: str) -> None:
         for r in crossdata["results"]
         if (r["model"], r["detector"], r["set"]) == (name, "blazeface", "fairface")
     )
-    acc = row["metrics"]["gender_accuracy_all"]
-    assert f"| blazeface | fairface | 540 | 100.0 % | {100 * acc:.1f} % |" in text
+    acc, found = row["metrics"]["gender_accuracy_all"], row["metrics"]["faces_found"]
+    assert f"| blazeface | fairface | 540 | {100 * found:.1f} % | {100 * acc:.1f} % |" in text
     assert "FairFace-540 by gender and age bin (blazeface" in text
 
 
@@ -96,6 +97,11 @@ def test_gender_beats_chance_on_adience(adience_faces: list[tuple[Path, int]], n
             continue
         face = max(res.faces, key=lambda f: f.box[2] * f.box[3])
         assert abs(face.p_female + face.p_male - 1) < 1e-5 and 0 <= face.age <= 100
+        # one story: the label's own probability, the decision by predicted age
+        assert (face.p_female if face.gender == "female" else face.p_male) >= 0.5
+        assert (face.gender == "female") == bool(
+            gender_labels(face.p_female_raw, p.spec.gender_decision, face.age)
+        )
         n += 1
         right += (face.gender == "female") == (gender == 1)
     assert n >= 16 and right / n >= 0.7, (right, n)  # measured 16/17 photos with a face
