@@ -191,21 +191,37 @@ def _model_dir() -> Path:
     )
 
 
+_STDERR_LOCK = threading.Lock()
+_announced = False  # LiteRT has printed its one line for this process
+
+
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[None]:
-    """Silence the C++ runtime's stderr lines (file descriptor 2) for a moment."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all
+    """Silence the C++ runtime's stderr line (file descriptor 2) while the first interpreter
+    is made: LiteRT announces its XNNPACK delegate once per process. Later calls leave
+    stderr alone, and the first runs under a lock, so no two threads ever swap file
+    descriptor 2 at once (which could leave it pointing at /dev/null for good)."""
+    global _announced
+    if _announced:
         yield
         return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+    with _STDERR_LOCK:
+        if _announced:
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            return
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all
+            yield
+            return
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            _announced = True
 
 
 def _interpreter_class() -> Any:
@@ -389,16 +405,29 @@ class BlazeFaceDetector:
             parts.append(c)
             part_scores.append(sc)
             smallest = LEVEL_SURE_PX / scale
-        boxes = self._boxes(np.concatenate(parts), np.concatenate(part_scores), w, h)
-        if len(parts) == 1:  # the whole-image pass alone: as the single-pass detector
-            return boxes
-        return [b for b in boxes if b.score >= VERIFY_SCORE or self._verified(rgb, b)]
+        if len(parts) == 1:  # a portrait: the whole-image pass alone, as the single pass
+            return self._boxes(coords, scores, w, h)
+        # a face of the 128 px pass stays as that pass found it; the finer levels add the
+        # faces it does not overlap, and those they found with a middling score get a second
+        # look (checking the 128 px pass's own faces that way lost FairFace faces and none
+        # of its false ones in the dev split's photos without faces)
+        coarse = self._merged(coords, scores, w, h)
+        fine = [
+            (b, 0.0)
+            for b, _ in self._merged(
+                np.concatenate(parts[1:]), np.concatenate(part_scores[1:]), w, h
+            )
+            if all(_box_iou(b, c) <= self.nms_threshold for c, _ in coarse)
+        ]
+        both = _nested(sorted(coarse + fine, key=lambda bk: -bk[0].score))
+        return [b for b, k in both if k > 0 or b.score >= VERIFY_SCORE or self._verified(rgb, b)]
 
     def _verified(self, rgb: np.ndarray, box: Box) -> bool:
         """A second look at a face the finer levels found with a middling score: its
         surroundings (3x the box) through the short- and the full-range model at their own
         input sizes, where the face fills a third of the view; kept when the two scores of a
-        face at the centre average :data:`VERIFY_MIN` or more."""
+        face there (centre within a quarter of the box, side within about 1.6x) average
+        :data:`VERIFY_MIN` or more: a part of a face, or a box beside one, is not."""
         if self._verifier is None:
             with self._shaped_lock:
                 if self._verifier is None:
@@ -409,11 +438,13 @@ class BlazeFaceDetector:
         side = 3 * max(box.w, box.h)
         view = _square(rgb, box.x + box.w / 2, box.y + box.h / 2, side, 192)
         total = 0.0
-        for det in self._verifier:
+        for det in self._verifier:  # the box is 64 px in the view, centred at 96
             found = [
                 b.score
                 for b in det._boxes(*det._letterbox_candidates(view), 192, 192)
-                if abs(b.x + b.w / 2 - 96) < 40 and abs(b.y + b.h / 2 - 96) < 40
+                if abs(b.x + b.w / 2 - 96) < 16
+                and abs(b.y + b.h / 2 - 96) < 16
+                and 40 < max(b.w, b.h) < 100
             ]
             total += max(found, default=0.0)
         return total / len(self._verifier) >= VERIFY_MIN
@@ -447,7 +478,10 @@ class BlazeFaceDetector:
         anchors = level_anchors(cw, ch)[keep]
         raw = reg[keep].astype(np.float64)
         side = np.maximum(raw[:, 2], raw[:, 3])
-        ok = (side >= LEVEL_FACE_PX[0] * 0.8) & (side <= LEVEL_FACE_PX[1] * 1.25)
+        # faces of this level's sizes, and none the 128 px pass (and the face path's padded
+        # retry) is there for: a part of a face that fills the frame is not a face
+        biggest = min(LEVEL_FACE_PX[1] * 1.25, 2 * COARSE_MIN_FRACTION * max(w, h) * scale)
+        ok = (side >= LEVEL_FACE_PX[0] * 0.8) & (side <= biggest)
         raw, anchors, keep = raw[ok], anchors[ok], keep[ok]
         coords = _corner_coords(raw, anchors) / np.array([scale, scale] * 8)
         return coords, _sigmoid(logits[keep])
@@ -512,25 +546,39 @@ class BlazeFaceDetector:
         return coords, _sigmoid(logits[keep])
 
     def _boxes(self, coords: np.ndarray, scores: np.ndarray, w: int, h: int) -> list[Box]:
-        """Merged candidates (weighted NMS) as boxes clipped to the image, best first. Across
-        scales, a box holding two or more smaller faces is a cluster of faces seen as one
-        at a coarse scale (dropped), and of a box lying mostly inside another, twice its
-        size, only the surer one stays (one face found at two scales)."""
+        """Merged candidates (weighted NMS) as boxes clipped to the image, best first."""
+        return [b for b, _ in self._merged(coords, scores, w, h)]
+
+    def _merged(
+        self, coords: np.ndarray, scores: np.ndarray, w: int, h: int
+    ) -> list[tuple[Box, float]]:
+        """:meth:`_boxes` as ``(box, 1.0)`` pairs (the tag :func:`_nested` carries), less
+        the boxes nested in others."""
         if not len(scores):
             return []
-        merged: list[Box] = []
+        merged: list[tuple[Box, float]] = []
         for c, score in weighted_nms(coords, scores, self.nms_threshold):
             x0, y0 = max(0, round(c[0])), max(0, round(c[1]))
             x1, y1 = min(w, round(c[2])), min(h, round(c[3]))
             if x1 - x0 < max(1, self.min_size) or y1 - y0 < max(1, self.min_size):
                 continue
-            merged.append(Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0), score, _marks(c)))
-        merged = [b for b in merged if sum(_inside(k, b) for k in merged) < 2]
-        boxes: list[Box] = []
-        for b in merged:  # best first: a box nested with a surer one is dropped
-            if not any(_inside(b, k) or _inside(k, b) for k in boxes):
-                boxes.append(b)
-        return boxes
+            box = Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0), score, _marks(c))
+            merged.append((box, 1.0))
+        return _nested(merged)
+
+
+def _nested(merged: list[tuple[Box, float]]) -> list[tuple[Box, float]]:
+    """Boxes (best first, each with a tag) less those nested in others: a box holding two
+    or more smaller, surer faces is a cluster of faces seen as one at a coarse scale, and
+    of a box lying mostly inside another, twice its size, only the surer one stays."""
+    merged = [
+        (b, k) for b, k in merged if sum(_inside(o, b) and o.score > b.score for o, _ in merged) < 2
+    ]
+    kept: list[tuple[Box, float]] = []
+    for b, k in merged:
+        if not any(_inside(b, o) or _inside(o, b) for o, _ in kept):
+            kept.append((b, k))
+    return kept
 
 
 def level_anchors(w: int, h: int) -> np.ndarray:
