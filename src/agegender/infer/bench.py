@@ -244,7 +244,8 @@ def bench_predict(
             res[f"cpu_ms_per_photo_end_to_end{label}"] = round(cpu_ms, 2)
             if not label:
                 res["detected_fraction"] = round(found / len(paths), 3)
-        phone, group = make_phone_and_group_photos(face_dir, Path(tmp) / "phone")
+        n_big = max(2, min(6, photos // 30))  # 6 of each for the default 200 photos
+        phone, group = make_phone_and_group_photos(face_dir, Path(tmp) / "phone", n=n_big)
         one_core = {**kw, "workers": 1, "threads": 1}  # one decode/detect worker and thread
         if onnx_file is not None:
             one = Predictor.load(onnx_file, runtime="onnxruntime", **one_core)
