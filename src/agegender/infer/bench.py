@@ -14,8 +14,8 @@
 - ``ms_per_photo_phone_12mp`` and ``ms_per_photo_group``: one core (one decode/detect
   worker, one classifier thread), ONNX Runtime, on 4000x3000 JPEGs (quality 90, sensor
   noise) with one face of 15-35 % of the photo's height (a phone photo), and on 1600x1200
-  JPEGs of 12 faces of 70-110 px in a 4 x 3 grid (a group photo); ``faces_found_group``:
-  faces found per group photo (of 12);
+  JPEGs of 12 faces of 70-110 px in a 4 x 3 grid (a group photo); ``faces_found_*``:
+  faces found per photo (of 1 and 12), ``with_face_*``: photos with a face found;
 - ``cpu_ms_per_*``: CPU time of this process (all threads) per item, which stays
   meaningful when other processes share the cores (``load_average_1min``): divide
   ``1000 * cores`` by it for the rate on an otherwise idle machine.
@@ -252,16 +252,16 @@ def bench_predict(
         else:
             one = Predictor.from_module(module, meta, runtime="onnxruntime", **one_core)
         for label, items in (("phone_12mp", phone), ("group", group)):
-            found = 0
+            counts: list[int] = []
 
-            def run_one(items: list[Path] = items) -> int:
-                nonlocal found
-                found = sum(len(r.faces) for r in one.predict_paths(items))
+            def run_one(items: list[Path] = items, counts: list[int] = counts) -> int:
+                counts[:] = [len(r.faces) for r in one.predict_paths(items)]
                 return len(items)
 
             rate, _ = _rate(run_one, seconds, min_runs=1)
             res[f"ms_per_photo_{label}"] = round(1000 / rate, 1)
-            res[f"faces_found_{label}"] = round(found / len(items), 2)
+            res[f"faces_found_{label}"] = round(sum(counts) / len(items), 2)
+            res[f"with_face_{label}"] = round(sum(c > 0 for c in counts) / len(items), 3)
         one.close()
     res["photos"] = photos
     res["photo_size"] = 250
