@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 
 from agegender.data.imageio import is_image_name
-from agegender.data.readers.common import Reader, read_text_lines, require_path
+from agegender.data.readers.common import Reader, exact_age_row, read_text_lines, require_path
 from agegender.data.records import (
     FEMALE,
     GENDERS,
@@ -46,7 +46,6 @@ from agegender.data.records import (
     DatasetError,
     Problem,
     ReadResult,
-    age_to_group,
     make_table,
 )
 
@@ -146,19 +145,7 @@ def read_aaf(path: str | Path) -> ReadResult:
             reason = f"label sources disagree: id rule says {GENDERS[lab['gender']]}, {says}"
             disagreements.append(Problem(str(f), 0, reason))
             continue
-        rows.append(
-            dict(
-                path=str(f),
-                gender=lab["gender"],
-                age=lab["age"],
-                age_group=age_to_group(lab["age"]),
-                subject="",
-                race=None,
-                source="aaf",
-                fold=None,
-                line=None,
-            )
-        )
+        rows.append(exact_age_row(f, lab["gender"], lab["age"], None, "aaf"))
     return ReadResult(make_table(rows), problems, "aaf", disagreements=disagreements)
 
 

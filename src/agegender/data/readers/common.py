@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agegender.data.imageio import is_image_name
-from agegender.data.records import DatasetError, ReadResult
+from agegender.data.records import DatasetError, ReadResult, age_to_group
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,19 @@ def read_text_lines(path: Path) -> list[str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     return text.splitlines()
+
+
+def exact_age_row(path: Path, gender: int, age: int, race: int | None, source: str) -> dict:
+    """A FaceTable row of a face labelled in its file name with an exact age (UTKFace,
+    All-Age-Faces): no subject, fold or label-file line."""
+    return dict(
+        path=str(path),
+        gender=gender,
+        age=age,
+        age_group=age_to_group(age),
+        subject="",
+        race=race,
+        source=source,
+        fold=None,
+        line=None,
+    )

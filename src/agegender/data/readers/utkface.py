@@ -13,12 +13,11 @@ import itertools
 import re
 from pathlib import Path
 
-from agegender.data.readers.common import Reader, iter_images, require_path
+from agegender.data.readers.common import Reader, exact_age_row, iter_images, require_path
 from agegender.data.records import (
     DatasetError,
     Problem,
     ReadResult,
-    age_to_group,
     make_table,
 )
 
@@ -64,19 +63,7 @@ def read_utkface(path: str | Path) -> ReadResult:
         except ValueError as exc:
             problems.append(Problem(str(f), 0, str(exc)))
             continue
-        rows.append(
-            dict(
-                path=str(f),
-                gender=lab["gender"],
-                age=lab["age"],
-                age_group=age_to_group(lab["age"]),
-                subject="",
-                race=lab["race"],
-                source="utkface",
-                fold=None,
-                line=None,
-            )
-        )
+        rows.append(exact_age_row(f, lab["gender"], lab["age"], lab["race"], "utkface"))
     return ReadResult(make_table(rows), problems, "utkface")
 
 
