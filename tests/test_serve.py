@@ -421,3 +421,139 @@ def test_reduced_load_and_abuse_benchmark() -> None:
     assert heavy.get("413", 0) > 0  # the 16-image attack is refused before decoding
     assert set(heavy) <= {"200", "413", "503", "504"}, heavy
     assert out["trickle"]["codes"] == {"408": out["trickle"]["connections"]}
+
+
+TOKEN = "s3cret-Token_42"
+
+
+def test_no_token_by_default(client: httpx.Client) -> None:
+    """Off unless configured: no security scheme, no 401, the token out of repr()."""
+    assert ServeSettings().token is None
+    assert "s3cret" not in repr(ServeSettings(token=TOKEN))
+    spec = client.get("/openapi.json").json()
+    assert "securitySchemes" not in spec.get("components", {})
+    r = client.post("/v1/predict", files={"files": ("x.txt", b"hello", "text/plain")})
+    assert r.status_code == 415 and "www-authenticate" not in r.headers
+
+
+def test_bearer_token_guards_every_route_but_the_open_ones(photos: list[Path]) -> None:
+    settings = ServeSettings(max_file_bytes=300_000, max_files=1, token=TOKEN)
+    live = LiveServer(create_app(make_predictor(), settings))
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            # open: liveness (never showing the token), the page and its files, the docs
+            h = c.get("/healthz")
+            assert h.status_code == 200 and h.json()["status"] == "ok"
+            assert TOKEN not in h.text
+            page = c.get("/")
+            assert page.status_code == 200 and 'id="token"' in page.text
+            script = c.get("/static/app.js")
+            assert script.status_code == 200 and "Authorization" in script.text
+            docs = c.get("/docs")
+            assert docs.status_code == 200 and "swagger-ui" in docs.text
+            for asset in re.findall(r'(?:src|href)="([^"]+)"', docs.text):
+                assert c.get("/" + asset).status_code == 200, asset
+            spec = c.get("/openapi.json").json()
+            assert spec["components"]["securitySchemes"]["bearer"] == {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            assert spec["paths"]["/v1/predict"]["post"]["security"] == [{"bearer": []}]
+            assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+            files = {"files": ("a.jpg", _face_photo(photos), "image/jpeg")}
+            cases = [
+                ({}, "authorization required", "Bearer"),
+                ({"Authorization": "Bearer wrong-token"}, "invalid token", "Bearer"),
+                ({"Authorization": f"Bearer {TOKEN}x"}, "invalid token", "Bearer"),
+                ({"Authorization": f"Basic {TOKEN}"}, "malformed", "Bearer"),
+                ({"Authorization": TOKEN}, "malformed", "Bearer"),
+                ({"Authorization": "Bearer"}, "malformed", "Bearer"),
+            ]
+            for headers, text, challenge in cases:
+                r = c.post("/v1/predict", files=files, headers=headers)
+                _assert_error(r, 401, text)
+                assert r.headers["www-authenticate"].startswith(challenge), headers
+                assert r.headers["x-content-type-options"] == "nosniff"  # the usual headers
+            # every other route, unknown ones and non-GET methods on open paths too
+            _assert_error(c.get("/nope"), 401, "authorization required")
+            _assert_error(c.post("/healthz"), 401, "authorization required")
+            # the body limit answers only after the token: no limits shown to strangers
+            big = b"x" * 400_000  # over the body limit (300 kB + 64 kB)
+            _assert_error(c.post("/v1/predict", content=big), 401, "authorization required")
+            ok = {"Authorization": f"Bearer {TOKEN}"}
+            _assert_error(c.post("/v1/predict", content=big, headers=ok), 413, "too large")
+
+            for scheme in ("Bearer", "bearer"):
+                r = c.post(
+                    "/v1/predict", files=files, headers={"Authorization": f"{scheme} {TOKEN}"}
+                )
+                assert r.status_code == 200, r.text
+                assert len(r.json()["results"]) == 1
+            assert c.get("/nope", headers=ok).status_code == 404
+    finally:
+        live.stop()
+
+
+def test_serve_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --token-file``: bad files are one line and exit 2 before anything loads;
+    a good file (trailing newline stripped) or $AGEGENDER_TOKEN reaches the settings."""
+    from typer.testing import CliRunner
+
+    import agegender.cli.predict as cli_predict
+    import agegender.serve as serve_pkg
+    from agegender.cli import app
+
+    started: list[ServeSettings] = []
+
+    class FakePredictor:
+        name, runtime = "fake", "none"
+
+    monkeypatch.setattr(cli_predict, "_load_predictor", lambda *a, **k: FakePredictor())
+    monkeypatch.setattr(serve_pkg, "serve", lambda p, settings, **k: started.append(settings))
+    monkeypatch.delenv("AGEGENDER_TOKEN", raising=False)
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("two words\n")
+    for path, reason in (
+        (tmp_path / "missing.txt", "no such token file"),
+        (empty, "empty token file"),
+        (tmp_path, "is a directory"),
+        (spaced, "printable ASCII without spaces"),
+    ):
+        res = CliRunner().invoke(app, ["serve", "--token-file", str(path)])
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines
+        assert reason in lines[0], lines
+    assert started == []  # the server never started
+
+    from agegender.serve.auth import read_token_file
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as m:  # unreadable (root reads any mode: simulated)
+        m.setattr(Path, "read_bytes", denied)
+        with pytest.raises(ValueError, match=r"secret\.txt: cannot read the token file "):
+            read_token_file(tmp_path / "secret.txt")
+
+    good = tmp_path / "token.txt"
+    good.write_text(TOKEN + "\n")
+    res = CliRunner().invoke(app, ["serve", "--token-file", str(good)])
+    assert res.exit_code == 0, res.output
+    assert started[-1].token == TOKEN and TOKEN not in res.output
+
+    res = CliRunner().invoke(app, ["serve"])
+    assert res.exit_code == 0 and started[-1].token is None  # off by default
+
+    monkeypatch.setenv("AGEGENDER_TOKEN", "from-env")
+    res = CliRunner().invoke(app, ["serve"])
+    assert res.exit_code == 0 and started[-1].token == "from-env"
+    res = CliRunner().invoke(app, ["serve", "--token-file", str(good)])  # the file wins
+    assert res.exit_code == 0 and started[-1].token == TOKEN
+    monkeypatch.setenv("AGEGENDER_TOKEN", "")  # set but empty: an error, never silently open
+    res = CliRunner().invoke(app, ["serve"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: AGEGENDER_TOKEN: empty token"

@@ -515,10 +515,21 @@ def serve_cmd(
     tta: str = typer.Option(
         "none", "--tta", help="none | flip (each face and its mirror, outputs averaged)."
     ),
+    token_file: Path | None = typer.Option(
+        None,
+        "--token-file",
+        help="Require Authorization: Bearer <token> (the file's one line) on every route but "
+        "/healthz, the page and /docs. Default: $AGEGENDER_TOKEN if set, else no token.",
+    ),
 ) -> None:
     """Serve the HTTP API (POST /v1/predict, GET /healthz, /docs) and an upload page at /."""
     from agegender.serve import ServeSettings, serve
+    from agegender.serve.auth import read_token_file, token_from_env
 
+    try:  # before the model loads: a bad token file stops here
+        token = read_token_file(token_file) if token_file is not None else token_from_env()
+    except ValueError as exc:
+        fail(str(exc))
     predictor = _load_predictor(model, runtime, detector, detect_size, threads=threads, tta=tta)
     settings = ServeSettings(
         max_file_bytes=int(max_file_mb * 1024 * 1024),
@@ -528,8 +539,10 @@ def serve_cmd(
         max_queue=max_queue,
         body_timeout_s=body_timeout,
         max_connections=max_connections,
+        token=token,
     )
-    console.print(f"serving {predictor.name} ({predictor.runtime}) on http://{host}:{port}/")
+    auth = " (Bearer token required)" if token else ""
+    console.print(f"serving {predictor.name} ({predictor.runtime}) on http://{host}:{port}/{auth}")
     serve(predictor, settings, host=host, port=port)
 
 

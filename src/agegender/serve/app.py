@@ -29,6 +29,10 @@ never on the event loop; the faces of all images of one request are classified t
 batches. Every response carries ``Content-Security-Policy``, ``X-Content-Type-Options:
 nosniff`` and ``Referrer-Policy: no-referrer``; ``/docs`` serves Swagger UI from the
 ``fastapi-swagger`` package's files, so it works offline.
+
+With ``ServeSettings.token`` set, every route but ``/healthz``, the page (``/``,
+``/static/``) and the docs (``/docs``, ``/docs-assets/``, ``/openapi.json``) answers 401
+without ``Authorization: Bearer <token>``: see :mod:`agegender.serve.auth`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agegender.data.imageio import header_pixels, heif_kind
 from agegender.infer.predictor import Cancelled, Predictor
 from agegender.serve.admission import Busy, Lane
+from agegender.serve.auth import BearerAuthMiddleware, is_open
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -103,6 +108,9 @@ class ServeSettings:
     model: str | None = None  # for create_app(predictor=None): Predictor.load(model)
     runtime: str = "auto"
     detector: str = "blazeface"
+    # Authorization: Bearer <token> required (see agegender.serve.auth); None: open.
+    # Kept out of repr() so it never reaches a log.
+    token: str | None = field(default=None, repr=False)
 
     @property
     def max_request_bytes(self) -> int:
@@ -284,6 +292,9 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s
     )
+    if settings.token:  # inside the security headers (a 401 has them), before the body
+        app.add_middleware(BearerAuthMiddleware, token=settings.token)
+        _declare_bearer(app)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     swagger_dir = _swagger_dir()
@@ -440,6 +451,28 @@ def create_app(
         )
 
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI schema (Swagger UI's *Authorize* button)
+    on every operation but the open ones."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer"}
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if isinstance(operation, dict):
+                        operation["security"] = (
+                            [] if is_open(method.upper(), path) else [{"bearer": []}]
+                        )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

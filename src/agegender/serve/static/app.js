@@ -101,6 +101,19 @@ function addRows(result) {
   }
 }
 
+// The API token, if the server wants one: kept for this tab only (sessionStorage).
+const TOKEN_KEY = "agegender-token";
+const tokenInput = $("token");
+try { tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { /* storage off */ }
+tokenInput.addEventListener("input", () => {
+  try { sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim()); } catch (e) { /* storage off */ }
+});
+
+function authHeaders() {
+  const token = tokenInput.value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
 async function upload(files) {
   if (!files.length) return;
   $("error").textContent = "";
@@ -112,7 +125,7 @@ async function upload(files) {
   for (const f of files) form.append("files", f, f.name);
   let resp, body;
   try {
-    resp = await fetch("v1/predict?crops=1", { method: "POST", body: form });
+    resp = await fetch("v1/predict?crops=1", { method: "POST", body: form, headers: authHeaders() });
     body = await resp.json();
   } catch (e) {
     setStatus("failed", "error");
@@ -122,6 +135,10 @@ async function upload(files) {
   if (!resp.ok) {
     setStatus("failed (" + resp.status + ")", "error");
     $("error").textContent = body.error + (body.detail ? "\n" + JSON.stringify(body.detail) : "");
+    if (resp.status === 401) {
+      $("error").textContent += "\nThis server needs an API token: enter it above.";
+      tokenInput.focus();
+    }
     return;
   }
   for (let i = 0; i < body.results.length; i++) {
