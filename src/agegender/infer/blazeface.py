@@ -411,16 +411,15 @@ class BlazeFaceDetector:
         # faces it does not overlap, and those they found with a middling score get a second
         # look (checking the 128 px pass's own faces that way lost FairFace faces and none
         # of its false ones in the dev split's photos without faces)
-        coarse = self._merged(coords, scores, w, h)
+        coarse = self._boxes(coords, scores, w, h)
         fine = [
-            (b, 0.0)
-            for b, _ in self._merged(
-                np.concatenate(parts[1:]), np.concatenate(part_scores[1:]), w, h
-            )
-            if all(_box_iou(b, c) <= self.nms_threshold for c, _ in coarse)
+            b
+            for b in self._boxes(np.concatenate(parts[1:]), np.concatenate(part_scores[1:]), w, h)
+            if all(_box_iou(b, c) <= self.nms_threshold for c in coarse)
         ]
-        both = _nested(sorted(coarse + fine, key=lambda bk: -bk[0].score))
-        return [b for b, k in both if k > 0 or b.score >= VERIFY_SCORE or self._verified(rgb, b)]
+        first = set(coarse)
+        both = _nested(sorted(coarse + fine, key=lambda b: -b.score))
+        return [b for b in both if b in first or b.score >= VERIFY_SCORE or self._verified(rgb, b)]
 
     def _verified(self, rgb: np.ndarray, box: Box) -> bool:
         """A second look at a face the finer levels found with a middling score: its
@@ -546,38 +545,27 @@ class BlazeFaceDetector:
         return coords, _sigmoid(logits[keep])
 
     def _boxes(self, coords: np.ndarray, scores: np.ndarray, w: int, h: int) -> list[Box]:
-        """Merged candidates (weighted NMS) as boxes clipped to the image, best first."""
-        return [b for b, _ in self._merged(coords, scores, w, h)]
-
-    def _merged(
-        self, coords: np.ndarray, scores: np.ndarray, w: int, h: int
-    ) -> list[tuple[Box, float]]:
-        """:meth:`_boxes` as ``(box, 1.0)`` pairs (the tag :func:`_nested` carries), less
-        the boxes nested in others."""
-        if not len(scores):
-            return []
-        merged: list[tuple[Box, float]] = []
+        """Merged candidates (weighted NMS) as boxes clipped to the image, best first, less
+        those nested in others (:func:`_nested`)."""
+        merged: list[Box] = []
         for c, score in weighted_nms(coords, scores, self.nms_threshold):
             x0, y0 = max(0, round(c[0])), max(0, round(c[1]))
             x1, y1 = min(w, round(c[2])), min(h, round(c[3]))
             if x1 - x0 < max(1, self.min_size) or y1 - y0 < max(1, self.min_size):
                 continue
-            box = Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0), score, _marks(c))
-            merged.append((box, 1.0))
+            merged.append(Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0), score, _marks(c)))
         return _nested(merged)
 
 
-def _nested(merged: list[tuple[Box, float]]) -> list[tuple[Box, float]]:
-    """Boxes (best first, each with a tag) less those nested in others: a box holding two
-    or more smaller, surer faces is a cluster of faces seen as one at a coarse scale, and
-    of a box lying mostly inside another, twice its size, only the surer one stays."""
-    merged = [
-        (b, k) for b, k in merged if sum(_inside(o, b) and o.score > b.score for o, _ in merged) < 2
-    ]
-    kept: list[tuple[Box, float]] = []
-    for b, k in merged:
-        if not any(_inside(b, o) or _inside(o, b) for o, _ in kept):
-            kept.append((b, k))
+def _nested(boxes: list[Box]) -> list[Box]:
+    """``boxes`` (best first) less those nested in others: a box holding two or more
+    smaller, surer faces is a cluster of faces seen as one at a coarse scale, and of a box
+    lying mostly inside another, twice its size, only the surer one stays."""
+    boxes = [b for b in boxes if sum(_inside(o, b) and o.score > b.score for o in boxes) < 2]
+    kept: list[Box] = []
+    for b in boxes:
+        if not any(_inside(b, o) or _inside(o, b) for o in kept):
+            kept.append(b)
     return kept
 
 
