@@ -69,6 +69,17 @@ def test_official_folds_kept_and_roundtrip(tmp_path):
     assert back["fold"].tolist() == res.table["fold"].tolist()
 
 
+def test_one_official_fold_gets_grouped_folds():
+    """Rows all from one official fold (a part of Adience's fold 0) cannot be held out by
+    that fold: they get k grouped folds, no subject on two sides."""
+    t = toy(100)
+    t["fold"] = pd.array([0] * 100, dtype="Int8")
+    res = make_folds(t, 5, seed=3)
+    assert not res.official and res.k == 5 and set(res.table["fold"]) == set(range(5))
+    out = res.table[res.table["subject"] != ""]
+    assert (out.groupby("subject")["fold"].nunique() == 1).all()
+
+
 def test_split_groups_connects_chains():
     t = toy(6)
     t["subject"] = ["a", "a", "b", "", "", "c"]

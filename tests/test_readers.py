@@ -61,7 +61,7 @@ def test_adience_truncated_and_missing_rows_have_file_and_line(tmp_path):
     r = read_dataset(tmp_path)
     assert r.format == "adience"
     t = r.table.sort_values("subject")
-    assert list(t["subject"]) == ["u1", "u2"]
+    assert list(t["subject"]) == ["u1/1", "u2/2"]
     assert list(t["gender"]) == [1, 0]
     assert (
         list(t["age_group"]) == [4, 5] and t["age"].iloc[1] == 35.0 and np.isnan(t["age"].iloc[0])

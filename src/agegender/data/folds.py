@@ -4,7 +4,8 @@ No subject and no duplicate / near-duplicate group ever spans two folds: rows ar
 into *split groups* (connected components over shared subject ids and shared duplicate
 groups from the audit), and scikit-learn's ``StratifiedGroupKFold`` assigns whole groups to
 folds while balancing gender x age group. Datasets with their own folds (Adience) keep them
-unless asked otherwise.
+unless asked otherwise, or unless every row is in one of them (a part of one Adience fold):
+one fold cannot hold anything out, so those rows get grouped folds like any other dataset.
 
 Conflicting labels (copies of one photo labelled differently) follow ``conflicts``:
 ``"drop"`` (default) removes every row of a conflict group, since no label can be trusted;
@@ -95,7 +96,9 @@ def make_folds(
     dropped = int((~keep).sum())
     table, groups = table[keep].reset_index(drop=True), groups[keep]
     table["split_group"] = pd.factorize(groups)[0]
-    official = bool(use_official and len(table) and table["fold"].notna().all())
+    official = bool(
+        use_official and len(table) and table["fold"].notna().all() and table["fold"].nunique() >= 2
+    )
     if official:
         folds = table["fold"].astype(int).to_numpy()
         k = len(np.unique(folds))

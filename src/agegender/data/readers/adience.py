@@ -4,7 +4,10 @@ Each fold file is tab-separated with the header ``user_id original_image face_id
 gender x y dx dy tilt_ang fiducial_yaw_angle fiducial_score``. The image of a row is
 ``aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>`` or
 ``faces/<user_id>/coarse_tilt_aligned_face.<face_id>.<original_image>``.
-The official fold (K) goes to the ``fold`` column, ``user_id`` to ``subject``.
+The official fold (K) goes to the ``fold`` column. The person is ``user_id`` + ``face_id``
+(``face_id`` numbers the people of one album owner's photos), so ``subject`` is
+``<user_id>/<face_id>``: folds and train/val/test splits group by it and never put one
+person on both sides.
 Truncated rows, bad labels and rows whose image is missing become Problems with file
 and line number; every other row is still read.
 """
@@ -105,7 +108,7 @@ def read_adience(path: str | Path) -> ReadResult:
                     gender=gender,
                     age=age,
                     age_group=group,
-                    subject=user,
+                    subject=f"{user}/{face_id}",
                     race=None,
                     source="adience",
                     fold=fold,
