@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from agegender.config.paths import expand_path
+from agegender.metric_names import logged_metrics as vocabulary_names
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -139,6 +140,11 @@ class DataConfig(_Section):
     )
     extra: list[ExtraDataConfig] = Field(
         [], description="more datasets for training and validation (not test)"
+    )
+    balance: Literal["none", "source_gender_age", "source_gender_age_race"] = Field(
+        "none",
+        description="training draws: none (each face once an epoch) or balanced cells "
+        "(agegender.data.datamodule.balance_weights)",
     )
 
     _paths = field_validator("path", "folds_file", "cache_dir")(_resolve)
@@ -703,7 +709,5 @@ class Config(_Section):
 
 def logged_metrics(task: TaskConfig) -> list[str]:
     """Per-epoch metric names the training module logs for ``task`` (from the metric
-    vocabulary in :mod:`agegender.evaluate.metrics`)."""
-    from agegender.evaluate.metrics import logged_metrics as vocabulary_names
-
+    vocabulary in :mod:`agegender.metric_names`)."""
     return vocabulary_names(task.gender, task.age)

@@ -120,6 +120,40 @@ def split_by_fold(table: pd.DataFrame, fold: int, val_fold: int | None = None) -
     )
 
 
+# --------------------------------------------------------------------------- balancing
+BALANCE_CELLS = {
+    "none": (),
+    "source_gender_age": ("source", "gender", "age_group"),
+    "source_gender_age_race": ("source", "gender", "age_group", "race"),
+}
+
+
+def balance_weights(table: pd.DataFrame, rows: np.ndarray, balance: str) -> np.ndarray | None:
+    """Draw probabilities (summing to 1) for the training positions ``rows`` (table rows,
+    a row repeated by ``data.extra``'s ``weight`` counted each time), or ``None`` for
+    ``balance="none"``. Each source keeps the share of draws it has in plain sampling;
+    within a source, each cell of :data:`BALANCE_CELLS` (gender x Adience age group
+    [x race]) gets an equal share, a missing label (CelebA's ages, a dataset's race)
+    counting as one more value."""
+    if balance not in BALANCE_CELLS:
+        raise ValueError(f"data.balance: {balance!r} is not one of {sorted(BALANCE_CELLS)}")
+    if balance == "none":
+        return None
+    part = table.iloc[np.asarray(rows, dtype=np.int64)]
+    n = len(part)
+    source = part["source"].astype(str) if "source" in part.columns else pd.Series([""] * n)
+    keys = {"source": source.to_numpy()}
+    for col in BALANCE_CELLS[balance][1:]:
+        known = col in part.columns
+        keys[col] = part[col].astype("Int64").fillna(-1).to_numpy() if known else np.full(n, -1)
+    cell = pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup().to_numpy()
+    src = pd.factorize(keys["source"])[0]
+    cells_per_source = pd.Series(cell).groupby(src).nunique().to_numpy()
+    src_size, cell_size = np.bincount(src)[src], np.bincount(cell)[cell]
+    w = src_size / (cells_per_source[src] * cell_size)
+    return w / w.sum()
+
+
 # --------------------------------------------------------------------------- loading
 class BatchSampler(Sampler[list[int]]):
     """Yields whole batches of positions into ``indices``, sharded across DDP ranks.
@@ -127,7 +161,9 @@ class BatchSampler(Sampler[list[int]]):
     Like ``DistributedSampler`` + ``BatchSampler``: a per-epoch permutation (seeded by
     ``seed`` and ``set_epoch``), padded by wrapping so every rank gets the same number of
     batches, rank ``r`` taking every ``world``-th element. ``drop_last`` drops a final
-    partial batch (only when at least one full batch remains).
+    partial batch (only when at least one full batch remains). ``weights`` (one
+    probability per index, :func:`balance_weights`): each epoch draws ``len(indices)``
+    indices with replacement by them instead of a permutation.
     """
 
     def __init__(
@@ -140,10 +176,14 @@ class BatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        weights: np.ndarray | None = None,
     ) -> None:
         if len(indices) == 0:
             raise ValueError("cannot sample from an empty split")
         self.indices = np.asarray(indices, dtype=np.int64)
+        if weights is not None and len(weights) != len(self.indices):
+            raise ValueError(f"{len(weights)} sampling weights for {len(self.indices)} indices")
+        self.weights = weights
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed, self.rank, self.world = seed, rank, world
@@ -170,7 +210,10 @@ class BatchSampler(Sampler[list[int]]):
         order = self.indices
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
-            order = order[rng.permutation(len(order))]
+            if self.weights is None:
+                order = order[rng.permutation(len(order))]
+            else:
+                order = order[rng.choice(len(order), len(order), p=self.weights)]
         total = self._per_rank() * self.world
         if total > len(order):
             order = np.concatenate([order, order[: total - len(order)]])
@@ -270,7 +313,8 @@ class FaceDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``images`` (``(M, S, S, 3)`` uint8) for the table row
     indices in ``splits``; table row ``i`` is ``images[cache_rows[i]]`` (default: row
     ``i``, i.e. ``images`` row-aligned with ``table``). ``extra_labels``: more per-row
-    arrays the batches carry under their keys (a teacher's outputs)."""
+    arrays the batches carry under their keys (a teacher's outputs). ``balance``
+    (``data.balance``): the training draws by :func:`balance_weights`."""
 
     def __init__(
         self,
@@ -285,6 +329,7 @@ class FaceDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         extra_labels: dict[str, np.ndarray] | None = None,
+        balance: str = "none",
     ) -> None:
         super().__init__()
         if cache_rows is None and len(images) != len(table):
@@ -303,6 +348,7 @@ class FaceDataModule(L.LightningDataModule):
                 raise ValueError(f"{key}: {len(values)} values for {len(table)} table rows")
             labels[key] = values
         self.dataset = CachedBatches(images, labels, cache_rows)
+        self.train_weights = balance_weights(table, splits.train, balance)
 
     @property
     def size(self) -> int:
@@ -342,6 +388,7 @@ class FaceDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world=world,
+            weights=self.train_weights if train else None,
         )
         kwargs: dict[str, Any] = dict(
             batch_size=None,  # the sampler yields whole batches
