@@ -63,7 +63,15 @@ def assert_inputs_once(table, expected: set[str]) -> dict[str, int]:
 
 #: The fixtures that hand a test real data (each skips the test when its data is absent).
 REAL_DATA_FIXTURES = frozenset(
-    {"real_data_root", "utkface_dir", "adience_dir", "celeba_dir", "fairface_dir", "aaf_dir"}
+    {
+        "real_data_root",
+        "utkface_dir",
+        "adience_dir",
+        "adience_part_dir",
+        "celeba_dir",
+        "fairface_dir",
+        "aaf_dir",
+    }
 )
 
 
@@ -122,6 +130,12 @@ def utkface_dir() -> Path:
 @pytest.fixture(scope="session")
 def adience_dir() -> Path:
     return real_data("adience-sample", "Adience sample")
+
+
+@pytest.fixture(scope="session")
+def adience_part_dir() -> Path:
+    """``adience-fold0-part``: 1,586 photos of 93 people from Adience's fold 0."""
+    return real_data("adience-fold0-part", "Adience fold 0 part")
 
 
 @pytest.fixture(scope="session")

@@ -912,7 +912,7 @@ def print_report(report: AuditReport, console: Console | None = None, max_proble
                     str(k),
                     Path(m["path"]).name,
                     "?" if g is None else ("male", "female")[g],
-                    "?" if m["age"] is None else f"{m['age']:g}",
+                    f"{m['age']:g}" if m["age"] is not None else (m["age_group"] or "?"),
                 )
         console.print(conf)
 

@@ -183,6 +183,9 @@ class ReadResult:
     format: str = ""
     labels: str = ""  # the file the labels came from, where it is not the path itself
     disagreements: list[Problem] = field(default_factory=list)
+    #: rows read with a remark, remark -> rows (Adience: its spellings of two age groups,
+    #: rows without one of the labels); they are in ``table``, the row counts print them
+    notes: dict[str, int] = field(default_factory=dict)
 
 
 def make_table(rows: list[dict] | None = None) -> pd.DataFrame:

@@ -10,15 +10,32 @@ The official fold (K) goes to the ``fold`` column. The person is ``user_id`` + `
 person on both sides.
 Truncated rows, bad labels and rows whose image is missing become Problems with file
 and line number; every other row is still read.
+
+Ages are Adience's group spellings ``(lo, hi)``, mapped to the eight groups by their
+midpoint (:func:`~agegender.data.records.parse_age`); two of its usual spellings are not
+the groups' own bounds, ``(8, 12)`` (8-13) and ``(60, 100)`` (60+), and every row read
+that way is counted in the result's ``notes`` (``age (8, 12) read as 8-13: rows``), which
+the row counts print. A ``None`` age or an empty / ``u`` gender keeps the row for the
+other label (the task without it masks it) and is counted too (``without age``,
+``without gender``).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from agegender.data.readers.common import Reader, read_text_lines, require_path
-from agegender.data.records import DatasetError, Problem, ReadResult, make_table, parse_age
+from agegender.data.records import (
+    AGE_GROUP_NAMES,
+    AGE_GROUPS,
+    DatasetError,
+    Problem,
+    ReadResult,
+    make_table,
+    parse_age,
+)
 from agegender.data.records import parse_gender as _parse_gender
 
 FOLD_FILE = re.compile(r"^fold_(\d+)_data\.txt$")
@@ -36,6 +53,8 @@ HEADER = (
     "fiducial_yaw_angle",
     "fiducial_score",
 )
+#: ``(lo, hi)``: Adience's spelling of an age group (``(60, 100)``: its 60+).
+SPELLED_RANGE = re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 IMAGE_LAYOUTS = (
     ("aligned", "landmark_aligned_face"),
     ("faces", "coarse_tilt_aligned_face"),
@@ -59,6 +78,17 @@ def _find_image(root: Path, user: str, face_id: str, image: str) -> Path | None:
     return None
 
 
+def _age_note(text: str, group: int | None) -> str | None:
+    """``age (8, 12) read as 8-13`` when a range is not its group's own bounds, else None."""
+    m = SPELLED_RANGE.match(text)
+    if m is None or group is None:
+        return None
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if (lo, hi) == AGE_GROUPS[group]:
+        return None
+    return f"age ({lo}, {hi}) read as {AGE_GROUP_NAMES[group]}"
+
+
 def read_adience(path: str | Path) -> ReadResult:
     root = require_path(path)
     if root.is_file():
@@ -67,6 +97,7 @@ def read_adience(path: str | Path) -> ReadResult:
     if not folds:
         raise DatasetError(f"{path}: no Adience fold files (fold_K_data.txt) found")
     rows, problems = [], []
+    notes: Counter[str] = Counter()
     for fold, ffile in folds:
         lines = read_text_lines(ffile)
         if not lines or lines[0].split("\t")[:2] != list(HEADER[:2]):
@@ -102,6 +133,13 @@ def read_adience(path: str | Path) -> ReadResult:
                     )
                 )
                 continue
+            note = _age_note(age_text, group)
+            if note:
+                notes[note] += 1
+            if gender is None:
+                notes["without gender"] += 1
+            if group is None:
+                notes["without age"] += 1
             rows.append(
                 dict(
                     path=str(img),
@@ -115,7 +153,14 @@ def read_adience(path: str | Path) -> ReadResult:
                     line=lineno,
                 )
             )
-    return ReadResult(make_table(rows), problems, "adience")
+
+    def rank(note: str) -> tuple[int, int]:  # age notes in group order, then gender, age
+        if note.startswith("age"):
+            return 0, AGE_GROUP_NAMES.index(note.rsplit(" ", 1)[1])
+        return 1, note == "without age"
+
+    order = sorted(notes, key=rank)
+    return ReadResult(make_table(rows), problems, "adience", notes={k: notes[k] for k in order})
 
 
 def recognise(path: Path) -> bool:
