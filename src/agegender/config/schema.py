@@ -27,7 +27,6 @@ from pydantic import (
 )
 
 from agegender.config.paths import expand_path
-from agegender.metric_names import logged_metrics as vocabulary_names
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -709,5 +708,7 @@ class Config(_Section):
 
 def logged_metrics(task: TaskConfig) -> list[str]:
     """Per-epoch metric names the training module logs for ``task`` (from the metric
-    vocabulary in :mod:`agegender.metric_names`)."""
+    vocabulary in :mod:`agegender.evaluate.metrics`)."""
+    from agegender.evaluate.metrics import logged_metrics as vocabulary_names
+
     return vocabulary_names(task.gender, task.age)
