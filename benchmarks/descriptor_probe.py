@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from agegender.artifact import gender_labels
     from agegender.config import load_config
     from agegender.config.paths import default_data_root
     from agegender.data.readers import read_table
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from agegender.evaluate.metrics import age_split_scores, gender_bin_cells
     from agegender.infer import Predictor
     from agegender.models.dlib_resnet import DlibResNet, face_weights_path, load_dlib_weights
+    from agegender.readout import gender_labels
     from agegender.train.data import prepare_data
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -326,7 +326,7 @@ def _model_facts(ckpt: Path) -> dict[str, Any]:
 
 
 def _train_result(run: Path) -> dict[str, Any]:
-    from agegender.evaluate.metrics import from_logged
+    from agegender.metric_names import from_logged
 
     s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     held = "test" if s.get("test") else "val"

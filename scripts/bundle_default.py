@@ -342,8 +342,8 @@ def _decision_rows(name: str, crossdata: dict | None = None) -> list[str]:
     by predicted age, the reported probability's slope and its log loss / ECE on the
     validation faces) and, from ``crossdata``, the same on FairFace-540: nothing for a
     model that decides at 0.5."""
-    from agegender.artifact import parse_decision
     from agegender.infer.onnx import read_onnx_meta
+    from agegender.readout import parse_decision
 
     meta = read_onnx_meta(WEIGHTS / f"{name}.onnx")
     d = meta.get("gender_decision")

@@ -10,9 +10,6 @@ import pytest
 import torch
 
 from agegender.artifact import (
-    AGE_OUTPUTS,
-    GENDER_OUTPUT,
-    dex_group_matrix,
     load_model,
     output_probabilities,
     parse_meta,
@@ -21,6 +18,7 @@ from agegender.artifact import (
 )
 from agegender.data.records import ages_to_groups
 from agegender.models import TaskSpec, create_model
+from agegender.readout import AGE_OUTPUTS, GENDER_OUTPUT, dex_group_matrix
 
 
 def make_model(age: str = "groups"):

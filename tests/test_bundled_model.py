@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from agegender import Predictor
-from agegender.artifact import gender_labels
 from agegender.cli import app
 from agegender.data.readers import read_dataset
 from agegender.infer.predictor import WEIGHTS_DIR
+from agegender.readout import gender_labels
 
 
 @pytest.fixture(scope="module")

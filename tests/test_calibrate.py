@@ -1,4 +1,4 @@
-"""The gender threshold: one decision rule (``artifact.gender_labels``), chosen on
+"""The gender threshold: one decision rule (``readout.gender_labels``), chosen on
 validation faces by ``agegender calibrate``, carried in the model's meta and applied by the
 predictor (both runtimes), the evaluation frames and the metrics."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agegender.artifact import gender_labels, parse_meta
+from agegender.artifact import parse_meta
 from agegender.cli import app
 from agegender.evaluate.calibrate import (
     MIN_FACES_PER_GENDER,
@@ -23,6 +23,7 @@ from agegender.evaluate.calibrate import (
 from agegender.infer import Predictor, save_torch_model
 from agegender.infer.onnx import export_onnx, read_onnx_meta
 from agegender.models import TaskSpec, create_model
+from agegender.readout import gender_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -26,13 +26,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from agegender.artifact import (
-    GenderDecision,
-    gender_labels,
-    gender_probability,
-    parse_decision,
-    parse_meta,
-)
+from agegender.artifact import parse_meta
 from agegender.cli import app
 from agegender.evaluate.calibrate import (
     choose_age_bands,
@@ -42,6 +36,7 @@ from agegender.evaluate.calibrate import (
 )
 from agegender.infer import Predictor
 from agegender.infer.onnx import export_onnx, read_onnx_meta
+from agegender.readout import GenderDecision, gender_labels, gender_probability, parse_decision
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

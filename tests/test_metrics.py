@@ -160,7 +160,7 @@ def test_fairness_table_without_race_and_on_empty_frame():
 def test_one_metric_vocabulary() -> None:
     """Training's logged names, the CV headline and report labels come from one table."""
     from agegender.config import TaskConfig, logged_metrics
-    from agegender.evaluate.metrics import HEADLINE, LOGGED, METRIC, from_logged
+    from agegender.metric_names import HEADLINE, LOGGED, METRIC, from_logged
 
     assert logged_metrics(TaskConfig(gender=True, age="dex")) == [
         f"{stage}/{n}"

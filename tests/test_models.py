@@ -370,7 +370,7 @@ def test_dex_expected_age() -> None:
     logits[1, 10] = logits[1, 20] = 0
     torch.testing.assert_close(dex_expected_age(logits), torch.tensor([30.0, 15.0]))
     # one read-out for NumPy (predictor, int8 agreement) and torch (training, evaluation)
-    from agegender.artifact import dex_years
+    from agegender.readout import dex_years
 
     probs = torch.softmax(torch.randn(3, 101, dtype=torch.float64), -1)
     np.testing.assert_allclose(dex_years(probs.numpy()), dex_years(probs).numpy(), rtol=1e-12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from agegender.cli import app
+from agegender.cli.base import app
 
 
 @app.command("models")

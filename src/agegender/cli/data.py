@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import FORMAT_OPTION, app, console, fail
+from agegender.cli.base import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 data_app = typer.Typer(help="Read, audit and split face datasets.", no_args_is_help=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import FORMAT_OPTION, app, console, fail
+from agegender.cli.base import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import app, console, fail
+from agegender.cli.base import app, console, fail
 from agegender.errors import check_writable
 from agegender.infer.parquet import DEFAULT_PART_SIZE
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli import app, console, fail
+from agegender.cli.base import app, console, fail
 from agegender.errors import check_writable
 
 
@@ -35,7 +35,7 @@ def train_cmd(
     result = train(cfg, out_dir, resume=resume, printer=console.print)
     s = result.summary
     best = s.get("best") or {}
-    from agegender.evaluate.metrics import logged_metrics
+    from agegender.metric_names import logged_metrics
 
     shown = ", ".join(
         f"{k} {best[k]:.4g}"

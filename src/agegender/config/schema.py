@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from agegender.config.paths import expand_path
+from agegender.metric_names import logged_metrics as vocabulary_names
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -708,7 +709,5 @@ class Config(_Section):
 
 def logged_metrics(task: TaskConfig) -> list[str]:
     """Per-epoch metric names the training module logs for ``task`` (from the metric
-    vocabulary in :mod:`agegender.evaluate.metrics`)."""
-    from agegender.evaluate.metrics import logged_metrics as vocabulary_names
-
+    vocabulary in :mod:`agegender.metric_names`)."""
     return vocabulary_names(task.gender, task.age)

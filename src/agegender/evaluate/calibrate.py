@@ -6,7 +6,7 @@ UTKFace, calls too many women men on FairFace), and the threshold that gives wom
 men equal recall **on held-out faces of the training population** is a cheap, honest
 correction: it is chosen on validation faces, never on the test set, and applied unchanged
 everywhere else (``predict``, ``evaluate``, ``serve``, both runtimes), because the
-predictor reads it from the model's meta (:func:`agegender.artifact.gender_labels`).
+predictor reads it from the model's meta (:func:`agegender.readout.gender_labels`).
 
 ::
 
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agegender.artifact import (
+from agegender.readout import (
     GENDER_THRESHOLD,
     GenderDecision,
     gender_labels,

@@ -54,8 +54,8 @@ import yaml
 from agegender.config import Config, ConfigError, load_config, validate_config
 from agegender.data.records import DatasetError
 from agegender.evaluate.evaluation import summarise_predictions, to_jsonable, write_json
-from agegender.evaluate.metrics import HEADLINE, METRIC, Metric
 from agegender.fileio import atomic_path
+from agegender.metric_names import HEADLINE, METRIC, Metric
 
 TRAIN, VAL, TEST = 0, 1, 2
 #: Config sections that may differ when a cross-validation run is resumed.

@@ -34,7 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from agegender.artifact import (
+from agegender.artifact import output_probabilities, parse_meta
+from agegender.data.records import ages_to_groups
+from agegender.evaluate.metrics import P_AGE, P_GENDER
+from agegender.evaluate.tta import average_views, check_mode, tta_views
+from agegender.infer.detector import check_detector
+from agegender.readout import (
     AGE_OUTPUTS,
     NO_DECISION,
     GenderDecision,
@@ -42,14 +47,8 @@ from agegender.artifact import (
     dex_years,
     gender_labels,
     gender_probability,
-    output_probabilities,
     output_years,
-    parse_meta,
 )
-from agegender.data.records import ages_to_groups
-from agegender.evaluate.metrics import P_AGE, P_GENDER
-from agegender.evaluate.tta import average_views, check_mode, tta_views
-from agegender.infer.detector import check_detector
 
 LABEL_COLUMNS = (
     "path",
@@ -245,9 +244,9 @@ def predictions_frame(
     gender_decision: GenderDecision | float = NO_DECISION,
 ) -> pd.DataFrame:
     """One row per table row: true labels, error, face_found and the predictions.
-    ``pred_gender`` is the model's decision (:func:`agegender.artifact.gender_labels`, by
+    ``pred_gender`` is the model's decision (:func:`agegender.readout.gender_labels`, by
     the predicted age's band when ``gender_decision`` has bands), ``p_female``/``p_male``
-    that decision's probabilities (:func:`agegender.artifact.gender_probability`) and
+    that decision's probabilities (:func:`agegender.readout.gender_probability`) and
     ``p_female_raw`` the network's own output. A plain number is a threshold alone."""
     if not isinstance(gender_decision, GenderDecision):
         gender_decision = GenderDecision(threshold=float(gender_decision))

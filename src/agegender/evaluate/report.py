@@ -34,17 +34,15 @@ import pandas as pd
 from agegender.data.records import AGE_GROUP_NAMES, GENDERS
 from agegender.evaluate.evaluation import ok_rows
 from agegender.evaluate.metrics import (
-    METRIC,
-    METRICS,
     confusion,
     expected_calibration_error,
     fairness_table,
-    from_logged,
     gender_reliability,
     predicted_groups,
     prediction_metrics,
 )
 from agegender.fileio import read_epoch_metrics
+from agegender.metric_names import METRIC, METRICS, from_logged
 
 FIGURES = ("learning_curves", "confusion_gender", "confusion_age_group", "age_error", "reliability")
 

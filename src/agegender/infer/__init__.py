@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "AGE_GROUP_MIDPOINTS": "agegender.artifact",
+    "AGE_GROUP_MIDPOINTS": "agegender.readout",
     "ModelSpec": "agegender.artifact",
     "load_model": "agegender.artifact",
     "parse_meta": "agegender.artifact",

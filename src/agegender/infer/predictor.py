@@ -38,14 +38,7 @@ import numpy as np
 from PIL import Image
 
 from agegender.artifact import (
-    AGE_GROUP_MIDPOINTS,
-    AGE_OUTPUTS,
-    GENDER_OUTPUT,
     ModelSpec,
-    dex_group_matrix,
-    dex_years,
-    gender_labels,
-    gender_probability,
     load_model,
     parse_meta,
     preprocess_crops,
@@ -68,6 +61,15 @@ from agegender.infer.detector import (
 from agegender.infer.faces import FoundFace, crop_faces, detect_faces, largest_face
 from agegender.infer.inputs import Input, one_line, source_name
 from agegender.infer.results import FaceResult, ImageResult
+from agegender.readout import (
+    AGE_GROUP_MIDPOINTS,
+    AGE_OUTPUTS,
+    GENDER_OUTPUT,
+    dex_group_matrix,
+    dex_years,
+    gender_labels,
+    gender_probability,
+)
 
 #: Where the bundled default model lives: ``<name>.onnx`` (meta inside) or ``<name>.pt``.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from agegender.artifact import GenderDecision
+    from agegender.readout import GenderDecision
 
 __all__ = ["export_int8", "int8_agreement"]
 
@@ -31,14 +31,14 @@ def int8_agreement(
 ) -> dict[str, Any]:
     """How far outputs ``b`` (int8) are from ``a`` (float) on the same faces: the share of
     gender decisions that agree (at ``threshold``, or through a model's
-    :class:`~agegender.artifact.GenderDecision`, each side at the band of its own predicted
+    :class:`~agegender.readout.GenderDecision`, each side at the band of its own predicted
     age, from its outputs of ``age_mode``), the largest change of the network's P(female),
     the mean change of the DEX age in years; ``summary`` says it in one line."""
     out: dict[str, Any] = {}
     parts = []
     if "gender_probs" in a:
         pa, pb = a["gender_probs"][:, 1], b["gender_probs"][:, 1]
-        from agegender.artifact import gender_labels, output_years
+        from agegender.readout import gender_labels, output_years
 
         ya, yb = output_years(a, age_mode), output_years(b, age_mode)
         same = gender_labels(pa, threshold, ya) == gender_labels(pb, threshold, yb)
@@ -47,7 +47,7 @@ def int8_agreement(
         parts.append(f"gender decisions agree on {out['gender_agreement']:.1%}")
         parts.append(f"max |dP(female)| {out['max_abs_dp_female']:.3f}")
     if "age_probs" in a:
-        from agegender.artifact import dex_years
+        from agegender.readout import dex_years
 
         out["mean_abs_d_age"] = float(
             np.abs(dex_years(a["age_probs"]) - dex_years(b["age_probs"])).mean()

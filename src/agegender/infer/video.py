@@ -31,7 +31,7 @@ and faces seldom overlap.
 
 **Per track** (:class:`TrackSummary`): first and last frame and time, frames seen, gender
 from the mean log-odds of its frames' P(female) compared with the model's threshold as a
-log-odds (through :func:`agegender.artifact.gender_labels`, the one place the decision is
+log-odds (through :func:`agegender.readout.gender_labels`, the one place the decision is
 made), ``confidence``: the share of its frames whose own decision is the track's, and age
 as the median of its frames' ages.
 
@@ -57,11 +57,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agegender.artifact import gender_labels
 from agegender.data.records import AGE_GROUP_NAMES, age_to_group
 from agegender.infer.parquet import DEFAULT_PART_SIZE
 from agegender.infer.predictor import Predictor, PredictorConfig
 from agegender.infer.results import FaceResult, ImageResult
+from agegender.readout import gender_labels
 
 #: File names taken as videos by ``agegender predict`` (any other name is a photo).
 VIDEO_SUFFIXES = frozenset(

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-AGE_MODES: tuple[str, ...] = ("none", "groups", "regression", "dex")
+from agegender.readout import AGE_MODES, dex_years
+
 NUM_GENDERS = 2
 NUM_AGE_GROUPS = 8
 DEX_MAX_AGE = 100  # DEX predicts a distribution over ages 0..DEX_MAX_AGE
@@ -252,7 +253,5 @@ def flatten_neck(in_channels: int, grid: int) -> tuple[nn.Module, int]:
 
 def dex_expected_age(logits: torch.Tensor) -> torch.Tensor:
     """Expected age in years from ``(B, 101)`` DEX logits: ``sum_k softmax_k * k``
-    (:func:`agegender.artifact.dex_years` of the softmax)."""
-    from agegender.artifact import dex_years
-
+    (:func:`agegender.readout.dex_years` of the softmax)."""
     return dex_years(logits.softmax(-1))

@@ -46,7 +46,7 @@ from agegender.artifact import build_model
 from agegender.config import Config
 from agegender.data.augment import Preprocess
 from agegender.data.records import AGE_GROUP_CUTS
-from agegender.evaluate.metrics import logged_metrics
+from agegender.metric_names import logged_metrics
 from agegender.models import dex_expected_age
 from agegender.models.heads import DEX_MAX_AGE
 from agegender.train.distill import distill_loss
