@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -163,3 +164,126 @@ def test_a_row_is_claimed_once_and_a_dead_claim_is_taken_over(tmp_path: Path):
     ).stdout.strip()
     lock.write_text(gone)  # a claim whose process has exited
     assert reference.claim(lock)
+
+
+# ------------------------------------------------------------- rows on Adience
+def test_adience_rows_are_the_reports_adience_experiments():
+    marked = {r.id: r.variants["adience"] for r in ROWS if "adience" in r.variants}
+    assert {r.split("_")[0] for r in marked} == {"000", "002", "004"}
+    assert all(marked[r.id] == "run" for r in ROWS if r.report == "004")
+    assert marked["002_celeba_frozen"] == "evaluate"  # the report's "Adience 0.7868"
+    assert not any(r.startswith(("001", "003")) for r in marked)  # CelebA / UTKFace reports
+    variants = {v.id: v for v in reference.variant_rows(ROWS, "adience")}
+    assert len(variants) == len(marked)
+    stage2 = variants["adience/000_exp2_adience_finetune"]
+    assert stage2.after == ["000_exp2_celeba_pretrain"]  # the CelebA stage is shared
+    assert stage2.sets == ["data.path=${AGEGENDER_DATA}/adience-fold0-part"]
+    by_id = {r.id: r for r in [*ROWS, *variants.values()]}
+    order = [r.id for r in reference.with_dependencies([stage2], by_id)]
+    assert order == ["000_exp2_celeba_pretrain", "adience/000_exp2_adience_finetune"]
+    cmd = reference.commands(variants["adience/002_celeba_zw"], by_id, Path("/r"), [], 1)
+    assert cmd[0][3:5] == ["evaluate", "/r/002_celeba_zw/checkpoints/best.ckpt"]
+    assert cmd[0][-2:] == ["--out", "/r/adience/002_celeba_zw/results.json"]
+    cv = reference.commands(variants["adience/004_gender"], by_id, Path("/r"), [], 1)[0]
+    assert cv[3] == "cv" and "data.path=${AGEGENDER_DATA}/adience-fold0-part" in cv
+
+
+def test_bad_adience_marks_name_file_and_row(tmp_path: Path):
+    rows = yaml.safe_load(reference.ROWS_FILE.read_text(encoding="utf-8"))
+    bad = tmp_path / "rows.yaml"
+    sweep = next(i for i, r in enumerate(rows["rows"]) if r["kind"] == "sweep")
+    for i, value, message in (
+        (0, "yes", r"row 1 \(.+\): adience must be one of run, evaluate"),
+        (sweep, "run", rf"row {sweep + 1} \(.+\): adience: run is for train and cv rows"),
+    ):
+        changed = yaml.safe_load(yaml.safe_dump(rows))
+        changed["rows"][i]["adience"] = value
+        bad.write_text(yaml.safe_dump(changed))
+        with pytest.raises(reference.RowError, match=message):
+            reference.load_rows(bad)
+
+
+def test_people_figures_count_people_and_majority():
+    import pandas as pd
+
+    # 3 people: A (4 photos, all right), B (4, all wrong), C (2, right); 8 men, 2 women
+    pred = pd.DataFrame(
+        {
+            "subject": ["A"] * 4 + ["B"] * 4 + ["C"] * 2,
+            "gender": [0] * 8 + [1, 1],
+            "pred_gender": [0] * 4 + [1] * 4 + [1, 1],
+            "age_group": [4] * 10,
+            "pred_age_group": [4] * 5 + [3] * 5,
+        }
+    )
+    out = reference.people_figures(pred)
+    assert (out["photos"], out["people"]) == (10, 3)
+    gender = out["gender_accuracy"]
+    assert gender["value"] == pytest.approx(0.6) and gender["people"] == 3
+    assert gender["low"] < 0.6 < gender["high"]
+    assert out["gender_majority"] == pytest.approx(0.8)
+    assert out["gender_balanced"] == pytest.approx((4 / 8 + 2 / 2) / 2)  # the two recalls
+    assert out["age_group_exact"]["value"] == pytest.approx(0.5)
+    assert out["age_majority"] == pytest.approx(1.0)
+
+
+def _tiny_adience(root: Path, people: int = 12, photos: int = 4) -> Path:
+    """An Adience layout (fold_0_data.txt, faces/<user>/coarse_tilt_aligned_face.*) of
+    ``people`` people with ``photos`` photos each, genders visibly apart as tiny_utkface."""
+    from PIL import Image
+
+    from conftest import _face
+
+    rng = np.random.default_rng(1)
+    lines = [
+        "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\t"
+        "fiducial_yaw_angle\tfiducial_score\n"
+    ]
+    for person in range(people):
+        user, female = f"u{person % 3}@N0", person % 2 == 1
+        for k in range(photos):
+            image = f"{person}_{k}.jpg"
+            p = root / "faces" / user / f"coarse_tilt_aligned_face.{person}.{image}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_face(rng, female)).save(p, quality=95)
+            age = ["(25, 32)", "(0, 2)", "(60, 100)"][person % 3]
+            g = "f" if female else "m"
+            lines.append(f"{user}\t{image}\t{person}\t{age}\t{g}\t0\t0\t9\t9\t0\t0\t1\n")
+    (root / "fold_0_data.txt").write_text("".join(lines))
+    return root
+
+
+def test_tiny_budget_adience_row_runs_and_counts_people(tmp_path: Path, monkeypatch):
+    data = _tiny_adience(tmp_path / "adience")
+    monkeypatch.setitem(reference.DATASETS, "adience", str(data))
+    sets = ["data.size=32", "data.input_size=32", "train.epochs=1", "train.batch_size=8"]
+    argv = [
+        "--dataset",
+        "adience",
+        "--row",
+        "000_exp2_no_pretrain",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ] + [x for s in sets for x in ("--set", s)]
+    assert reference.main(argv) == 0
+    assert not (tmp_path / "runs" / "000_exp2_no_pretrain").exists()  # only the Adience run
+    doc = json.loads((tmp_path / "out" / "reference.json").read_text())
+    row = next(r for r in doc["rows"] if r["id"] == "000_exp2_no_pretrain")
+    assert row["ours"] is None
+    people = row["adience"]["people_figures"]
+    run = tmp_path / "runs" / "adience" / "000_exp2_no_pretrain"
+    summary = json.loads((run / "summary.json").read_text())
+    test_faces = summary["dataset"]["splits"]["test"]
+    # the held-out photos are the run's own test split, whole people (4 photos each)
+    assert people["photos"] == test_faces and people["people"] * 4 == test_faces
+    assert people["gender_accuracy"]["value"] == pytest.approx(
+        row["adience"]["metrics"]["gender_accuracy"], abs=1e-6
+    )
+    pred = reference.pd.read_csv(run / "test_predictions.csv")
+    assert pred["subject"].nunique() == people["people"]
+    md = (tmp_path / "out" / "reference.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| `000_exp2_no_pretrain`"))
+    assert f"({test_faces}, {people['people']})" in line
+    assert "## On Adience" in md
