@@ -547,9 +547,7 @@ def people_figures(pred: pd.DataFrame) -> dict[str, Any]:
     """Photos and people of a predictions frame, and per task the accuracy with its 95 %
     interval over people (:func:`grouped_accuracy_ci`) and the majority-class share (and
     for gender the balanced accuracy, the mean of the two recalls)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    from agegender.evaluate.bootstrap import grouped_accuracy_ci
+    from agegender.evaluate.bootstrap import grouped_accuracy_ci, grouped_balanced_accuracy_ci
     from agegender.evaluate.metrics import predicted_groups
 
     people = pred["subject"].astype(str).to_numpy()
@@ -561,7 +559,9 @@ def people_figures(pred: pd.DataFrame) -> dict[str, Any]:
         hit = (said == truth).to_numpy()
         out["gender_accuracy"] = grouped_accuracy_ci(hit[known], people[known])
         out["gender_majority"] = float(truth[known].value_counts(normalize=True).max())
-        out["gender_balanced"] = float(balanced_accuracy_score(truth[known], said[known]))
+        out["gender_balanced"] = grouped_balanced_accuracy_ci(
+            hit[known], truth[known].to_numpy(dtype=int), people[known]
+        )
     groups, true_group = predicted_groups(pred), pd.to_numeric(pred["age_group"], errors="coerce")
     if groups is not None and (groups >= 0).any() and true_group.notna().any():
         known = true_group.notna().to_numpy()
@@ -982,7 +982,7 @@ def _adience_section(
                 _num(pf.get("photos")),
                 _num(pf.get("people")),
                 _ci(gender),
-                _pct(pf.get("gender_balanced")),
+                _ci(pf.get("gender_balanced")),
                 _pct(pf.get("gender_majority")),
                 _ci(age),
                 _pct(pf.get("age_majority")),
@@ -998,7 +998,7 @@ def _adience_section(
             "photos",
             "people",
             "gender [95% CI, people]",
-            "balanced",
+            "balanced [95% CI]",
             "majority",
             "age group [95% CI, people]",
             "majority",
