@@ -23,8 +23,11 @@ Paths are relative to the config file (``--set`` paths: to the working directory
 :func:`load_config` raises :class:`ConfigError`, whose message is one line naming every
 bad key, e.g. ``optim.lr: must be > 0 (got -0.1)``.
 
-The modules, in reading order: :mod:`.paths` (the data root and ``$VAR`` expansion),
-:mod:`.schema` (one pydantic model per section, and the root :class:`Config`),
+The modules, in reading order: :mod:`.paths` (the data root and ``$VAR`` expansion);
+one module per section, on what they share in :mod:`.base`: :mod:`.data`, :mod:`.model`,
+:mod:`.task` (task, distill), :mod:`.optim` (optim, schedule), :mod:`.train`,
+:mod:`.augment`, :mod:`.trainer` (trainer, logger); :mod:`.schema` (the root
+:class:`Config` and its cross-section checks, every section's names re-exported);
 :mod:`.load` (YAML files, ``--set`` overrides and the one-line error messages) and
 :mod:`.checks` (pre-run checks that the files a run reads exist). Every public name is
 importable from ``agegender.config``.
