@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agegender import Predictor
+from agegender.bundled import WEIGHTS_DIR
 from agegender.cli import app
 from agegender.data.readers import read_dataset
-from agegender.infer.predictor import WEIGHTS_DIR
 from agegender.readout import gender_labels
 
 
@@ -31,7 +31,7 @@ BUNDLED = ("default", "accurate")
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundle_is_installed_with_card(name: str) -> None:
-    from agegender.infer.predictor import bundled_models
+    from agegender.bundled import bundled_models
 
     card_name = "MODEL_CARD.md" if name == "default" else f"MODEL_CARD_{name}.md"
     for file in (f"{name}.onnx", f"{name}.pt", card_name):

@@ -146,9 +146,9 @@ def test_teacher_framed_its_own_way_reads_the_faces_through_its_face_path(
     """A face-backbone teacher (the bundled accurate model: dlib's 150 px chip) teaches a
     student trained on UTKFace's own 32 px crops: the teacher sees every training face cut
     its way (face path, its template), so its gender is right on real faces."""
-    from agegender.infer.predictor import _resolve_model
+    from agegender.bundled import resolve_model
 
-    teacher = _resolve_model("accurate").with_suffix(".pt")
+    teacher = resolve_model("accurate").with_suffix(".pt")
     raw = {
         "name": "student",
         "data": {"path": str(utkface_dir), "size": 32, "input_size": 32, "limit": 80},

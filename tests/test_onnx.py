@@ -143,7 +143,7 @@ def test_cli_export_pt_and_bundled_runtime_choice(
 ) -> None:
     """--pt writes a torch file that reloads to the same probabilities; a bundle holding
     both files runs ONNX by default and the .pt under --runtime torch."""
-    import agegender.infer.predictor as predictor_mod
+    import agegender.bundled as bundled
 
     model, meta = make_model("small_cnn", "dex", seed=5)
     src = save_torch_model(model, meta, tmp_path / "src.pt")
@@ -161,7 +161,7 @@ def test_cli_export_pt_and_bundled_runtime_choice(
         ],
     )
     assert res.exit_code == 0, res.output
-    monkeypatch.setattr(predictor_mod, "WEIGHTS_DIR", bundle)
+    monkeypatch.setattr(bundled, "WEIGHTS_DIR", bundle)
     onnx_p = Predictor.load(detector="none")
     torch_p = Predictor.load(runtime="torch", detector="none")
     assert (onnx_p.runtime, torch_p.runtime) == ("onnxruntime", "torch")

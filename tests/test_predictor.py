@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from agegender import bundled as bundled_mod
 from agegender.cli import app
 from agegender.data.records import AGE_GROUP_NAMES
 from agegender.infer import (
@@ -22,7 +23,6 @@ from agegender.infer import (
     Predictor,
     save_torch_model,
 )
-from agegender.infer import predictor as predictor_mod
 from agegender.models import TaskSpec, create_model
 
 
@@ -210,7 +210,7 @@ def test_age_outputs(age: str, utkface_dir: Path) -> None:
 
 
 def test_load_without_bundled_model_is_clear(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(predictor_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(bundled_mod, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(NoModelError, match="no bundled model is installed"):
         Predictor.load()
     with pytest.raises(NoModelError, match="not found"):
@@ -225,7 +225,7 @@ def test_torch_file_roundtrip_and_bundled_lookup(
     files = sorted(utkface_dir.glob("*.jpg"))[:4]
     direct = Predictor.from_module(model, meta, detector="none").predict(files)
     loaded = Predictor.load(tmp_path / "default.pt", detector="none").predict(files)
-    monkeypatch.setattr(predictor_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(bundled_mod, "WEIGHTS_DIR", tmp_path)
     bundled = Predictor.load(detector="none")
     assert bundled.source == "default" and bundled.spec.age == "dex"
     for a, b in zip(direct, loaded, strict=True):

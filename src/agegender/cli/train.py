@@ -129,3 +129,51 @@ def sweep_cmd(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: str = typer.Argument(
+        ..., help="Where to start: a bundled model's name (default, accurate), a .pt or a .ckpt."
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="Your labelled photos (folder or file)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run dir for the fine-tuned model."),
+    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a key of the model's recipe: --set train.epochs=4"
+    ),
+    detector: str = typer.Option(
+        "blazeface", "--detector", help="Face path for the threshold's validation photos."
+    ),
+) -> None:
+    """Fine-tune a model on your photos with its own recipe and framing: person-grouped
+    validation, gender threshold recalibrated on it, model.pt + model.onnx + MODEL_CARD.md."""
+    from agegender.finetune import finetune
+
+    out_dir = check_writable(out, folder=True)
+    res = finetune(
+        model,
+        data,
+        out_dir,
+        format=format,
+        overrides=overrides,
+        detector=detector,
+        printer=console.print,
+    )
+    s = res.summary
+    best = s.get("best") or {}
+    shown = ", ".join(
+        f"{k} {best[k]:.4g}"
+        for k in ("val/gender_acc", "val/age_acc", "val/age_mae")
+        if isinstance(best.get(k), int | float)
+    )
+    decision = s.get("gender_decision") or {}
+    threshold = f"; gender threshold {decision['threshold']}" if decision else ""
+    console.print(
+        f"done: {s['epochs_run']} epochs, best epoch {int(best.get('epoch', -1)) + 1}: {shown}"
+        f"{threshold} (on {s['validation']['photos']} validation photos of "
+        f"{s['validation']['people']} people); wrote {res.model_onnx}, {res.model_pt}, "
+        f"{res.card}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -371,10 +371,10 @@ def calibrate_model(
     reported probability (:func:`fit_probability`) and write the model to ``out`` with
     ``gender_decision`` in its meta (the decision, returned too). The network's own
     P(female) is what is calibrated, whatever decision ``model`` carried before."""
+    from agegender.bundled import resolve_model
     from agegender.data.prepare import read_rows
     from agegender.evaluate.photos import predict_photos
     from agegender.infer import Predictor
-    from agegender.infer.predictor import _resolve_model
 
     check_rule(rule)
     if probability not in PROBABILITY_FITS:
@@ -383,7 +383,7 @@ def calibrate_model(
         raise ValueError(
             f"--min-band-faces must be at least {MIN_FACES_PER_GENDER}, got {min_band_faces}"
         )
-    source = _resolve_model(model, "auto")
+    source = resolve_model(model, "auto")
     predictor = Predictor.load(source, detector=detector, threads=threads)
     try:
         if not predictor.spec.gender:

@@ -184,7 +184,7 @@ def bench_predict(
     exported on the fly; ``onnx_file`` and ``onnx_weights`` in the result say which."""
     import torch
 
-    from agegender.infer.predictor import _resolve_model, bundled_models
+    from agegender.bundled import bundled_models, resolve_model
 
     module, meta, name = _module_and_meta(model)
     spec = parse_meta(meta)
@@ -192,7 +192,7 @@ def bench_predict(
     torch_p = Predictor.from_module(module, meta, runtime="torch", **kw)
     if onnx_file is None and (model is None or model in bundled_models()):
         with contextlib.suppress(NoModelError, ValueError):
-            shipped = _resolve_model(model, "onnxruntime")
+            shipped = resolve_model(model, "onnxruntime")
             onnx_file = shipped if shipped.suffix == ".onnx" else None
     if onnx_file is not None:
         onnx_p = Predictor.load(onnx_file, runtime="onnxruntime", **kw)

@@ -44,6 +44,12 @@ from agegender.artifact import (
     preprocess_crops,
     probability_module,
 )
+from agegender.bundled import (  # NoModelError, bundled_models: re-exported here too
+    DEFAULT_MODEL_NAME,
+    NoModelError,  # noqa: F401
+    bundled_models,  # noqa: F401
+    resolve_model,
+)
 from agegender.data.imageio import (
     DEFAULT_MAX_PIXELS,
     PixelBudget,
@@ -71,15 +77,8 @@ from agegender.readout import (
     gender_probability,
 )
 
-#: Where the bundled default model lives: ``<name>.onnx`` (meta inside) or ``<name>.pt``.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL_NAME = "default"
 #: Test-time views the predictor offers (aligned face chips: no over-sampling crops).
 PREDICT_TTA: tuple[str, ...] = ("none", "flip")
-
-
-class NoModelError(FileNotFoundError):
-    """No model given and no bundled model installed (or a named one is missing)."""
 
 
 # ----------------------------------------------------------------------------- backends
@@ -238,7 +237,7 @@ class Predictor:
         """
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"unknown runtime {runtime!r}; choose auto, torch or onnxruntime")
-        path = _resolve_model(model, runtime)
+        path = resolve_model(model, runtime)
         kwargs.setdefault("source", str(model) if model is not None else DEFAULT_MODEL_NAME)
         if path.suffix == ".onnx":
             if runtime == "torch":
@@ -612,41 +611,3 @@ class PredictorConfig:
             source=self.model if self.model is not None else DEFAULT_MODEL_NAME,
         )
         return predictor
-
-
-# ------------------------------------------------------------------- model files/bundle
-
-
-def bundled_models() -> list[str]:
-    """Names of the models shipped in the package (``default`` first)."""
-    names = {p.stem for p in WEIGHTS_DIR.glob("*") if p.suffix in (".onnx", ".pt")}
-    return sorted(names, key=lambda n: (n != DEFAULT_MODEL_NAME, n))
-
-
-def _resolve_model(model: str | os.PathLike | None, runtime: str = "auto") -> Path:
-    if model is None:
-        name = DEFAULT_MODEL_NAME
-    else:
-        path = Path(model)
-        if path.suffix in (".ckpt", ".onnx", ".pt", ".pth"):
-            if not path.is_file():
-                raise NoModelError(f"model file not found: {path}")
-            return path
-        if path.exists():
-            raise ValueError(f"{path}: not a model file (expected .ckpt, .onnx or .pt)")
-        name = str(model)
-    # a bundled model may ship both files: torch runtime -> .pt, otherwise ONNX first
-    order = (".pt", ".onnx") if runtime == "torch" else (".onnx", ".pt")
-    for suffix in order:
-        candidate = WEIGHTS_DIR / f"{name}{suffix}"
-        if candidate.is_file():
-            return candidate
-    if model is None:
-        raise NoModelError(
-            f"no bundled model is installed (looked for {DEFAULT_MODEL_NAME}.onnx / "
-            f"{DEFAULT_MODEL_NAME}.pt in {WEIGHTS_DIR}); pass a model: a .ckpt from "
-            "'agegender train', or an .onnx from 'agegender export'"
-        )
-    raise NoModelError(
-        f"model {name!r} is neither a file nor a bundled model (none in {WEIGHTS_DIR})"
-    )

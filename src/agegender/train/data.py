@@ -61,9 +61,17 @@ def resolve_sizes(config: Config) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- data
 def _label_masks(config: Config, table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """``(has_gender, has_age)`` per row, age meaning what ``task.age`` trains on."""
-    exact = config.task.age in ("regression", "dex")
-    return table["gender"].notna(), table["age" if exact else "age_group"].notna()
+    """``(has_gender, has_age)`` per row, age meaning what ``task.age`` trains on: the
+    group for ``groups``, years for ``regression``, years or a group for ``dex`` (a group
+    alone trains the group's share of the distribution)."""
+    age = config.task.age
+    if age == "regression":
+        has_age = table["age"].notna()
+    elif age == "dex":
+        has_age = table["age"].notna() | table["age_group"].notna()
+    else:
+        has_age = table["age_group"].notna()
+    return table["gender"].notna(), has_age
 
 
 def _useful(config: Config, table: pd.DataFrame) -> pd.Series:
@@ -74,13 +82,18 @@ def _useful(config: Config, table: pd.DataFrame) -> pd.Series:
 
 
 def _check_labels(config: Config, table: pd.DataFrame) -> pd.DataFrame:
-    """Task vs labels, then keep rows with at least one label the task uses."""
+    """Task vs labels, then keep rows with at least one label the task uses. A task whose
+    loss term has no weight (``task.gamma`` 0 or 1 with both tasks: a fine-tune on photos
+    labelled for one task keeps the model's other head) needs no labels."""
     t = config.task
     has_gender, has_age = _label_masks(config, table)
-    if t.gender and not has_gender.any():
+    both = t.gender and t.age != "none"
+    if t.gender and not has_gender.any() and not (both and t.gamma == 0):
         raise ConfigError("task.gender: dataset has no gender labels")
-    if t.age != "none" and not has_age.any():
-        what = "exact ages" if t.age in ("regression", "dex") else "age labels"
+    if t.age != "none" and not has_age.any() and not (both and t.gamma == 1):
+        what = {"regression": "exact ages", "dex": "exact ages or age groups"}.get(
+            t.age, "age labels"
+        )
         raise ConfigError(f"task.age: dataset has no age labels ({what} needed for {t.age!r})")
     return table[_useful(config, table)]
 

@@ -11,7 +11,10 @@ that term (but still count for the other one):
   expected value. ``task.age_sigma > 0`` makes the target a Gaussian over the years
   centred on the label (label distribution learning, DLDL: Gao et al. 2017) instead of one
   year, and ``task.age_l1 > 0`` adds that weight times the L1 error of the expected age
-  (DLDL-v2's expectation loss, Gao et al. 2018), see :func:`dex_loss`.
+  (DLDL-v2's expectation loss, Gao et al. 2018), see :func:`dex_loss`. A face labelled
+  with an Adience age group but no exact age (Adience itself) learns from its group's
+  share of the distribution: minus the log of the probability summed over the group's
+  years (:func:`dex_group_nll`), so exact ages and groups train one head together.
 
 With ``distill`` (:mod:`agegender.train.distill`) the training loss becomes
 ``(1 - w) * L + w * L_teacher`` (``train/loss_distill`` is logged); validation and test
@@ -45,7 +48,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from agegender.artifact import build_model
 from agegender.config import Config
 from agegender.data.augment import Preprocess
-from agegender.data.records import AGE_GROUP_CUTS
+from agegender.data.records import AGE_GROUP_CUTS, ages_to_groups
 from agegender.metric_names import logged_metrics
 from agegender.models import dex_expected_age
 from agegender.models.heads import DEX_MAX_AGE
@@ -75,24 +78,49 @@ def dex_targets(age: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(age), -1, cls)
 
 
+def dex_group_nll(logits: torch.Tensor, age_group: torch.Tensor) -> torch.Tensor:
+    """Per face, minus the log of the DEX probability summed over the years of its Adience
+    group (``age_group`` 0..7; -1: no group, 0 returned), from ``(B, n_ages)`` logits: the
+    loss of a face whose group is known but not its age in years."""
+    n = logits.shape[-1]
+    group_of_year = torch.as_tensor(ages_to_groups(np.arange(n, dtype=float)), device=logits.device)
+    logp = logits.float().log_softmax(-1)
+    in_group = group_of_year[None, :] == age_group.clamp(min=0)[:, None]
+    per = -torch.logsumexp(logp.masked_fill(~in_group, float("-inf")), dim=-1)
+    return torch.where(age_group >= 0, per, torch.zeros_like(per))
+
+
 def dex_loss(
-    logits: torch.Tensor, age: torch.Tensor, sigma: float = 0.0, l1: float = 0.0
+    logits: torch.Tensor,
+    age: torch.Tensor,
+    sigma: float = 0.0,
+    l1: float = 0.0,
+    age_group: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DEX age loss over ``(B, 101)`` logits, faces whose age is NaN ignored.
+    """DEX age loss over ``(B, 101)`` logits, averaged over the faces with an age.
 
     ``sigma == 0``: cross-entropy to the rounded year (DEX). ``sigma > 0``: cross-entropy to
     a Gaussian over the years 0..100 centred on the (unrounded) label with ``sigma`` years,
     renormalised over the range (label distribution learning). ``l1 > 0`` adds ``l1`` times
-    the mean absolute error in years of the softmax's expected age (DLDL-v2)."""
+    the mean absolute error in years of the softmax's expected age (DLDL-v2), over the
+    faces with an exact age. ``age_group``: a face whose age is NaN but whose group is known
+    (>= 0) adds :func:`dex_group_nll` instead; faces with neither add nothing."""
+    exact = ~torch.isnan(age)
+    logp = logits.float().log_softmax(-1)
     if sigma <= 0:
-        loss = masked_ce(logits, dex_targets(age))
+        per = -logp.gather(1, dex_targets(age).clamp(min=0)[:, None]).squeeze(1)
     else:
-        valid = ~torch.isnan(age)
         years = torch.arange(logits.shape[-1], dtype=torch.float32, device=logits.device)
         centre = torch.nan_to_num(age.float()).clamp(0, DEX_MAX_AGE)
         target = torch.softmax(-((years - centre[:, None]) ** 2) / (2 * sigma**2), dim=-1)
-        per = -(target * logits.float().log_softmax(-1)).sum(-1)
-        loss = (per * valid).sum() / valid.sum().clamp(min=1)
+        per = -(target * logp).sum(-1)
+    per = torch.where(exact, per, torch.zeros_like(per))
+    counted = exact
+    if age_group is not None:
+        grouped = ~exact & (age_group >= 0)
+        per = per + torch.where(grouped, dex_group_nll(logits, age_group), torch.zeros_like(per))
+        counted = exact | grouped
+    loss = per.sum() / counted.sum().clamp(min=1)
     if l1 > 0:
         loss = loss + l1 * masked_l1(dex_expected_age(logits.float()), age)
     return loss
@@ -324,7 +352,11 @@ class FaceModule(L.LightningModule):
             losses["age"] = masked_l1(out["age"], batch["age"])
         elif mode == "dex":
             losses["age"] = dex_loss(
-                out["age"], batch["age"], self.task.age_sigma, self.task.age_l1
+                out["age"],
+                batch["age"],
+                self.task.age_sigma,
+                self.task.age_l1,
+                age_group=batch["age_group"],
             )
         self._update(self.metrics[f"{stage}_"], out, batch, slice(None))
         if stage != "train" and self.sources and "source" in batch:
