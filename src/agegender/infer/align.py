@@ -4,8 +4,9 @@ landmarks to a canonical template, then one resampling to the crop size.
 The template says where the eyes, nose tip and mouth centre fall in a training face crop,
 as fractions of the crop side (x right, y down; "right eye" is the subject's right, on the
 image's left). :data:`UTKFACE_TEMPLATE` was measured by running BlazeFace on UTKFace's
-aligned crops, the training data of the bundled models (see the README's design section),
-so an aligned photo is framed like a training face. A tilted face comes out upright.
+aligned crops, the training data of the bundled models (see the code map,
+``docs/reference/architecture.md``), so an aligned photo is framed like a training face. A
+tilted face comes out upright.
 """
 
 from __future__ import annotations
