@@ -85,8 +85,30 @@ def export(
         print(f"int8 {onnx}: against float on {report['faces']} faces: {report['summary']}")
     else:
         export_onnx(model, meta, onnx)
-    pt = save_torch_model(model, meta, WEIGHTS / f"{name}.pt")
+    # float16 storage: half the file (parity: benchmarks/weights_float16.md, _files_line)
+    pt = save_torch_model(model, meta, WEIGHTS / f"{name}.pt", dtype="float16")
     return onnx, pt
+
+
+def _files_line(name: str) -> str:
+    """The card's line on the shipped files: their sizes, and what storing the ``.pt`` in
+    float16 changes (``benchmarks/weights_float16.json``, when it has this model)."""
+    mb = {s: (WEIGHTS / f"{name}{s}").stat().st_size / 1e6 for s in (".onnx", ".pt")}
+    line = (
+        f"- Files: `{name}.onnx` ({mb['.onnx']:.1f} MB) and `{name}.pt` ({mb['.pt']:.1f} MB: "
+        "the PyTorch weights stored in float16, read back as float32)"
+    )
+    bench = REPO / "benchmarks" / "weights_float16.json"
+    res = json.loads(bench.read_text())["models"].get(name) if bench.is_file() else None
+    if not res:
+        return line + "."
+    d = next(p["diff"] for p in res["pairs"] if (p["a"], p["b"]) == ("float32 .pt", "float16 .pt"))
+    return (
+        f"{line}. Against the float32 weights, on {d['faces']} faces (`examples/` and UTKFace) "
+        f"through the torch runtime: P(female) moved by at most {d['max_abs_dp_female']:.4f}, "
+        f"{d['gender_changed']} faces changed gender label, {d['age_group_changed']} age group, "
+        f"ages by at most {d['max_abs_d_age']:.2f} years (`benchmarks/weights_float16.md`)."
+    )
 
 
 def _runtime_lines(name: str) -> list[str]:
@@ -98,7 +120,7 @@ def _runtime_lines(name: str) -> list[str]:
         return []
     return [
         f"- Runtime: `{name}.onnx` runs its convolutions in **int8** ({q['method']}; ranges "
-        f"from {q['calibration_faces']} training faces); `{name}.pt` is the float32 model. "
+        f"from {q['calibration_faces']} training faces); `{name}.pt` is the float model. "
         f"On {q['faces']} of those faces the two agree on "
         f"{100 * q['gender_agreement']:.1f} % of gender decisions (largest change of "
         f"P(female) {q['max_abs_dp_female']:.3f}; ages {q['mean_abs_d_age']:.2f} years apart "
@@ -539,6 +561,7 @@ def card(
         f"{summary.get('model_size_mb', 0):.1f} MB (float32). Input size: {size} px.",
         input_line(summary),
         *runtime,
+        _files_line(name),
         "- Outputs: P(male), P(female); a distribution over ages 0..100 (DEX): the age in "
         "years is its expectation, the 8 Adience age-group probabilities are its sums over "
         "each group's years.",

@@ -82,7 +82,9 @@ def test_runtimes_agree_on_unseen_faces(adience_faces: list[tuple[Path, int]], n
         t = onnx.spec.gender_threshold
         assert np.mean((pa > t) == (pb > t)) >= 0.9
     else:
-        assert np.abs(pa - pb).max() < 1e-4
+        # the float32 ONNX export beside the .pt stored in float16: within the float16
+        # parity (benchmarks/weights_float16.md: largest |dP(female)| 0.0022 on 503 faces)
+        assert np.abs(pa - pb).max() < 5e-3
 
 
 @pytest.mark.parametrize("name", BUNDLED)
