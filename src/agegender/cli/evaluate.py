@@ -18,7 +18,10 @@ from agegender.cli.base import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 
-def _metric_lines(metrics: dict) -> list[str]:
+def _metric_lines(metrics: dict, intervals: dict | None = None) -> list[str]:
+    """One line per metric present; a figure of ``intervals["overall"]`` (the face path's
+    bootstrap over people) gains its 95 % interval and the photos / people it rests on,
+    and the true age groups follow, one line each."""
     keys = (
         ("gender_accuracy", "gender accuracy", True),
         ("gender_balanced_accuracy", "gender balanced accuracy", True),
@@ -35,14 +38,49 @@ def _metric_lines(metrics: dict) -> list[str]:
         ("faces_found", "photos with a face", True),
         ("gender_accuracy_all", "gender accuracy, all", True),
         ("gender_balanced_accuracy_all", "gender balanced acc., all", True),
+        ("gender_recall_female_all", "female recall, all", True),
+        ("gender_recall_male_all", "male recall, all", True),
+        ("age_group_exact_mass_all", "age group exact, all (mass)", True),
+        ("age_group_one_off_mass_all", "one-off, all (mass)", True),
+        ("age_group_exact_nearest_all", "exact, all (nearest age)", True),
+        ("age_group_one_off_nearest_all", "one-off, all (nearest age)", True),
         ("age_bin_exact_all", "age bin exact, all", True),
     )
+    overall = (intervals or {}).get("overall", {})
     out = []
     for key, label, pct in keys:
-        v = metrics.get(key)
+        v = metrics.get(key, (overall.get(key) or {}).get("value"))
         if isinstance(v, int | float) and v == v:
-            out.append(f"{label:26s} {100 * v:6.2f} %" if pct else f"{label:26s} {v:8.4f}")
+            line = f"{label:27s} {100 * v:6.2f} %" if pct else f"{label:27s} {v:8.4f}"
+            out.append(line + _interval_text(overall.get(key)))
+    for group, cis in (intervals or {}).get("by_age_group", {}).items():
+        parts = [
+            f"{what} {_interval_text(cis.get(key), short=True)}"
+            for key, what in (
+                ("gender_accuracy_all", "gender"),
+                ("age_group_exact_mass_all", "exact (mass)"),
+                ("age_group_exact_nearest_all", "exact (nearest)"),
+            )
+            if cis.get(key)
+        ]
+        n = cis["faces_found"]
+        out.append(
+            f"  age group {group:5s} {n['photos']:6,} photos, {n['people']:5,} "
+            f"{'person' if n['people'] == 1 else 'people'}: " + ", ".join(parts)
+        )
     return out
+
+
+def _interval_text(ci: dict | None, short: bool = False) -> str:
+    """``  [low, high] 95 % CI over people (N photos, M people)``, or the short
+    ``x % [low, high]``; "" without an interval."""
+    if not ci or ci.get("low") is None:
+        return "" if not short or not ci else f"{100 * ci['value']:.1f} %"
+    span = f"[{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
+    if short:
+        return f"{100 * ci['value']:.1f} % {span}"
+    conf = round(100 * ci["confidence"])
+    return f"  {span} {conf} % CI over people ({ci['photos']:,} photos, {ci['people']:,} people)"
 
 
 def _print_row_counts(row_counts: dict) -> None:
@@ -80,11 +118,11 @@ def _evaluate_photos(
     try:
         res = evaluate_model_file(model, data, format, detector=detector, out=out, limit=limit)
     except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "fairness"})))
     else:
-        for line in _metric_lines(res["metrics"]):
+        for line in _metric_lines(res["metrics"], res.get("intervals")):
             typer.echo(line)
     _print_row_counts(res["row_counts"])
     console.print(
@@ -158,11 +196,11 @@ def evaluate_cmd(
             progress=console.is_terminal,
         )
     except (DatasetError, ValueError, FileNotFoundError, KeyError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(to_jsonable(res), indent=2))
     else:
-        for line in _metric_lines(res["metrics"]):
+        for line in _metric_lines(res["metrics"], res.get("intervals")):
             typer.echo(line)
     _print_row_counts(res["row_counts"])
     t = res["timing"]
@@ -278,7 +316,7 @@ def calibrate_cmd(
             limit=limit,
         )
     except (DatasetError, NoModelError, ValueError, FileNotFoundError, KeyError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

@@ -98,6 +98,14 @@ def summarise_predictions(pred: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _intervals(pred: pd.DataFrame) -> dict[str, dict]:
+    """:func:`~agegender.evaluate.photos.photo_intervals` of a predictions frame, a row
+    that failed (no readable image) counting as a photo without a face."""
+    from agegender.evaluate.photos import photo_intervals
+
+    return photo_intervals(pred.assign(face_found=ok_rows(pred)))
+
+
 def evaluate_model(
     model: Any,
     meta: dict,
@@ -138,6 +146,7 @@ def evaluate_model(
         **{k: info[k] for k in ("n_images", "n_evaluated", "n_failed", "no_face")},
         "failed": [f"{p}: {e}" for p, e in failed[["path", "error"]].head(20).to_numpy()],
         **summarise_predictions(pred),
+        "intervals": _intervals(pred),
         "timing": {
             k: info[k]
             for k in (
