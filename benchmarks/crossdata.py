@@ -9,11 +9,18 @@ through the predictor's face path (detector -> crop -> classifier), one command.
 
 Sets (from ``AGEGENDER_DATA``, default ``../shared/data``): ``fairface`` (FairFace-540:
 balanced over 9 age bins x 2 genders, uncropped photos), ``celeba`` (all 10,000 CelebA-10k
-aligned crops; gender only), ``adience`` (the 19 Adience sample photos) and ``utkface``
-(UTKFace crops of one CV test fold with ``--utk-folds``, else every 10th face).
+aligned crops; gender only), ``adience`` (adience-fold0-part: 1,586 photos of 93 people
+from Adience's fold 0, its tilted crops; gender and the eight age groups),
+``adience-sample`` (the 19 Adience photos the rows before 2026-12-07 were measured on;
+they are among adience-fold0-part's) and ``utkface`` (UTKFace crops of one CV test fold
+with ``--utk-folds``, else every 10th face).
 A photo's prediction is its largest face; a photo with no face found counts as an error
-in the ``*_all`` figures. Writes ``benchmarks/crossdata.json`` and ``crossdata.md``
-(``--out-dir``). FairFace is a test set: never train or tune on it.
+in the ``*_all`` figures. Every set's figures also get a 95 % interval from a bootstrap
+over people (:func:`agegender.evaluate.photos.photo_intervals`; a photo without a person
+id is its own person); the page prints them for Adience, with the two age-group
+read-outs overall and per age group, beside the published Adience figures. Writes
+``benchmarks/crossdata.json`` and ``crossdata.md`` (``--out-dir``). FairFace is a test set:
+never train or tune on it.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from agegender.config.paths import default_data_root
 from agegender.evaluate.metrics import age_split_scores, bin_start, gender_bin_cells
 
 REPO = Path(__file__).resolve().parents[1]
-SETS = ("fairface", "celeba", "adience", "utkface")
+SETS = ("fairface", "celeba", "adience", "adience-sample", "utkface")
+DEFAULT_SETS = ("fairface", "celeba", "adience", "utkface")
 
 
 def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
@@ -44,7 +52,8 @@ def load_set(name: str, args: argparse.Namespace) -> pd.DataFrame:
     folder = {
         "fairface": "fairface-540",
         "celeba": "celeba-10k",
-        "adience": "adience-sample",
+        "adience": "adience-fold0-part",
+        "adience-sample": "adience-sample",
         "utkface": "utkface",
     }[name]
     _, table, _ = read_table(root / folder)
@@ -76,6 +85,10 @@ def summarise(metrics: dict, fairness: pd.DataFrame, info: dict, frame: pd.DataF
         "age_mae",
         "age_group_exact",
         "age_group_one_off",
+        "age_group_exact_mass_all",
+        "age_group_one_off_mass_all",
+        "age_group_exact_nearest_all",
+        "age_group_one_off_nearest_all",
     )
     out = {k: metrics[k] for k in keep if _number(metrics.get(k))}
     out |= probability_quality(frame)
@@ -133,6 +146,121 @@ def pct(v: float | None) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f} %"
 
 
+def ci(c: dict | None) -> str:
+    """``x % [low, high]`` of an interval of :func:`agegender.evaluate.photos.photo_intervals`."""
+    if not c or c.get("value") is None:
+        return "–"
+    if c.get("low") is None:
+        return pct(c["value"])
+    return f"{pct(c['value'])} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]"
+
+
+def rests_on(c: dict | None) -> str:
+    return "–" if not c else f"{c['photos']:,} / {c['people']:,}"
+
+
+#: Published Adience figures, quoted from ../shared/reference-experiments.md (Levi &
+#: Hassner's as report 004 quotes them); none is on the photos measured here.
+PUBLISHED_ADIENCE = (
+    "Levi & Hassner (2015), the benchmark's own CNN: gender 86.8 ± 1.4 %, age group exact "
+    "50.7 ± 5.1 %, one-off 84.7 ± 2.2 %, 5-fold subject-exclusive cross-validation on the "
+    "whole benchmark (26,580 photos of 2,284 people), trained on Adience itself.",
+    'Report 004 (its best, the multi-task Xception transfer model): "gender 89.3 ± 1.4" '
+    'and "age 49.4 ± 4.9" (Table 3), Levi & Hassner\'s subject-exclusive 5 folds, "16228 '
+    'labeled facial images", trained on Adience.',
+    'Report 002 (its final model, MobileNetV2 tuned and CelebA-pretrained): "a test '
+    'accuracy of 0.9287" (gender; the same table gives "MNV2 Tuned" 0.934), aligned '
+    "frontal Adience, 12,194 images, a random 80:20 split (not subject-exclusive, so the "
+    "same people are on both sides), trained on Adience.",
+    'Report 000: "The testing accuracy is **71.80%**" (Experiment 1, gender), its '
+    '"final model" "Test Accuracy 51.42%"; a Kaggle gender subset of 9,848 images, '
+    "4:3:3, trained on Adience.",
+)
+
+
+def adience_section(results: list[dict]) -> list[str]:
+    """The Adience rows with intervals over people, the two age read-outs overall and per
+    true age group, and the published figures beside them."""
+    rows = [r for r in results if r["set"] == "adience" and r.get("intervals")]
+    if not rows:
+        return []
+    n = rows[0]["intervals"]["overall"]["faces_found"]
+    lines = [
+        "",
+        f"## Adience (adience-fold0-part: {n['photos']:,} photos of {n['people']} people), "
+        "intervals over people",
+        "",
+        "Cross-dataset: neither model trained on any Adience photo. Every figure counts a "
+        "photo without a face found as wrong, and gives the photos / people it rests on "
+        "and a 95 % interval from a bootstrap over people (`user_id`/`face_id`; the 2,000 "
+        "resamples draw people, all of a drawn person's photos kept; a figure without an "
+        "interval rests on one person). These people are few and have many photos each "
+        "(one has 417, and the 238 photos of 0-2 are all of one baby), so the intervals "
+        "are wide, and the photos are mostly 25-32 (950) and young children: an overall "
+        "figure is the mix of this album's people, not of the benchmark's. Age "
+        "group read two ways: **mass**, the group holding most of the predicted "
+        "distribution (the reports' way), and **nearest**, the group nearest the expected "
+        "age.",
+        "",
+        "| model | detector | photos / people | faces found | gender acc | balanced "
+        "| female recall | male recall |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        o = r["intervals"]["overall"]
+        lines.append(
+            f"| {r['model']} | {r['detector']} | {rests_on(o.get('gender_accuracy_all'))} "
+            f"| {ci(o.get('faces_found'))} | {ci(o.get('gender_accuracy_all'))} "
+            f"| {ci(o.get('gender_balanced_accuracy_all'))} "
+            f"| {ci(o.get('gender_recall_female_all'))} "
+            f"| {ci(o.get('gender_recall_male_all'))} |"
+        )
+    lines += [
+        "",
+        "| model | detector | read-out | photos / people | age group exact | one-off |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        o = r["intervals"]["overall"]
+        for how in ("mass", "nearest"):
+            exact = o.get(f"age_group_exact_{how}_all")
+            if exact:
+                lines.append(
+                    f"| {r['model']} | {r['detector']} | {how} | {rests_on(exact)} "
+                    f"| {ci(exact)} | {ci(o.get(f'age_group_one_off_{how}_all'))} |"
+                )
+    lines += [
+        "",
+        "Per true age group (the photos of that group; gender accuracy, then the age "
+        "group's exact and one-off accuracy by each read-out):",
+        "",
+        "| model | age group | photos / people | gender acc | exact (mass) | one-off (mass) "
+        "| exact (nearest) | one-off (nearest) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for group, c in r["intervals"]["by_age_group"].items():
+            lines.append(
+                f"| {r['model']} | {group} | {rests_on(c.get('faces_found'))} "
+                f"| {ci(c.get('gender_accuracy_all'))} "
+                f"| {ci(c.get('age_group_exact_mass_all'))} "
+                f"| {ci(c.get('age_group_one_off_mass_all'))} "
+                f"| {ci(c.get('age_group_exact_nearest_all'))} "
+                f"| {ci(c.get('age_group_one_off_nearest_all'))} |"
+            )
+    lines += [
+        "",
+        "Published Adience figures, for orientation only: **the data differ**. They are "
+        "5-fold or random-split results on the whole benchmark or large parts of it, by "
+        "models trained on Adience; the rows above are "
+        f"{n['photos']:,} photos of {n['people']} people from three albums of fold 0 (256 px "
+        "crops), by models that never saw Adience.",
+        "",
+        *(f"- {p}" for p in PUBLISHED_ADIENCE),
+    ]
+    return lines
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     lines = [
         "# Cross-dataset benchmark",
@@ -162,6 +290,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     notes = meta.get("notes") or []
     if notes:
         lines += ["", *(f"**Note:** {n}" for n in notes)]
+    lines += adience_section(results)
     calibrated = [r for r in results if "gender_log_loss_raw" in r["metrics"]]
     if calibrated:
         lines += [
@@ -244,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=None, help="bundled names or model files")
     ap.add_argument("--detectors", nargs="+", default=None, help=f"of {', '.join(DETECTORS)}")
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    ap.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), choices=SETS)
     ap.add_argument("--utk-folds", default=None, help="folds.csv of a CV run")
     ap.add_argument("--utk-fold", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="at most this many photos per set")
@@ -285,7 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             for name, table in tables.items():
                 r = evaluate_photos(predictor, table)
                 m = summarise(r["metrics"], r["fairness"], r["info"], r["predictions"])
-                results.append({"model": label, "detector": det, "set": name, "metrics": m})
+                results.append(
+                    {
+                        "model": label,
+                        "detector": det,
+                        "set": name,
+                        "metrics": m,
+                        "intervals": r["intervals"],
+                    }
+                )
                 print(
                     f"{model:>10} {det:>9} {name:>8}: found {pct(m['faces_found'])}, gender "
                     f"{pct(m.get('gender_accuracy_all'))} (all), "
