@@ -145,16 +145,14 @@ def test_teacher_framed_its_own_way_reads_the_faces_through_its_face_path(
 ) -> None:
     """A face-backbone teacher (the bundled accurate model: dlib's 150 px chip) teaches a
     student trained on UTKFace's own 32 px crops: the teacher sees every training face cut
-    its way (face path, its template), so its gender is right on real faces."""
-    from agegender.bundled import resolve_model
-
-    teacher = resolve_model("accurate").with_suffix(".pt")
+    its way (face path, its template), so its gender is right on real faces. The teacher
+    is named as a bundled model (``distill.teacher: accurate``)."""
     raw = {
         "name": "student",
         "data": {"path": str(utkface_dir), "size": 32, "input_size": 32, "limit": 80},
         "model": {"name": "small_cnn"},
         "task": {"gender": True, "age": "dex"},
-        "distill": {"teacher": str(teacher), "weight": 0.5},
+        "distill": {"teacher": "accurate", "weight": 0.5},
         "optim": {"name": "adamw", "lr": 0.003},
         "schedule": {"name": "none"},
         "train": {"epochs": 1, "batch_size": 16, "progress_bar": False},
@@ -165,6 +163,7 @@ def test_teacher_framed_its_own_way_reads_the_faces_through_its_face_path(
     from agegender.train.data import prepare_data
 
     config = load_config(cfg, overrides=QUIET)
+    assert Path(config.distill.teacher).name == "accurate.pt"
     result = train(config, tmp_path / "run", printer=lambda s: None)
     info = result.summary["distill"]
     assert info["teacher_framing"] == "the teacher's own (face path)"

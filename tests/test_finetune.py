@@ -241,3 +241,30 @@ def test_finetune_cli_refuses_an_onnx_file(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2
     assert "an ONNX file cannot be fine-tuned" in res.output
+
+
+# ------------------------------------------------------------------------ config keys
+def test_config_keys_take_a_bundled_name(config_data_root: Path, tmp_path: Path) -> None:
+    """``model.init_from`` and ``distill.teacher`` accept a bundled model's name, in the
+    file and through ``--set``: it becomes the bundled PyTorch file, which the pre-run
+    check reads as weights."""
+    from agegender.config import check_files, load_config
+
+    pt = str(bundled.WEIGHTS_DIR / "accurate.pt")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(
+        f"data: {{path: {tmp_path}}}\n"
+        "model: {name: dlib_resnet29, init_from: accurate}\n"
+        "task: {gender: true, age: dex}\n"
+        "distill: {teacher: default}\n"
+    )
+    cfg = load_config(cfg_file)
+    assert cfg.model.init_from == pt
+    assert cfg.distill.teacher == str(bundled.WEIGHTS_DIR / "default.pt")
+    cfg = load_config(cfg_file, ["model.init_from=default", "distill.teacher=accurate"])
+    assert cfg.model.init_from == str(bundled.WEIGHTS_DIR / "default.pt")
+    assert cfg.distill.teacher == pt
+    check_files(cfg)  # the bundled files exist and hold tensors
+    # a path is still a path, relative to the config file (or the working dir for --set)
+    cfg = load_config(cfg_file, ["model.init_from=runs/x/best.ckpt"])
+    assert cfg.model.init_from == str(Path.cwd() / "runs/x/best.ckpt")

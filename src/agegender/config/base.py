@@ -1,7 +1,8 @@
 """What every config section shares: :class:`_Section` (unknown keys are errors, defaults
 are validated) and the field checks the sections reuse: paths expanded against the config
-file's folder (:func:`_resolve`), a name from a list with the closest suggested
-(:func:`_one_of`), numbers and pairs within a range (:func:`_within`, :func:`_pair_within`).
+file's folder (:func:`_resolve`; :func:`_resolve_weights` also takes a bundled model's
+name), a name from a list with the closest suggested (:func:`_one_of`), numbers and pairs
+within a range (:func:`_within`, :func:`_pair_within`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
-from agegender.config.paths import expand_path
+from agegender.config.paths import expand_path, expand_weights_path
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -19,6 +20,14 @@ def _resolve(v: str | None, info: ValidationInfo) -> str | None:
         return None
     base = (info.context or {}).get("base_dir") if info.context else None
     return expand_path(v, Path(base) if base else None)
+
+
+def _resolve_weights(v: str | None, info: ValidationInfo) -> str | None:
+    """:func:`_resolve` for a model's weights: a bundled model's name is its ``.pt``."""
+    if v is None:
+        return None
+    base = (info.context or {}).get("base_dir") if info.context else None
+    return expand_weights_path(v, Path(base) if base else None)
 
 
 def _one_of(kind: str, value: str, names: list[str]) -> str:

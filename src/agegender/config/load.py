@@ -17,7 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agegender.config.paths import PATH_KEYS, DataRootError, expand_path
+from agegender.config.paths import (
+    PATH_KEYS,
+    WEIGHTS_KEYS,
+    DataRootError,
+    expand_path,
+    expand_weights_path,
+)
 from agegender.config.schema import AUGMENT_OPS, Config
 
 
@@ -149,8 +155,9 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         path, value = parse_override(text)
         dotted = ".".join(map(str, path))
         if tuple(map(str, path)) in PATH_KEYS and isinstance(value, str):
+            weights = tuple(map(str, path)) in WEIGHTS_KEYS
             try:
-                value = expand_path(value)
+                value = expand_weights_path(value) if weights else expand_path(value)
             except ValueError as exc:
                 raise ConfigError(f"{dotted}: {exc}") from None
         node: Any = raw

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agegender.config.base import _one_of, _resolve, _Section
+from agegender.config.base import _one_of, _resolve, _resolve_weights, _Section
 
 
 class ModelConfig(_Section):
@@ -21,7 +21,11 @@ class ModelConfig(_Section):
         "hub: timm's download (opt-in)",
     )
     pretrained_file: str | None = Field(None, description="local backbone weights")
-    init_from: str | None = Field(None, description="checkpoint of an earlier run to start from")
+    init_from: str | None = Field(
+        None,
+        description="weights to start from: a checkpoint of an earlier run, or a bundled "
+        "model's name (default, accurate)",
+    )
     head: str | None = Field(None, description="head type, passed to create_model")
     head_hidden: list[int] | None = None
     dropout: float | list[float] | None = None
@@ -51,7 +55,8 @@ class ModelConfig(_Section):
         "per face; each training sample reads one stored view at random",
     )
 
-    _paths = field_validator("pretrained_file", "init_from")(_resolve)
+    _paths = field_validator("pretrained_file")(_resolve)
+    _weights = field_validator("init_from")(_resolve_weights)
 
     @field_validator("name")
     @classmethod

@@ -25,6 +25,10 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("distill", "teacher"),
 )
 
+#: The path keys that hold a trained model's weights: a file, or a bundled model's name
+#: (:func:`expand_weights_path`).
+WEIGHTS_KEYS: tuple[tuple[str, str], ...] = (("model", "init_from"), ("distill", "teacher"))
+
 
 #: Where the data is when ``AGEGENDER_DATA`` is not set (a checkout beside ``shared/``).
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -69,3 +73,12 @@ def expand_path(value: str, base_dir: Path | None = None) -> str:
     if not p.is_absolute():
         p = (base_dir or Path.cwd()) / p
     return os.path.normpath(str(p))
+
+
+def expand_weights_path(value: str, base_dir: Path | None = None) -> str:
+    """A weights key's value: a bundled model's name (``default``, ``accurate``) becomes its
+    PyTorch file (:func:`agegender.bundled.weights_file`), anything else a path through
+    :func:`expand_path`."""
+    from agegender.bundled import weights_file
+
+    return weights_file(value) or expand_path(value, base_dir)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agegender.config.base import _resolve, _Section, _within
+from agegender.config.base import _resolve_weights, _Section, _within
 from agegender.metric_names import logged_metrics as vocabulary_names
 
 AgeMode = Literal["none", "groups", "regression", "dex"]
@@ -54,15 +54,15 @@ class DistillConfig(_Section):
     task-weighted KL divergence from the teacher's softened distributions (``temperature``;
     times ``temperature**2``, Hinton et al. 2015) for gender and DEX / group age. Faces with
     no label for a task (CelebA has no ages) still learn that task from the teacher.
-    ``teacher``: a ``.ckpt`` or ``.pt`` with the same tasks; ``{fold}`` in the path is the
-    cross-validation fold (``agegender cv``) or ``data.fold``.
+    ``teacher``: a ``.ckpt`` or ``.pt`` with the same tasks, or a bundled model's name;
+    ``{fold}`` in the path is the cross-validation fold (``agegender cv``) or ``data.fold``.
     """
 
     teacher: str
     weight: float = Field(0.5, description="share of the loss from the teacher's outputs")
     temperature: float = Field(1.0, gt=0, description="softens teacher and student alike")
 
-    _paths = field_validator("teacher")(_resolve)
+    _paths = field_validator("teacher")(_resolve_weights)
     _weight = field_validator("weight")(_within(0, 1))
 
 
