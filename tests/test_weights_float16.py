@@ -17,12 +17,13 @@ from agegender.artifact import load_model, save_torch_model
 from agegender.bundled import WEIGHTS_DIR
 from agegender.errors import torch_load
 from agegender.models import TaskSpec, create_model, load_weights, read_state_dict
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(str(p) for p in (REPO / "examples").glob("*.jpg"))
 BUNDLED = ("default", "accurate")
-#: The last commit whose bundled .pt files held float32 weights (benchmarks/weights_float16.py).
-FLOAT32_REV = "0021916a4f4ea78a6126b40e030ab090abbaf3ff"
+#: The last commit whose bundled .pt files held float32 weights.
+FLOAT32_REV = load_script("benchmarks/weights_float16.py").FLOAT32_REV
 #: Largest change of a reported P(female) the float16 storage may cause (measured on 503
 #: photos: see benchmarks/weights_float16.md), and of the age in years.
 MAX_DP, MAX_DAGE = 5e-3, 0.15
