@@ -129,7 +129,8 @@ def _manifest(root: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(tiny_config: Path, tiny_utkface: Path, tmp_path_factory, one_torch_thread):
-    from agegender.finetune import finetune
+    from types import SimpleNamespace
+
     from agegender.train import train
 
     base = tmp_path_factory.mktemp("ft")
@@ -139,14 +140,28 @@ def finetuned(tiny_config: Path, tiny_utkface: Path, tmp_path_factory, one_torch
     data = _manifest(tiny_utkface, base / "groups_only.csv")
     with pytest.MonkeyPatch.context() as mp:  # a threshold from the few validation faces
         mp.setattr("agegender.evaluate.calibrate.MIN_FACES_PER_GENDER", 3)
-        res = finetune(
-            str(source.best_checkpoint),
-            data,
-            base / "mine",
-            overrides=["train.epochs=3", "train.batch_size=16", "logger.csv=true"],
-            detector="none",
-            printer=lambda _: None,
+        run = CliRunner().invoke(
+            app,
+            [
+                "finetune",
+                str(source.best_checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(base / "mine"),
+                "--detector",
+                "none",
+                *("--set", "train.epochs=3", "--set", "train.batch_size=16"),
+                *("--set", "logger.csv=true"),
+            ],
+            catch_exceptions=False,
         )
+    assert run.exit_code == 0, run.output
+    assert "done: 3 epochs" in run.output and "gender threshold" in run.output
+    out = base / "mine"
+    res = SimpleNamespace(
+        out_dir=out, model_pt=out / "model.pt", model_onnx=out / "model.onnx", output=run.output
+    )
     return res, data
 
 
@@ -268,3 +283,25 @@ def test_config_keys_take_a_bundled_name(config_data_root: Path, tmp_path: Path)
     # a path is still a path, relative to the config file (or the working dir for --set)
     cfg = load_config(cfg_file, ["model.init_from=runs/x/best.ckpt"])
     assert cfg.model.init_from == str(Path.cwd() / "runs/x/best.ckpt")
+
+
+def test_task_labels_gender_only_and_groups_only(tmp_path: Path) -> None:
+    """DEX trains on Adience groups alone (no 'exact ages needed' refusal); photos with no
+    age label at all are accepted when the age term has no weight (task.gamma 1)."""
+    from agegender.config import ConfigError
+    from agegender.config.load import validate_config
+    from agegender.train.data import _check_labels
+
+    def config(gamma: float):
+        raw = {"data": {"path": str(tmp_path)}, "model": {"name": "small_cnn"}}
+        raw["task"] = {"gender": True, "age": "dex", "gamma": gamma}
+        return validate_config(raw)
+
+    groups_only = pd.DataFrame(
+        {"gender": [0, 1, None], "age": [np.nan] * 3, "age_group": pd.array([4, None, 1])}
+    )
+    assert len(_check_labels(config(0.5), groups_only)) == 3  # each row has a label it uses
+    gender_only = groups_only.assign(age_group=pd.array([None] * 3, dtype="Int64"))
+    with pytest.raises(ConfigError, match=r"exact ages or age groups needed for 'dex'"):
+        _check_labels(config(0.5), gender_only)
+    assert len(_check_labels(config(1.0), gender_only)) == 2  # the unlabelled row left out
