@@ -16,7 +16,7 @@ they are among adience-fold0-part's) and ``utkface`` (UTKFace crops of one CV te
 with ``--utk-folds``, else every 10th face).
 A photo's prediction is its largest face; a photo with no face found counts as an error
 in the ``*_all`` figures. Every set's figures also get a 95 % interval from a bootstrap
-over people (:func:`agegender.evaluate.photos.photo_intervals`; a photo without a person
+over people (:func:`agegender.evaluate.intervals.photo_intervals`; a photo without a person
 id is its own person); the page prints them for Adience, with the two age-group
 read-outs overall and per age group, beside the published Adience figures. Writes
 ``benchmarks/crossdata.json`` and ``crossdata.md`` (``--out-dir``). FairFace is a test set:
@@ -147,7 +147,7 @@ def pct(v: float | None) -> str:
 
 
 def ci(c: dict | None) -> str:
-    """``x % [low, high]`` of an interval of :func:`agegender.evaluate.photos.photo_intervals`."""
+    """``x % [low, high]`` of an interval (:func:`agegender.evaluate.intervals.photo_intervals`)."""
     if not c or c.get("value") is None:
         return "–"
     if c.get("low") is None:

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from agegender.evaluate.intervals import photo_intervals, photo_scores, readout_groups
 from agegender.evaluate.metrics import P_AGE
-from agegender.evaluate.photos import photo_intervals, photo_metrics, photo_scores, readout_groups
+from agegender.evaluate.photos import photo_metrics
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:

@@ -99,9 +99,9 @@ def summarise_predictions(pred: pd.DataFrame) -> dict[str, Any]:
 
 
 def _intervals(pred: pd.DataFrame) -> dict[str, dict]:
-    """:func:`~agegender.evaluate.photos.photo_intervals` of a predictions frame, a row
+    """:func:`~agegender.evaluate.intervals.photo_intervals` of a predictions frame, a row
     that failed (no readable image) counting as a photo without a face."""
-    from agegender.evaluate.photos import photo_intervals
+    from agegender.evaluate.intervals import photo_intervals
 
     return photo_intervals(pred.assign(face_found=ok_rows(pred)))
 
