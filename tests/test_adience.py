@@ -112,3 +112,42 @@ def test_real_fold0_part(adience_part_dir):
     assert rows.counts.kept == 1584 and rows.counts.reasons == {"conflicting": 2}
     res = make_folds(rows.table, 5, seed=0, dup_group=rows.dup_group)
     assert res.k == 5 and (res.table.groupby("subject")["fold"].nunique() == 1).all()
+
+
+def test_data_audit_and_folds_say_how_the_fold_file_was_read(tmp_path):
+    """``agegender data audit`` and ``data folds`` print the spellings and the unlabelled
+    rows in their row counts, and write person-exclusive folds from a single fold file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from agegender.cli import app
+
+    rows = [
+        (user, f"{face}_{k}.jpg", face, "(8, 12)" if face == 1 else "(25, 32)", "fm"[face % 2])
+        for user in ("u1", "u2")
+        for face in (1, 2, 3)
+        for k in range(3)
+    ]
+    rows += [("u3", "x.jpg", 1, "(60, 100)", ""), ("u3", "y.jpg", 2, "None", "m")]
+    fold_file(tmp_path / "ad", rows)
+    res = CliRunner().invoke(app, ["data", "audit", str(tmp_path / "ad"), "--json"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.stdout)["row_counts"]
+    assert counts["read"] == counts["kept"] == 20
+    assert counts["notes"] == {
+        "age (8, 12) read as 8-13": 6,
+        "age (60, 100) read as 60+": 1,
+        "without gender": 1,
+        "without age": 1,
+    }
+    out = tmp_path / "folds.csv"
+    res = CliRunner().invoke(
+        app, ["data", "folds", str(tmp_path / "ad"), "--k", "3", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "as read: 6 age (8, 12) read as 8-13" in res.output
+    folds = pd.read_csv(out)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert (folds.groupby("subject")["fold"].nunique() == 1).all()
+    assert folds["subject"].nunique() == 8
