@@ -61,7 +61,7 @@ def data_folds(
             progress=console.is_terminal and not as_json,
         )
     except (DatasetError, ValueError) as exc:
-        fail(str(exc))
+        fail(exc)
     write_folds(folds, out)
     sizes = folds.table["fold"].value_counts().sort_index()
     how = "official dataset folds" if folds.official else f"StratifiedGroupKFold seed {seed}"
@@ -124,7 +124,7 @@ def data_audit(
                 list(paths), format, workers=workers, progress=progress, console=console
             )
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
-        fail(str(exc))
+        fail(exc)
     reports = [{**r.report.to_dict(), "row_counts": r.counts.to_dict()} for r in many]
     if as_json:
         if links is None:
@@ -187,7 +187,7 @@ def data_cache(
             template=points if align else None,
         )
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
-        fail(str(exc))
+        fail(exc)
     reject_failed_images(rows.counts, [p.reason for p in cache.problems])
     info = {
         "cache": str(cache.folder),

@@ -20,6 +20,14 @@ groups::
     read 1,586 rows from /data/adience: kept 1,584, rejected 2 (2 conflicting); as read:
     6 age (8, 12) read as 8-13, 30 age (60, 100) read as 60+, 1 without gender, 1 without age
 ).
+
+Nothing to do is an error: :func:`read_rows` (which every command reading a dataset goes
+through) raises :class:`NoRowsError` when it keeps no row, naming the dataset, with every
+rejected row (file, line, reason); the command line shows the first few and ``--json``
+all of them (:func:`agegender.cli.base.fail`)::
+
+    error: /data/bad.csv: no usable rows: read 11, rejected 11 (11 bad rows)
+      /data/bad.csv:2: image not found: /data/img/0.jpg
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agegender.data.records import ReadResult
+from agegender.data.records import DatasetError, Problem, ReadResult
 
 #: Why a row is not kept: key in ``row_counts["reasons"]`` -> (one row, several rows).
 REASONS: dict[str, tuple[str, str]] = {
@@ -109,21 +117,79 @@ class RowCounts:
     def _labels_elsewhere(self) -> bool:
         return bool(self.labels) and Path(self.labels) != Path(self.path)
 
+    def why(self) -> str:
+        """The rejected rows by reason: ``" (n1 reason1, n2 reason2)"``, or ``""``."""
+        parts = [
+            f"{n:,} {REASONS[k][0] if n == 1 else REASONS[k][1]}"
+            for k, n in self.to_dict()["reasons"].items()
+        ]
+        return f" ({', '.join(parts)})" if parts else ""
+
     def line(self) -> str:
         """``read N rows from PATH: kept K, rejected R (n1 reason1, n2 reason2)``."""
         where = self.path
         if self._labels_elsewhere():
             where += f" (labels: {self.labels})"
         text = f"read {self.read:,} rows from {where}: kept {self.kept:,}, "
-        text += f"rejected {self.rejected:,}"
-        parts = [
-            f"{n:,} {REASONS[k][0] if n == 1 else REASONS[k][1]}"
-            for k, n in self.to_dict()["reasons"].items()
-        ]
-        text += f" ({', '.join(parts)})" if parts else ""
+        text += f"rejected {self.rejected:,}{self.why()}"
         if self.notes:
             text += "; as read: " + ", ".join(f"{n:,} {k}" for k, n in self.notes.items())
         return text
+
+
+class NoRowsError(DatasetError):
+    """A dataset of which no row can be used: its one line names the dataset and the
+    counts (``<path>: no usable rows: read N, rejected N (n1 reason1, ...)``); ``rejected``
+    holds every rejected row as a :class:`~agegender.data.records.Problem` (file, line,
+    reason), :meth:`to_dict` all of it for ``--json``."""
+
+    def __init__(self, counts: RowCounts, rejected: list[Problem]) -> None:
+        self.counts = counts
+        self.rejected = list(rejected)
+        super().__init__(
+            f"{counts.path}: no usable rows: read {counts.read:,}, "
+            f"rejected {counts.rejected:,}{counts.why()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": str(self),
+            "dataset": self.counts.path,
+            "row_counts": self.counts.to_dict(),
+            "rejected_rows": [p.to_dict() for p in self.rejected],
+        }
+
+
+def _row_problems(table: pd.DataFrame, which: np.ndarray, reasons: Any) -> list[Problem]:
+    """A :class:`Problem` for each row of ``table`` where ``which`` holds: its image, the
+    label file line it came from (0 if none), the reason (one, or one per row)."""
+    lines = table["line"] if "line" in table.columns else pd.Series(0, index=table.index)
+    lines = lines.fillna(0).astype(int).to_numpy()
+    reasons = np.broadcast_to(np.asarray(reasons, dtype=object), (len(table),))
+    return [
+        Problem(str(path), int(line), str(reason))
+        for path, line, reason in zip(
+            table["path"].to_numpy()[which], lines[which], reasons[which], strict=True
+        )
+    ]
+
+
+def require_rows(rows: DatasetRows) -> DatasetRows:
+    """``rows``, or :class:`NoRowsError` when none was kept: the reader's bad rows and
+    disagreements, then the rows the audit dropped (unreadable with the decoder's reason,
+    conflicting duplicates)."""
+    if len(rows.table):
+        return rows
+    rejected = [*rows.result.problems, *rows.result.disagreements]
+    if rows.report is not None:
+        read = rows.report.table
+        readable = np.asarray(rows.report.readable, dtype=bool)
+        errors = rows.report.files["error"].to_numpy(dtype=object)
+        reasons = np.asarray([f"unreadable: {e}" if e else "unreadable" for e in errors])
+        rejected += _row_problems(read, ~readable, reasons)
+        conflict = np.asarray(rows.report.conflict, dtype=bool) & readable
+        rejected += _row_problems(read, conflict, "conflicting labels in a duplicate group")
+    raise NoRowsError(rows.counts, rejected)
 
 
 def reject_failed_images(counts: RowCounts, reasons: list[str]) -> None:
@@ -166,7 +232,8 @@ def read_rows(
     duplicate audit, drop unreadable images and (``drop_conflicts``) duplicate groups with
     conflicting labels. ``info`` is :func:`~agegender.data.readers.read_table`'s summary
     plus ``limit``, ``unreadable``, ``conflicts_dropped`` when they apply.
-    Raises ``DatasetError`` (one line) when nothing can be read."""
+    Raises ``DatasetError`` (one line) when nothing can be read, :class:`NoRowsError`
+    when no row is kept."""
     from agegender.data.readers import read_table, sample_rows
 
     result, table, info = read_table(path, format)
@@ -176,8 +243,8 @@ def read_rows(
         info["limit"] = limit
         table = sample_rows(table, limit, seed)
     rows = DatasetRows(result, table, counts, info)
-    if not audit:
-        return rows
+    if not audit or not len(table):
+        return require_rows(rows)
     from agegender.data.audit import audit_dataset
 
     report = audit_dataset(
@@ -199,7 +266,7 @@ def read_rows(
     rows.dup_group = np.asarray(report.group_id)[keep]
     rows.conflict = conflict[keep]
     rows.sha1 = report.files["sha1"].to_numpy(dtype=object)[keep]
-    return rows
+    return require_rows(rows)
 
 
 def link_rows(
@@ -361,10 +428,12 @@ def read_folds(
 __all__ = [
     "REASONS",
     "DatasetRows",
+    "NoRowsError",
     "RowCounts",
     "link_rows",
     "read_datasets",
     "read_folds",
     "read_rows",
     "reject_failed_images",
+    "require_rows",
 ]
