@@ -144,3 +144,47 @@ def test_rows_the_audit_drops_are_listed_with_the_decoders_reason(tmp_path: Path
     assert out["row_counts"]["reasons"] == {"unreadable": 2}
     assert [r["line"] for r in out["rejected_rows"]] == [2, 3]
     assert f"{tmp_path}/a.jpg:2: unreadable" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def ckpt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training checkpoint as ``agegender train`` writes it (meta + ``model.`` state)."""
+    from agegender.artifact import build_model, make_meta
+    from agegender.config import Config
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = Config.model_validate(
+        {"data": {"path": str(tmp), "size": 32, "input_size": 32}, "model": {"name": "small_cnn"}}
+    )
+    meta = make_meta(cfg, size=32, input_size=32, code_version="test")
+    torch.manual_seed(0)
+    state = {f"model.{k}": v for k, v in build_model(meta).state_dict().items()}
+    torch.save({"agegender": meta, "state_dict": state}, tmp / "tiny.ckpt")
+    return tmp / "tiny.ckpt"
+
+
+@pytest.mark.parametrize("command", ("evaluate .pt", "evaluate .ckpt", "train"))
+def test_images_that_never_decode_are_no_usable_rows(
+    command: str, model_file: Path, ckpt_file: Path, tmp_path: Path
+) -> None:
+    """Without the audit the rows are kept until their images fail to decode; when not one
+    does, that is no usable row either (a photo where no face is found is a result)."""
+    for name in "abc":
+        (tmp_path / f"{name}.jpg").write_bytes(b"not a jpeg")
+    data = tmp_path / "broken.csv"
+    data.write_text("path,gender,age\na.jpg,0,30\nb.jpg,1,40\nc.jpg,1,50\n")
+    out = ["--out", str(tmp_path / "e.json")]
+    args = {
+        "evaluate .pt": ["evaluate", str(model_file), "--data", str(data), *out],
+        "evaluate .ckpt": ["evaluate", str(ckpt_file), "--data", str(data), *out],
+        "train": ["train", str(_config(tmp_path, data)), "--out", str(tmp_path / "run")],
+    }[command]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("error:"))
+    assert lines[i] == f"error: {data}: no usable rows: read 3, rejected 3 (3 unreadable)"
+    assert [line.split(": unreadable")[0] for line in lines[i + 1 : i + 4]] == [
+        f"  {tmp_path}/{name}.jpg:{n}" for n, name in zip((2, 3, 4), "abc", strict=True)
+    ]
+    assert not (tmp_path / "e.json").exists()

@@ -23,8 +23,9 @@ groups::
 
 Nothing to do is an error: :func:`read_rows` (which every command reading a dataset goes
 through) raises :class:`NoRowsError` when it keeps no row, naming the dataset, with every
-rejected row (file, line, reason); the command line shows the first few and ``--json``
-all of them (:func:`agegender.cli.base.fail`)::
+rejected row (file, line, reason), and so does :func:`require_images` when not one image
+of the rows kept decodes (``evaluate``, ``train``); the command line shows the first few
+and ``--json`` all of them (:func:`agegender.cli.base.fail`)::
 
     error: /data/bad.csv: no usable rows: read 11, rejected 11 (11 bad rows)
       /data/bad.csv:2: image not found: /data/img/0.jpg
@@ -189,6 +190,22 @@ def require_rows(rows: DatasetRows) -> DatasetRows:
         rejected += _row_problems(read, ~readable, reasons)
         conflict = np.asarray(rows.report.conflict, dtype=bool) & readable
         rejected += _row_problems(read, conflict, "conflicting labels in a duplicate group")
+    raise NoRowsError(rows.counts, rejected)
+
+
+def require_images(rows: DatasetRows, table: pd.DataFrame, errors: Any) -> None:
+    """After the images of ``table`` (``rows.table`` or the part of it a command uses) were
+    decoded: :class:`NoRowsError` when not one of them decoded. ``errors``: each row's
+    failure, ``""`` for an image that decoded (one where no face was found decoded: that
+    is a result, not a bad row). The caller has counted the failures in ``rows.counts``."""
+    errs = np.asarray([str(e) if isinstance(e, str) else "" for e in errors], dtype=object)
+    if len(errs) != len(table):
+        raise ValueError(f"{len(errs)} errors for {len(table)} rows")
+    if not len(errs) or (errs == "").any() or (errs == "no face found").any():
+        return
+    reasons = np.asarray([f"unreadable: {e}" for e in errs], dtype=object)
+    rejected = [*rows.result.problems, *rows.result.disagreements]
+    rejected += _row_problems(table, np.ones(len(table), dtype=bool), reasons)
     raise NoRowsError(rows.counts, rejected)
 
 
@@ -435,5 +452,6 @@ __all__ = [
     "read_folds",
     "read_rows",
     "reject_failed_images",
+    "require_images",
     "require_rows",
 ]

@@ -190,7 +190,7 @@ def evaluate_checkpoint(
     Raises ``ValueError``/``FileNotFoundError`` (one line, naming the file) on bad input.
     """
     from agegender.artifact import load_model
-    from agegender.data.prepare import read_rows
+    from agegender.data.prepare import read_rows, require_images
     from agegender.evaluate.tta import check_mode
     from agegender.infer.detector import check_detector
 
@@ -213,6 +213,7 @@ def evaluate_checkpoint(
         progress=progress,
     )
     rows.counts.reject("unreadable", results["n_failed"])
+    require_images(rows, rows.table, pred["error"].to_numpy())
     results = {
         "checkpoint": str(Path(ckpt).resolve()),
         "data": str(data),

@@ -153,7 +153,7 @@ def evaluate_model_file(
     """Evaluate any model ``predict`` loads (a bundled name, ``.onnx``, ``.pt``, ``.ckpt``)
     on a labelled dataset through the predictor's face path, one row per photo. Writes
     ``out`` (results JSON) and the per-photo predictions CSV beside it when given."""
-    from agegender.data.prepare import read_rows, reject_failed_images
+    from agegender.data.prepare import read_rows, reject_failed_images, require_images
     from agegender.evaluate.evaluation import write_results
     from agegender.infer import Predictor
 
@@ -170,6 +170,9 @@ def evaluate_model_file(
     # kept = photos with a face (the main metrics); the others count in the *_all metrics
     reasons = frame["error"].astype(str).to_numpy()[~found]
     reject_failed_images(rows.counts, [r or "no face found" for r in reasons])
+    errors = frame["error"].astype(str).to_numpy().astype(object)
+    errors[~found & (errors == "")] = "no face found"
+    require_images(rows, rows.table, np.where(found, "", errors))
     results = {
         "model": model,
         "detector": detector,

@@ -18,7 +18,13 @@ import pandas as pd
 
 from agegender.config import Config, ConfigError
 from agegender.data.datamodule import Splits, split_by_fold, split_by_fractions
-from agegender.data.prepare import DatasetRows, RowCounts, read_rows, reject_failed_images
+from agegender.data.prepare import (
+    DatasetRows,
+    RowCounts,
+    read_rows,
+    reject_failed_images,
+    require_images,
+)
 from agegender.data.records import DatasetError
 
 __all__ = ["PreparedData", "model_face_template", "prepare_data", "resolve_sizes"]
@@ -205,6 +211,9 @@ def prepare_data(config: Config, *, progress: bool = False) -> PreparedData:
     if not ok.all():
         info["undecodable"] = int((~ok).sum())
         reject_failed_images(counts, failures)
+        errors = np.full(len(table), "", dtype=object)
+        errors[~ok] = failures
+        require_images(rows, table, errors)
         table, cache_rows = table[ok].reset_index(drop=True), cache_rows[ok]
     info["row_counts"] = counts.to_dict()
     row_counts = [counts]
