@@ -152,7 +152,7 @@ def finetuned(tiny_config: Path, tiny_utkface: Path, tmp_path_factory, one_torch
                 "--detector",
                 "none",
                 *("--set", "train.epochs=3", "--set", "train.batch_size=16"),
-                *("--set", "logger.csv=true"),
+                *("--set", "logger.csv=true", "--set", "data.split=[0.5,0.5]"),
             ],
             catch_exceptions=False,
         )
@@ -305,3 +305,36 @@ def test_task_labels_gender_only_and_groups_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"exact ages or age groups needed for 'dex'"):
         _check_labels(config(0.5), gender_only)
     assert len(_check_labels(config(1.0), gender_only)) == 2  # the unlabelled row left out
+
+
+def test_gender_only_photos_keep_the_age_head_and_few_people_keep_0_5(
+    finetuned, tmp_path: Path
+) -> None:
+    """Photos without ages: the age term gets weight 0 and the model still predicts ages;
+    fewer validation people of a gender than the threshold rule needs (20; photos of one
+    person count once): no threshold is chosen, the network's 0.5 stays, the card says so."""
+    from agegender.artifact import load_model
+    from agegender.finetune import finetune
+    from agegender.infer import Predictor
+
+    res, data = finetuned
+    rows = pd.read_csv(data).drop(columns="age")
+    gender_only = tmp_path / "gender_only.csv"
+    rows.to_csv(gender_only, index=False)
+    out = finetune(
+        str(res.model_pt),
+        gender_only,
+        tmp_path / "again",
+        overrides=["train.epochs=1", "train.batch_size=16"],
+        detector="none",
+        printer=lambda _: None,
+    )
+    s = out.summary
+    assert s["labels"] == {"gender": True, "age": False} and s["gamma"] == 1.0
+    assert s["gender_decision"] is None and "people of each gender" in s["not_calibrated"]
+    assert s["source"]["model"] == str(res.model_pt)  # a finetune's model.pt starts another
+    _, meta = load_model(out.model_pt)
+    assert "gender_decision" not in meta
+    assert "Not recalibrated" in out.card.read_text()
+    face = Predictor.load(out.model_onnx, detector="none").predict(rows["path"][0]).faces[0]
+    assert face.age is not None and len(face.age_probs) == 101

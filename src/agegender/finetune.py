@@ -18,7 +18,11 @@
 4. **calibrate** — the best epoch's model is written to ``OUT/model.pt`` and its gender
    threshold chosen on the validation people's photos through the predictor's face path
    (:func:`agegender.evaluate.calibrate.calibrate_model`, the rule and age bands of the
-   starting model's own decision).
+   starting model's own decision). The rule's minimum (20 of each gender) counts people,
+   not photos, since photos of one person are alike: with fewer validation people the
+   network's own 0.5 is kept, and the card and ``finetune.json`` say why (on Adience's 93
+   people a threshold chosen on 20-25 validation people swung from 0.68 to 0.995 across
+   folds and cost held-out accuracy: ``benchmarks/adience_finetune.md``).
 5. **export** — ``OUT/model.onnx`` (:func:`agegender.infer.onnx.export_onnx`) and a model
    card, ``OUT/MODEL_CARD.md``.
 
@@ -173,9 +177,14 @@ def _validation_photos(config: Config, out: Path) -> tuple[Path, dict[str, int]]
     )
     path = out / VAL_MANIFEST
     frame.to_csv(path, index=False)
+    # people per gender: a photo without a person id counts as its own person
+    person = val["subject"].astype(object).where(val["subject"].notna(), val["path"])
+    by_gender = person.groupby(val["gender"].astype("Int64")).nunique()
     counts = {
         "photos": int(len(frame)),
         "people": int(val["subject"].nunique()),
+        "women": int(by_gender.get(1, 0)),
+        "men": int(by_gender.get(0, 0)),
         "train_photos": int(len(data.splits.train)),
         "train_people": int(table.iloc[data.splits.train]["subject"].nunique()),
     }
@@ -209,6 +218,7 @@ def finetune(
     ``finetune.json``. Raises ConfigError / DatasetError (one line) for bad input."""
     from agegender.artifact import load_model, save_torch_model
     from agegender.data.prepare import read_rows
+    from agegender.evaluate import calibrate as cal
     from agegender.evaluate.calibrate import calibrate_model, write_with_meta
     from agegender.infer.onnx import export_onnx
     from agegender.train import train
@@ -245,7 +255,18 @@ def finetune(
     val_csv, val_counts = _validation_photos(config, out_dir)
     decision: dict[str, Any] | None = None
     not_calibrated = None
-    if config.task.gender:
+    if (
+        config.task.gender
+        and min(val_counts["women"], val_counts["men"]) < cal.MIN_FACES_PER_GENDER
+    ):
+        # photos of one person are alike: the rule's minimum counts people, not photos
+        not_calibrated = (
+            f"{val_counts['women']} women and {val_counts['men']} men among the validation "
+            f"people; a threshold needs at least {cal.MIN_FACES_PER_GENDER} people of each "
+            "gender"
+        )
+        printer(f"gender threshold not recalibrated (the network's 0.5): {not_calibrated}")
+    elif config.task.gender:
         rule, bands = _source_bands(source.meta)
         try:
             decision = calibrate_model(
