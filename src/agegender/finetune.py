@@ -396,7 +396,8 @@ def write_card(
             f"Threshold {decision.get('threshold')} (rule {decision.get('rule')}), chosen on "
             f"{decision.get('photos')} validation photos ({decision.get('faces_found')} with "
             f"a face found by {decision.get('detector')}); the starting model's was "
-            f"{decision.get('previous_threshold')}. At this decision on those photos: "
+            f"{(source.meta.get('gender_decision') or {}).get('threshold', 0.5)}. At this "
+            "decision on those photos: "
             f"accuracy {_pct(at.get('accuracy'))}, female recall "
             f"{_pct(at.get('female_recall'))}, male recall {_pct(at.get('male_recall'))}.",
             "",
