@@ -1,8 +1,10 @@
-"""``agegender train`` and ``agegender sweep``: fit a model from a config, or many.
+"""``agegender train``, ``sweep`` and ``finetune``: fit a model from a config, or many,
+or fine-tune a trained one on your photos.
 
 ``train`` loads a config (``--set`` overrides), trains into a run dir and prints the
 best epoch; ``sweep`` runs (or resumes, or with ``--summary`` summarises) an Optuna
-study over a search space, each trial a training run.
+study over a search space, each trial a training run; ``finetune`` starts from a bundled
+model (or a ``.pt``/``.ckpt``) with its own recipe (:mod:`agegender.finetune`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agegender.cli.base import app, console, fail
+from agegender.cli.base import FORMAT_OPTION, app, console, fail
 from agegender.errors import check_writable
 
 
@@ -138,7 +140,7 @@ def finetune_cmd(
     ),
     data: Path = typer.Option(..., "--data", "-d", help="Your labelled photos (folder or file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run dir for the fine-tuned model."),
-    format: str = typer.Option("auto", "--format", "-f", help="Dataset layout (auto detects)."),
+    format: str = FORMAT_OPTION,
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a key of the model's recipe: --set train.epochs=4"
     ),
