@@ -26,7 +26,7 @@ reader's ``subject`` is the person) with ``data.path`` replaced; ``evaluate`` te
 row's trained model on every Adience photo (the report's own cross-dataset figure). A
 variant starts from the same earlier rows as its row (the CelebA stages). Each Adience
 figure comes with its photos, its people and a 95 % interval that resamples people
-(:func:`agegender.evaluate.bootstrap.grouped_accuracy_ci`): the per-photo predictions
+(:func:`agegender.evaluate.intervals.photo_intervals`): the per-photo predictions
 of the held-out faces (``cv``'s ``predictions.csv``; for ``train`` the best checkpoint
 run once over the run's own test split, kept as ``test_predictions.csv``).
 Several ``reference.py`` processes may share ``RUNS_DIR``: each claims a row with
@@ -544,30 +544,32 @@ def _held_out_predictions(row: Row, run: Path) -> pd.DataFrame:
 
 
 def people_figures(pred: pd.DataFrame) -> dict[str, Any]:
-    """Photos and people of a predictions frame, and per task the accuracy with its 95 %
-    interval over people (:func:`grouped_accuracy_ci`) and the majority-class share (and
-    for gender the balanced accuracy, the mean of the two recalls)."""
-    from agegender.evaluate.bootstrap import grouped_accuracy_ci, grouped_balanced_accuracy_ci
-    from agegender.evaluate.metrics import predicted_groups
+    """Photos and people of a predictions frame; gender accuracy, balanced accuracy and
+    age-group accuracy (the group holding most of the predicted distribution, the reports'
+    read-out; the nearest group to a predicted age where the model gives only years),
+    each with its 95 % interval over people
+    (:func:`agegender.evaluate.intervals.photo_intervals`); the majority-class shares."""
+    from agegender.evaluate.evaluation import ok_rows
+    from agegender.evaluate.intervals import photo_intervals
 
-    people = pred["subject"].astype(str).to_numpy()
-    out: dict[str, Any] = {"photos": len(pred), "people": int(pd.Series(people).nunique())}
-    truth = pd.to_numeric(pred["gender"], errors="coerce")
-    if "pred_gender" in pred.columns and truth.notna().any():
-        known = truth.notna().to_numpy()
-        said = pd.to_numeric(pred["pred_gender"], errors="coerce").fillna(-1)
-        hit = (said == truth).to_numpy()
-        out["gender_accuracy"] = grouped_accuracy_ci(hit[known], people[known])
-        out["gender_majority"] = float(truth[known].value_counts(normalize=True).max())
-        out["gender_balanced"] = grouped_balanced_accuracy_ci(
-            hit[known], truth[known].to_numpy(dtype=int), people[known]
-        )
-    groups, true_group = predicted_groups(pred), pd.to_numeric(pred["age_group"], errors="coerce")
-    if groups is not None and (groups >= 0).any() and true_group.notna().any():
-        known = true_group.notna().to_numpy()
-        hit = groups[known] == true_group[known].to_numpy()
-        out["age_group_exact"] = grouped_accuracy_ci(hit, people[known])
-        out["age_majority"] = float(true_group[known].value_counts(normalize=True).max())
+    frame = pred
+    if "face_found" not in frame.columns:  # a checkpoint's faces: a failed photo is wrong
+        frame = frame.assign(face_found=ok_rows(frame))
+    overall = photo_intervals(frame)["overall"]
+    people = frame["subject"].astype(str)
+    out: dict[str, Any] = {"photos": len(frame), "people": int(people.nunique())}
+    age = overall.get("age_group_exact_mass_all") or overall.get("age_group_exact_nearest_all")
+    for key, fig in (
+        ("gender_accuracy", overall.get("gender_accuracy_all")),
+        ("gender_balanced", overall.get("gender_balanced_accuracy_all")),
+        ("age_group_exact", age),
+    ):
+        if fig is not None:
+            out[key] = fig
+    for key, col in (("gender_majority", "gender"), ("age_majority", "age_group")):
+        truth = pd.to_numeric(frame[col], errors="coerce").dropna()
+        if key.split("_")[0] in {k.split("_")[0] for k in out} and len(truth):
+            out[key] = float(truth.value_counts(normalize=True).max())
     return out
 
 

@@ -209,13 +209,17 @@ def test_people_figures_count_people_and_majority():
     # 3 people: A (4 photos, all right), B (4, all wrong), C (2, right); 8 men, 2 women
     pred = pd.DataFrame(
         {
+            "path": [f"{i}.jpg" for i in range(10)],
             "subject": ["A"] * 4 + ["B"] * 4 + ["C"] * 2,
             "gender": [0] * 8 + [1, 1],
             "pred_gender": [0] * 4 + [1] * 4 + [1, 1],
             "age_group": [4] * 10,
-            "pred_age_group": [4] * 5 + [3] * 5,
         }
     )
+    from agegender.evaluate.metrics import P_AGE
+
+    for k, col in enumerate(P_AGE):  # the predicted distribution's mass: 25-32, then 15-20
+        pred[col] = [float(k == 4)] * 5 + [float(k == 3)] * 5
     out = reference.people_figures(pred)
     assert (out["photos"], out["people"]) == (10, 3)
     gender = out["gender_accuracy"]
