@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -573,6 +574,43 @@ def people_figures(pred: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+#: A claim's metric -> the per-photo score columns of photo_scores that give it (the
+#: first present: an age group by the distribution's mass, else nearest the predicted age).
+SCORE_COLUMNS = {
+    "gender_accuracy": ("gender",),
+    "age_group_exact": ("age_group_exact_mass", "age_group_exact_nearest"),
+}
+
+
+def paired_difference(
+    left: pd.DataFrame, right: pd.DataFrame, metric: str
+) -> dict[str, float | int | None] | None:
+    """``left``'s accuracy minus ``right``'s on the photos both scored (two models' held-out
+    predictions of the same photos), with a 95 % interval from a bootstrap over people
+    (:func:`agegender.evaluate.bootstrap.grouped_ratios_ci` of the per-photo differences);
+    ``None`` when they share no scored photo."""
+    from agegender.evaluate.bootstrap import grouped_ratios_ci
+    from agegender.evaluate.evaluation import ok_rows
+    from agegender.evaluate.intervals import photo_scores
+
+    def score(pred: pd.DataFrame) -> pd.Series | None:
+        if "face_found" not in pred.columns:
+            pred = pred.assign(face_found=ok_rows(pred))
+        scores = photo_scores(pred).set_axis(pred["path"].astype(str))
+        col = next((c for c in SCORE_COLUMNS[metric] if c in scores.columns), None)
+        return None if col is None else scores[col]
+
+    a, b = score(left), score(right)
+    if a is None or b is None:
+        return None
+    both = pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna()
+    if both.empty:
+        return None
+    people = left.set_index(left["path"].astype(str))["subject"].astype(str)
+    diff = (both["a"] - both["b"]).to_numpy()[:, None]
+    return grouped_ratios_ci(diff, np.ones_like(diff), people.loc[both.index].to_numpy())[0]
+
+
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 2) if values else None
 
@@ -809,8 +847,15 @@ def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     ]
 
 
-def write_outputs(rows: list[Row], results: dict[str, dict], out_dir: Path) -> dict[str, Any]:
-    """``reference.json`` and ``reference.md`` in ``out_dir``; returns the JSON object."""
+def write_outputs(
+    rows: list[Row],
+    results: dict[str, dict],
+    out_dir: Path,
+    predictions: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """``reference.json`` and ``reference.md`` in ``out_dir``; returns the JSON object.
+    ``predictions``: the held-out per-photo predictions of the Adience rows (by row id),
+    for the interval of each claim's difference over people."""
     records = [
         row_record(r, results.get(r.id), {d: results.get(f"{d}/{r.id}") for d in DATASETS})
         for r in rows
@@ -818,6 +863,11 @@ def write_outputs(rows: list[Row], results: dict[str, dict], out_dir: Path) -> d
     claims = comparisons(results)
     on_adience = {r.id: results[f"adience/{r.id}"] for r in rows if f"adience/{r.id}" in results}
     adience_claims = [c for c in comparisons(on_adience) if c["answer"] is not None]
+    preds = predictions or {}
+    for c in adience_claims:
+        left, right = preds.get(f"adience/{c['left']}"), preds.get(f"adience/{c['right']}")
+        if left is not None and right is not None and c["metric"] in SCORE_COLUMNS:
+            c["difference"] = paired_difference(left, right, c["metric"])
     doc = {
         "machine": {
             "platform": platform.platform(),
@@ -1008,13 +1058,29 @@ def _adience_section(
         lines,
     )
     md += ["### The reports' claims on Adience", ""]
+    md += [
+        "*answer*: yes/no on the figures as the UTKFace rows compare them (the mean over folds "
+        "for cv rows); *difference*: left minus right, percentage points, on the same "
+        "held-out photos (pooled over folds), with its 95 % interval over people; "
+        "*not resolved* where that interval holds 0.",
+        "",
+    ]
     md += _table(
-        ["claim", "Adience", "answer", "95% CIs (people)", "UTKFace", "report"],
+        [
+            "claim",
+            "Adience",
+            "answer",
+            "difference [95% CI, people]",
+            "each [95% CI]",
+            "UTKFace",
+            "report",
+        ],
         [
             [
                 c["question"],
                 f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}",
-                {True: "yes", False: "no"}[c["answer"]],
+                {True: "yes", False: "no"}[c["answer"]] + _resolved(c.get("difference")),
+                _diff(c.get("difference")),
                 _claim_cis(c, results),
                 _utk_claim(c, results),
                 c["report"],
@@ -1023,6 +1089,20 @@ def _adience_section(
         ],
     )
     return md
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if not d or d.get("value") is None:
+        return "–"
+    if d.get("low") is None:
+        return f"{100 * d['value']:+.1f}"
+    return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _resolved(d: dict[str, Any] | None) -> str:
+    if not d or d.get("low") is None:
+        return ""
+    return " (not resolved)" if d["low"] <= 0 <= d["high"] else ""
 
 
 def _claim_cis(c: dict[str, Any], results: dict[str, dict]) -> str:
@@ -1245,7 +1325,11 @@ def main(argv: list[str] | None = None) -> int:
             res = {**earlier[r.id], "from_earlier_table": True}
         if res is not None:
             results[r.id] = res
-    write_outputs(rows, results, args.out_dir)
+    predictions = {}
+    for v in variants:
+        if v.id in results and result_file(v, args.runs_dir / v.id).is_file():
+            predictions[v.id] = _held_out_predictions(v, args.runs_dir / v.id)
+    write_outputs(rows, results, args.out_dir, predictions)
     print(f"wrote {args.out_dir / 'reference.md'} ({len(results)}/{len(rows)} rows measured)")
     for rid, why in failed.items():
         print(f"{rid}: {why}", file=sys.stderr)

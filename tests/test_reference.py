@@ -292,3 +292,25 @@ def test_tiny_budget_adience_row_runs_and_counts_people(tmp_path: Path, monkeypa
     line = next(x for x in md.splitlines() if x.startswith("| `000_exp2_no_pretrain`"))
     assert f"({test_faces}, {people['people']})" in line
     assert "## On Adience" in md
+
+
+def test_paired_difference_is_left_minus_right_on_shared_photos_over_people():
+    import pandas as pd
+
+    people = [f"p{i // 5}" for i in range(40)]  # 8 people, 5 photos each
+    truth = [i % 2 for i in range(40)]
+    left = pd.DataFrame(
+        {"path": [f"{i}.jpg" for i in range(40)], "subject": people, "gender": truth}
+    )
+    left["pred_gender"] = truth  # all right
+    right = left.copy()
+    right["pred_gender"] = [t if i < 20 else 1 - t for i, t in enumerate(truth)]  # half
+    right = right.iloc[::-1]  # another order: photos are matched by path
+    diff = reference.paired_difference(left, right, "gender_accuracy")
+    assert diff["value"] == pytest.approx(0.5)
+    assert (diff["photos"], diff["people"]) == (40, 8)
+    assert 0 < diff["low"] <= 0.5 <= diff["high"] <= 1
+    assert reference._resolved(diff) == ""
+    same = reference.paired_difference(left, left, "gender_accuracy")
+    assert same["value"] == 0 and reference._resolved(same) == " (not resolved)"
+    assert reference.paired_difference(left, right.iloc[:0], "gender_accuracy") is None
