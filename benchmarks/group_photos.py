@@ -558,6 +558,12 @@ def render(data: dict) -> str:
         runs = entry["runs"]
         lines += [f"## Split `{split}`", "", f"Command: `{entry['command']}`", ""]
         lines += [f"Machine: {entry['machine']}; model `{entry['model']}`.", ""]
+        earlier = sorted(
+            {r["command"] for r in runs if r.get("command", entry["command"]) != entry["command"]}
+        )
+        for cmd in earlier:
+            names = ", ".join(f"`{r['detector']}`" for r in runs if r.get("command") == cmd)
+            lines += [f"Rows {names}: measured earlier by `{cmd}` (same photos).", ""]
         lines += [
             "| detector | faces | found | >= 40 px | "
             + " | ".join(f"{lo}-{hi} px" for lo, hi in SIZE_BINS)
@@ -695,7 +701,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+        res["command"] = "python benchmarks/group_photos.py " + shlex.join(
+            sys.argv[1:] if argv is None else argv
+        )
         runs.append(res)
+    # detectors not run this time keep their stored rows (each row names its own command)
+    rerun = {r["detector"] for r in runs}
+    kept = [r for r in data.get(args.split, {}).get("runs", []) if r["detector"] not in rerun]
+    runs = sorted(runs + kept, key=lambda r: DETECTORS.index(r["detector"]))
     phone = phone_check(split_dir, args.model) if not args.limit else None
     single = single_check(args.model) if not args.limit and args.split == "test" else None
     data[args.split] = {

@@ -247,3 +247,43 @@ def test_predictions_on_a_12mp_jpeg_match_the_full_decode(tmp_path: Path) -> Non
         assert np.abs(np.subtract(a.box, b.box)).max() <= max(8, 0.03 * side)
         assert a.gender == b.gender
         assert abs(a.p_female - b.p_female) < 0.08 and abs(a.age - b.age) < 3.0
+
+
+def test_levels_read_the_coarsest_image_they_need(pyramid) -> None:
+    """detect_scaled asks for the photo at the sizes its levels need: a group photo's
+    finest level at its full size (4000 px with --detect-size 4000), a portrait nothing
+    past the first read; the boxes are in the photo's pixels either way."""
+    photo, faces = _group(240, 4, 3, (1600, 1200))
+    big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    faces = [(x * 2.5, y * 2.5, s * 2.5) for x, y, s in faces]
+    asked: list[int] = []
+
+    def image(side: int) -> np.ndarray:  # a JPEG decoder's choice: 1/4, 1/2 or all
+        asked.append(side)
+        for k in (4, 2):
+            if side <= 4000 // k:
+                return cv2.resize(big, (4000 // k, 3000 // k), interpolation=cv2.INTER_AREA)
+        return big
+
+    wide = make_detector("blazeface", detect_size=4000)
+    got = wide.detect_scaled(image, 4000, 3000)
+    assert _hits(got, faces) == 12
+    assert max(asked) == 4000 and min(asked) <= bf.COARSE_SIDE
+    asked.clear()
+    portrait = _big()
+    one = pyramid.detect_scaled(lambda side: asked.append(side) or portrait, 4000, 3000)
+    assert len(one) == 1 and one[0].w > 400 and asked == [bf.COARSE_SIDE]
+
+
+def test_padded_retry_keeps_only_faces_that_fill_the_frame(single) -> None:
+    """The retry on a padded copy is for a face crop that fills the frame: a face under
+    RETRY_MIN_SHARE of the short side that only the retry finds is not kept."""
+    from agegender.infer.faces import RETRY_MIN_SHARE, padded_retry
+
+    crop = _rgb(PHOTOS[0])
+    found = padded_retry(single, crop)
+    assert found and all(max(b.w, b.h) >= RETRY_MIN_SHARE * min(crop.shape[:2]) for b in found)
+    canvas = np.full((3000, 4000, 3), 128, np.uint8)
+    canvas[100:260, 100:260] = cv2.resize(crop, (160, 160), interpolation=cv2.INTER_AREA)
+    assert 160 < RETRY_MIN_SHARE * 3000
+    assert padded_retry(single, canvas) == []

@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,9 @@ LEVEL_SCORE_MARGIN = 0.1
 #: benchmarks/group_photos.py (1,471 true faces found at score 0.5, 172 false ones, 54 in
 #: 30 photos without faces): 1,450 true, 27 false and none in the empty photos stay; a
 #: plain threshold of 0.8 would keep 1,185 true faces for 14 false ones.
-VERIFY_SCORE = 0.8
+VERIFY_SCORE = 0.9
 VERIFY_MIN = 0.5
+COARSE_VERIFY_SCORE = 0.75
 #: The smallest face the whole-image 128 px pass finds, as a fraction of the long side
 #: (about 20 px of its 128 px input).
 COARSE_MIN_FRACTION = 20.0 / 128.0
@@ -87,9 +88,17 @@ COARSE_MIN_FRACTION = 20.0 / 128.0
 #: sure face twice the size of the smallest face looked for so far (so every face down to
 #: half its size is already found).
 PYRAMID_MIN_FACE = 24.0
+#: The long side (px) of the decode the whole-image 128 px pass reads: a large JPEG is
+#: decoded finer only when a finer level runs (a portrait stops before).
+COARSE_SIDE = 512
 PYRAMID_DETECT_SIZE = 2000
+#: The long side (px) a large photo is first decoded at for the pyramid (a 12 MP JPEG at
+#: 1/2 scale: what a portrait's face crop needs anyway); finer only for a finer level.
+FIRST_DECODE_SIDE = 2000
 PYRAMID_STOP_RATIO = 2.0
 STOP_SCORE = 0.75
+#: The pyramid's levels are this far apart (scale ratio).
+LEVEL_STEP = 4.0
 #: Input shapes kept ready (one interpreter pool each) for the pyramid's levels.
 MAX_LEVEL_SHAPES = 8
 
@@ -390,27 +399,64 @@ class BlazeFaceDetector:
             return []  # the whole-image pass already sees the image at this scale
         scales = [finest]
         while LEVEL_FACE_PX[1] / scales[-1] < coarse_min:
-            scales.append(scales[-1] / 4.0)
+            scales.append(scales[-1] / LEVEL_STEP)
         return [s for s in reversed(scales) if side * s > self._spec.size]
 
     def _detect_pyramid(self, rgb: np.ndarray) -> list[Box]:
         h, w = rgb.shape[:2]
-        coords, scores = self._letterbox_candidates(rgb)
+        return self.detect_scaled(lambda _side: rgb, w, h)
+
+    def detect_scaled(self, image: Callable[[int], np.ndarray], w: int, h: int) -> list[Box]:
+        """The pyramid over a ``w`` x ``h`` photo that ``image(n)`` gives decoded with at
+        least ``n`` px on its long side (or all it has: a JPEG at a libjpeg scale, see
+        :mod:`agegender.infer.decode`): each level reads the coarsest image it needs, so a
+        photo is decoded finer than :data:`FIRST_DECODE_SIDE` only when a level needs it (a
+        group photo, never a portrait). Boxes in the photo's pixels, best first."""
+        side = max(w, h)
+        read: list[np.ndarray] = []  # the images read (and shrunk) so far
+
+        def at_least(n: int) -> np.ndarray:
+            # the smallest image read with n px; a decode of twice that or more is shrunk
+            # once, so that the coarse levels do not each resize a large decode
+            fits = [a for a in read if max(a.shape[:2]) >= n]
+            if fits:
+                return min(fits, key=lambda a: max(a.shape[:2]))
+            got = _as_rgb(image(n))
+            if not any(got is a for a in read):
+                read.append(got)
+            long = max(got.shape[:2])
+            if long >= 2 * n:
+                s = n / long
+                size = (max(1, round(got.shape[1] * s)), max(1, round(got.shape[0] * s)))
+                got = cv2.resize(got, size, interpolation=cv2.INTER_AREA)
+                read.append(got)
+            return got
+
+        img = at_least(min(side, COARSE_SIDE))
+        k = side / max(img.shape[:2])  # photo px per decoded px
+        coords, scores = self._letterbox_candidates(img)
+        coords *= k
         parts, part_scores = [coords], [scores]
-        smallest = COARSE_MIN_FRACTION * max(w, h)  # the smallest face looked for so far
+        smallest = COARSE_MIN_FRACTION * side  # the smallest face looked for so far
         for scale in self.pyramid_scales(w, h):
             if self._portrait(parts, part_scores, smallest):
                 break
-            c, sc = self._level_candidates(rgb, scale)
-            parts.append(c)
+            img = at_least(math.ceil(side * scale))
+            k = side / max(img.shape[:2])
+            c, sc = self._level_candidates(img, scale * k)
+            parts.append(c * k)
             part_scores.append(sc)
             smallest = LEVEL_SURE_PX / scale
         if len(parts) == 1:  # a portrait: the whole-image pass alone, as the single pass
-            return self._boxes(coords, scores, w, h)
+            return [
+                b
+                for b in self._boxes(coords, scores, w, h)
+                if b.score >= COARSE_VERIFY_SCORE or self._verified(img, b, k)
+            ]
         # a face of the 128 px pass stays as that pass found it; the finer levels add the
-        # faces it does not overlap, and those they found with a middling score get a second
-        # look (checking the 128 px pass's own faces that way lost FairFace faces and none
-        # of its false ones in the dev split's photos without faces)
+        # faces it does not overlap; the faces of either with a middling score get a second
+        # look (the 128 px pass's below COARSE_VERIFY_SCORE, the finer levels' below
+        # VERIFY_SCORE), in the finest decode read
         coarse = self._boxes(coords, scores, w, h)
         fine = [
             b
@@ -419,14 +465,20 @@ class BlazeFaceDetector:
         ]
         first = set(coarse)
         both = _nested(sorted(coarse + fine, key=lambda b: -b.score))
-        return [b for b in both if b in first or b.score >= VERIFY_SCORE or self._verified(rgb, b)]
+        return [
+            b
+            for b in both
+            if b.score >= (COARSE_VERIFY_SCORE if b in first else VERIFY_SCORE)
+            or self._verified(img, b, k)
+        ]
 
-    def _verified(self, rgb: np.ndarray, box: Box) -> bool:
-        """A second look at a face the finer levels found with a middling score: its
-        surroundings (3x the box) through the short- and the full-range model at their own
-        input sizes, where the face fills a third of the view; kept when the two scores of a
-        face there (centre within a quarter of the box, side within about 1.6x) average
-        :data:`VERIFY_MIN` or more: a part of a face, or a box beside one, is not."""
+    def _verified(self, rgb: np.ndarray, box: Box, k: float = 1.0) -> bool:
+        """A second look at a face found with a middling score (``box`` in photo px, ``rgb``
+        the photo decoded at 1/``k``): its surroundings (3x the box) through the short- and
+        the full-range model at their own input sizes, where the face fills a third of the
+        view; kept when the two scores of a face there (centre within a quarter of the box,
+        side within about 1.6x) average :data:`VERIFY_MIN` or more: a part of a face, or a
+        box beside one, is not."""
         if self._verifier is None:
             with self._shaped_lock:
                 if self._verifier is None:
@@ -434,8 +486,8 @@ class BlazeFaceDetector:
                         BlazeFaceDetector(model="short", score_threshold=0.05),
                         BlazeFaceDetector(model="full", score_threshold=0.05),
                     )
-        side = 3 * max(box.w, box.h)
-        view = _square(rgb, box.x + box.w / 2, box.y + box.h / 2, side, 192)
+        side = 3 * max(box.w, box.h) / k
+        view = _square(rgb, (box.x + box.w / 2) / k, (box.y + box.h / 2) / k, side, 192)
         total = 0.0
         for det in self._verifier:  # the box is 64 px in the view, centred at 96
             found = [

@@ -247,7 +247,10 @@ def detection_side(detector: Detector) -> int | None:
     if isinstance(detector, HaarDetector):
         return max(detector.detect_size, detector.retry_size or 0)
     if getattr(detector, "pyramid", False):
-        return int(detector.detect_size)  # type: ignore[union-attr]
+        from agegender.infer.blazeface import FIRST_DECODE_SIDE
+
+        # the first decode; a finer level decodes finer (BlazeFaceDetector.detect_scaled)
+        return min(int(detector.detect_size), FIRST_DECODE_SIDE)  # type: ignore[union-attr]
     size = getattr(detector, "input_size", None)
     return 4 * int(size) if size else None
 

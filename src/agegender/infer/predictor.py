@@ -64,7 +64,7 @@ from agegender.infer.detector import (
     detection_side,
     make_detector,
 )
-from agegender.infer.faces import FoundFace, crop_faces, detect_faces, largest_face
+from agegender.infer.faces import FoundFace, crop_faces, detect_faces, largest_face, padded_retry
 from agegender.infer.inputs import Input, one_line, source_name
 from agegender.infer.results import FaceResult, ImageResult
 from agegender.readout import (
@@ -304,9 +304,29 @@ class Predictor:
     def _find(self, photo: Decoded) -> list[FoundFace]:
         """The faces of ``photo``: found at its decoded scale, cut from a finer decode when
         one is too small there for the model's input, boxes in the photo's own pixels."""
-        boxes, source = detect_faces(self.detector, photo.rgb)
-        sx, sy = photo.scale
-        boxes = [scale_box(b, 1 / sx, 1 / sy) for b in boxes]  # photo pixels
+        detect_scaled = getattr(self.detector, "detect_scaled", None)
+        if getattr(self.detector, "pyramid", False) and detect_scaled is not None:
+            # the pyramid reads the photo at the scales its levels need: a finer decode
+            # only when a finer level runs (a group photo), kept for the crops
+            held = [photo]
+
+            def image(side: int) -> np.ndarray:
+                p = held[0]
+                if p.reduced and side > max(p.rgb.shape[:2]):
+                    scale = side / max(p.width, p.height)
+                    p = held[0] = finer(p, scale, max_pixels=self.max_pixels)
+                return p.rgb
+
+            boxes, source = detect_scaled(image, photo.width, photo.height), "detected"
+            photo = held[0]
+            sx, sy = photo.scale
+            if not boxes:
+                retry = padded_retry(self.detector, photo.rgb)
+                boxes, source = [scale_box(b, 1 / sx, 1 / sy) for b in retry], "padded"
+        else:
+            boxes, source = detect_faces(self.detector, photo.rgb)
+            sx, sy = photo.scale
+            boxes = [scale_box(b, 1 / sx, 1 / sy) for b in boxes]  # photo pixels
         if photo.reduced and boxes:
             need = max(crop_scale(b, self.spec.resize, self.spec.template) for b in boxes)
             if need > 1.05 * sx:
