@@ -206,12 +206,13 @@ DETECTOR_INFO: dict[str, dict[str, str]] = {
     "blazeface": {
         "returns": "box + 6 landmarks (eyes, nose tip, mouth, ears); faces are aligned",
         "speed": "portraits about as blazeface_128 (7.0 vs 6.7 ms, 448 px); group photos 0.63 s "
-        "(640x480 to 4000x3000, one core)",
+        "(640x480 to 4000x3000, one core; 2026-12-07, before the 128 px pass's check)",
         "notes": "BlazeFace short range over an image pyramid: the whole photo at 128 px, "
         "then the network over the whole photo at finer scales (down to 24 px faces, at most "
         "2000 px on the long side), skipped once a sure face twice the smallest size looked "
-        "for is found (portraits); detections merged across scales, middling ones checked "
-        "again (benchmarks/group_photos.md)",
+        "for is found (portraits); detections merged across scales, middling ones (and the "
+        "128 px pass's, in photos over 512 px) checked again by both BlazeFace models; each "
+        "scale reads the coarsest JPEG decode it needs (benchmarks/group_photos.md)",
     },
     "blazeface_128": {
         "returns": "box + 6 landmarks; faces are aligned",
