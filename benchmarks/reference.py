@@ -452,20 +452,23 @@ def _cv_result(row: Row, run: Path) -> dict[str, Any]:
         }
         n_folds, best_epochs = 1, [res.get("best_epoch")]
         fold_dirs = [run / f"fold_{res['fold']}"]
+        by_fold = {str(res["fold"]): res["metrics"]}
     else:
         metrics, timing = res["metrics"], res["timing"]
         fold_dirs = sorted(run.glob("fold_*"))
         n_folds = len(fold_dirs)
-        best_epochs = []
+        best_epochs, by_fold = [], {}
         for f in fold_dirs:
             r = json.loads((f / "results.json").read_text(encoding="utf-8"))
             best_epochs.append(r.get("best_epoch"))
+            by_fold[str(r.get("fold", f.name.split("_")[-1]))] = r.get("metrics") or {}
     first = json.loads((fold_dirs[0] / "summary.json").read_text(encoding="utf-8"))
     name = Path(str((first.get("dataset") or {}).get("path") or "?")).name
     out = {
         "evaluated_on": f"test fold(s): {n_folds} of 5 grouped {name} folds",
         "metrics": {k: v.get("mean") for k, v in metrics.items() if isinstance(v, dict)},
         "metrics_std": {k: v.get("std") for k, v in metrics.items() if isinstance(v, dict)},
+        "metrics_by_fold": by_fold,
         "dataset": (first.get("dataset") or {}).get("path"),
         "split": f"{n_folds} fold(s), grouped 5-fold",
         "epochs": timing["epochs_run"]["mean"],
@@ -587,8 +590,9 @@ def paired_difference(
 ) -> dict[str, float | int | None] | None:
     """``left``'s accuracy minus ``right``'s on the photos both scored (two models' held-out
     predictions of the same photos), with a 95 % interval from a bootstrap over people
-    (:func:`agegender.evaluate.bootstrap.grouped_ratios_ci` of the per-photo differences);
-    ``None`` when they share no scored photo."""
+    (:func:`agegender.evaluate.bootstrap.grouped_ratios_ci` of the per-photo differences),
+    and under ``left`` / ``right`` each one's accuracy on those photos from the same
+    resamples; ``None`` when they share no scored photo."""
     from agegender.evaluate.bootstrap import grouped_ratios_ci
     from agegender.evaluate.evaluation import ok_rows
     from agegender.evaluate.intervals import photo_scores
@@ -607,8 +611,11 @@ def paired_difference(
     if both.empty:
         return None
     people = left.set_index(left["path"].astype(str))["subject"].astype(str)
-    diff = (both["a"] - both["b"]).to_numpy()[:, None]
-    return grouped_ratios_ci(diff, np.ones_like(diff), people.loc[both.index].to_numpy())[0]
+    hits = np.stack([both["a"] - both["b"], both["a"], both["b"]], axis=1)
+    diff, a_ci, b_ci = grouped_ratios_ci(
+        hits, np.ones_like(hits), people.loc[both.index].to_numpy()
+    )
+    return {**diff, "left": a_ci, "right": b_ci}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -660,8 +667,16 @@ def _claim(
     key: str = "gender_accuracy",
     report: str = "",
 ) -> dict[str, Any]:
-    """``left`` beats ``right`` on ``key``? measured yes/no with both numbers."""
+    """``left`` beats ``right`` on ``key``? measured yes/no with both numbers. A row run on
+    one fold only is compared with the other row's figure on that same fold, when known."""
     a, b = _acc(results, left, key), _acc(results, right, key)
+    on_fold = None
+    folds = [((results.get(r) or {}).get("metrics_by_fold") or {}) for r in (left, right)]
+    for i, (one, other) in enumerate(((folds[0], folds[1]), (folds[1], folds[0]))):
+        if len(one) == 1 and len(other) > 1 and key in other.get(next(iter(one)), {}):
+            on_fold = next(iter(one))
+            value = other[on_fold][key]
+            a, b = (a, value) if i == 0 else (value, b)
     answer = None if a is None or b is None else bool(a > b)
     return {
         "question": question,
@@ -672,6 +687,7 @@ def _claim(
         "right_value": b,
         "answer": answer,
         "report": report,
+        **({"on_fold": int(on_fold)} if on_fold is not None else {}),
     }
 
 
@@ -950,7 +966,8 @@ def write_outputs(
         [
             [
                 c["question"],
-                f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}",
+                f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}"
+                + (f" (fold {c['on_fold']})" if "on_fold" in c else ""),
                 {True: "yes", False: "no", None: "not measured"}[c["answer"]],
                 c["report"],
             ]
@@ -1025,6 +1042,22 @@ def _adience_section(
         "*balanced*: the mean of the female and male recalls (50 for a constant answer).",
         "",
     ]
+    needed = {d for r in marked for d in r.after}
+    needed |= {r.id for r in marked if r.variants["adience"] == "evaluate"}
+    again = sorted(
+        d
+        for d in needed
+        if not (results.get(d) or {"from_earlier_table": 1}).get("from_earlier_table")
+    )
+    if again:
+        md += [
+            "The CelebA stages these rows start from or test ("
+            + ", ".join(f"`{d}`" for d in again)
+            + ") ran again for them (their earlier runs were not kept): their own rows above "
+            "show the new runs, whose minutes, img/s and ms/face were measured while other "
+            "jobs shared the machine's cores.",
+            "",
+        ]
     lines = []
     for r in marked:
         res = results.get(f"adience/{r.id}")
@@ -1066,9 +1099,10 @@ def _adience_section(
     md += ["### The reports' claims on Adience", ""]
     md += [
         "*answer*: yes/no on the figures as the UTKFace rows compare them (the mean over folds "
-        "for cv rows); *difference*: left minus right, percentage points, on the same "
-        "held-out photos (pooled over folds), with its 95 % interval over people; "
-        "*not resolved* where that interval holds 0.",
+        "for cv rows; a row run on one fold against the other's figure on that fold); "
+        "*difference*: left minus right, percentage points, on the same held-out photos "
+        "(pooled over folds), with its 95 % interval over people, and *each* on those "
+        "photos; *not resolved* where the difference's interval holds 0.",
         "",
     ]
     md += _table(
@@ -1084,7 +1118,8 @@ def _adience_section(
         [
             [
                 c["question"],
-                f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}",
+                f"{_fmt_claim(c['left_value'])} vs {_fmt_claim(c['right_value'])}"
+                + (f" (fold {c['on_fold']})" if "on_fold" in c else ""),
                 {True: "yes", False: "no"}[c["answer"]] + _resolved(c.get("difference")),
                 _diff(c.get("difference")),
                 _claim_cis(c, results),
@@ -1114,6 +1149,8 @@ def _resolved(d: dict[str, Any] | None) -> str:
 def _claim_cis(c: dict[str, Any], results: dict[str, dict]) -> str:
     if c["metric"] not in ("gender_accuracy", "age_group_exact"):
         return "–"
+    if c.get("difference"):  # both on the photos they share (one fold of a one-fold row)
+        return f"{_ci(c['difference']['left'])} vs {_ci(c['difference']['right'])}"
     figs = [
         ((results.get(f"adience/{rid}") or {}).get("people_figures") or {}).get(c["metric"])
         for rid in (c["left"], c["right"])
@@ -1336,7 +1373,10 @@ def main(argv: list[str] | None = None) -> int:
         if v.id in results and result_file(v, args.runs_dir / v.id).is_file():
             predictions[v.id] = _held_out_predictions(v, args.runs_dir / v.id)
     write_outputs(rows, results, args.out_dir, predictions)
-    print(f"wrote {args.out_dir / 'reference.md'} ({len(results)}/{len(rows)} rows measured)")
+    done = sum(r.id in results for r in rows)
+    more = sum(v.id in results for v in variants)
+    where = args.out_dir / "reference.md"
+    print(f"wrote {where} ({done}/{len(rows)} rows measured, {more} on Adience)")
     for rid, why in failed.items():
         print(f"{rid}: {why}", file=sys.stderr)
     return 1 if failed else 0

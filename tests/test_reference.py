@@ -311,6 +311,7 @@ def test_paired_difference_is_left_minus_right_on_shared_photos_over_people():
     assert (diff["photos"], diff["people"]) == (40, 8)
     assert 0 < diff["low"] <= 0.5 <= diff["high"] <= 1
     assert reference._resolved(diff) == ""
+    assert diff["left"]["value"] == 1 and diff["right"]["value"] == pytest.approx(0.5)
     same = reference.paired_difference(left, left, "gender_accuracy")
     assert same["value"] == 0 and reference._resolved(same) == " (not resolved)"
     assert reference.paired_difference(left, right.iloc[:0], "gender_accuracy") is None
