@@ -177,7 +177,9 @@ def open_image(
                     want = draft_size if isinstance(draft_size, tuple) else (draft_size,) * 2
                     img.draft("RGB", want)
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                # in place: the default returns a copy even when nothing turns (a 12 MP
+                # photo's decode copied once more for nothing)
+                ImageOps.exif_transpose(img, in_place=True)
                 return _to_rgb(img)
     except ImageError:
         raise
