@@ -98,8 +98,9 @@ COARSE_MIN_FRACTION = 20.0 / 128.0
 #: sure face twice the size of the smallest face looked for so far (so every face down to
 #: half its size is already found).
 PYRAMID_MIN_FACE = 24.0
-#: The long side (px) of the decode the whole-image 128 px pass reads: a large JPEG is
-#: decoded finer only when a finer level runs (a portrait stops before).
+#: The long side (px) of the image the whole-image 128 px pass reads: a larger decode is
+#: shrunk to it once (``detect_scaled``), and the coarse levels read it too. Photos no
+#: larger keep that pass's faces unchecked (face crops; see COARSE_VERIFY_SCORE).
 COARSE_SIDE = 512
 PYRAMID_DETECT_SIZE = 2000
 #: The long side (px) a large photo is first decoded at for the pyramid (a 12 MP JPEG at
