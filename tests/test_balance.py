@@ -62,6 +62,24 @@ def test_balanced_draws_give_each_cell_of_a_source_an_equal_share() -> None:
     assert plain["a|0|4"] == pytest.approx(900 / 1100, abs=0.01)  # without: the table's own
 
 
+def test_balance_power_moves_cell_shares_between_equal_and_plain() -> None:
+    table = _table()  # source a: cells of 900, 100, 50 faces; source b: 10 and 40
+    rows = np.arange(len(table))
+    equal = balance_weights(table, rows, "source_gender_age", 0.0)
+    assert equal == pytest.approx(balance_weights(table, rows, "source_gender_age"))
+    plain = balance_weights(table, rows, "source_gender_age", 1.0)
+    assert plain == pytest.approx(np.full(len(table), 1 / len(table)))
+    half = balance_weights(table, rows, "source_gender_age", 0.5)
+    assert half is not None and half.sum() == pytest.approx(1.0)
+    a = np.sqrt([900, 100, 50])
+    # each cell's share of source a's 1050/1100 of the draws goes as sqrt(cell size)
+    assert half[:900].sum() == pytest.approx(1050 / 1100 * a[0] / a.sum())
+    assert half[900:1000].sum() == pytest.approx(1050 / 1100 * a[1] / a.sum())
+    assert half[1050:].sum() == pytest.approx(50 / 1100)  # sources keep their shares
+    with pytest.raises(ValueError, match="data.balance_power"):
+        balance_weights(table, rows, "source_gender_age", 1.5)
+
+
 def test_race_cells_and_repeated_rows() -> None:
     table = _table()
     w = balance_weights(table, np.arange(len(table)), "source_gender_age_race")

@@ -84,6 +84,13 @@ class DataConfig(_Section):
         description="training draws: none (each face once an epoch) or balanced cells "
         "(agegender.data.datamodule.balance_weights)",
     )
+    balance_power: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="with data.balance: each cell's share of its dataset's draws grows as "
+        "(cell size) ** balance_power: 0 equal cells, 1 plain sampling, 0.5 between",
+    )
 
     _paths = field_validator("path", "folds_file", "cache_dir")(_resolve)
 

@@ -128,15 +128,21 @@ BALANCE_CELLS = {
 }
 
 
-def balance_weights(table: pd.DataFrame, rows: np.ndarray, balance: str) -> np.ndarray | None:
+def balance_weights(
+    table: pd.DataFrame, rows: np.ndarray, balance: str, power: float = 0.0
+) -> np.ndarray | None:
     """Draw probabilities (summing to 1) for the training positions ``rows`` (table rows,
     a row repeated by ``data.extra``'s ``weight`` counted each time), or ``None`` for
     ``balance="none"``. Each source keeps the share of draws it has in plain sampling;
     within a source, each cell of :data:`BALANCE_CELLS` (gender x Adience age group
-    [x race]) gets an equal share, a missing label (CelebA's ages, a dataset's race)
-    counting as one more value."""
+    [x race]) gets a share proportional to ``n_cell ** power``, a missing label (CelebA's
+    ages, a dataset's race) counting as one more value: ``power`` 0 gives every cell an
+    equal share, 1 is plain sampling, 0.5 is between (a cell 100 times larger is drawn 10
+    times as often, not 100)."""
     if balance not in BALANCE_CELLS:
         raise ValueError(f"data.balance: {balance!r} is not one of {sorted(BALANCE_CELLS)}")
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"data.balance_power: {power} is not between 0 and 1")
     if balance == "none":
         return None
     part = table.iloc[np.asarray(rows, dtype=np.int64)]
@@ -148,9 +154,13 @@ def balance_weights(table: pd.DataFrame, rows: np.ndarray, balance: str) -> np.n
         keys[col] = part[col].astype("Int64").fillna(-1).to_numpy() if known else np.full(n, -1)
     cell = pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup().to_numpy()
     src = pd.factorize(keys["source"])[0]
-    cells_per_source = pd.Series(cell).groupby(src).nunique().to_numpy()
-    src_size, cell_size = np.bincount(src)[src], np.bincount(cell)[cell]
-    w = src_size / (cells_per_source[src] * cell_size)
+    sizes = np.bincount(cell).astype(np.float64)
+    cell_src = np.zeros(len(sizes), dtype=np.int64)
+    cell_src[cell] = src
+    mass = sizes**power
+    share = mass / np.bincount(cell_src, weights=mass)[cell_src]  # each cell's share of its source
+    src_size = np.bincount(src)[src]
+    w = src_size * share[cell] / sizes[cell]
     return w / w.sum()
 
 
@@ -314,7 +324,8 @@ class FaceDataModule(L.LightningDataModule):
     indices in ``splits``; table row ``i`` is ``images[cache_rows[i]]`` (default: row
     ``i``, i.e. ``images`` row-aligned with ``table``). ``extra_labels``: more per-row
     arrays the batches carry under their keys (a teacher's outputs). ``balance``
-    (``data.balance``): the training draws by :func:`balance_weights`."""
+    (``data.balance``) and ``balance_power`` (``data.balance_power``): the training draws
+    by :func:`balance_weights`."""
 
     def __init__(
         self,
@@ -330,6 +341,7 @@ class FaceDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         extra_labels: dict[str, np.ndarray] | None = None,
         balance: str = "none",
+        balance_power: float = 0.0,
     ) -> None:
         super().__init__()
         if cache_rows is None and len(images) != len(table):
@@ -348,7 +360,7 @@ class FaceDataModule(L.LightningDataModule):
                 raise ValueError(f"{key}: {len(values)} values for {len(table)} table rows")
             labels[key] = values
         self.dataset = CachedBatches(images, labels, cache_rows)
-        self.train_weights = balance_weights(table, splits.train, balance)
+        self.train_weights = balance_weights(table, splits.train, balance, balance_power)
 
     @property
     def size(self) -> int:

@@ -99,7 +99,7 @@ def resolve_precision(config: Config) -> str:
     return "32-true"
 
 
-def _balance_info(balance: str, weights: np.ndarray | None) -> dict[str, Any]:
+def _balance_info(balance: str, weights: np.ndarray | None, power: float = 0.0) -> dict[str, Any]:
     """``data.balance`` and how far its draws move from plain sampling: the fewest and
     most draws of one face an epoch, expected (1 for every face without balancing)."""
     if weights is None:
@@ -107,6 +107,7 @@ def _balance_info(balance: str, weights: np.ndarray | None) -> dict[str, Any]:
     per_face = weights * len(weights)
     return {
         "mode": balance,
+        "power": power,
         "draws_per_face_min": round(float(per_face.min()), 3),
         "draws_per_face_max": round(float(per_face.max()), 3),
     }
@@ -331,6 +332,7 @@ def train(
         pin_memory=use_gpu,
         extra_labels=teacher,
         balance=config.data.balance,
+        balance_power=config.data.balance_power,
     )
     cbs = make_callbacks(config, out, progress, printer)
     t = config.trainer
@@ -408,7 +410,7 @@ def train(
         "init_report": {k: len(v) for k, v in init_report.items()} if init_report else None,
         "distill": distill_info,
         "precomputed_features": features_info,
-        "balance": _balance_info(config.data.balance, dm.train_weights),
+        "balance": _balance_info(config.data.balance, dm.train_weights, config.data.balance_power),
         "precision": precision,
         "accelerator": str(trainer.accelerator.__class__.__name__),
         "world_size": trainer.world_size,
