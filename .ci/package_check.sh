@@ -40,6 +40,7 @@ need = [
     )),
     "agegender/infer/blazeface_models/face_detection_short_range.tflite",
     "agegender/infer/blazeface_models/face_detection_full_range.tflite",
+    "agegender/infer/blazeface_models/face_landmark.tflite",
     "agegender/infer/blazeface_models/NOTICE.md",
     *(f"agegender/serve/static/{n}" for n in ("index.html", "app.css", "app.js", "docs.js")),
 ]

@@ -9,7 +9,9 @@ Two splits, built by :func:`build` from the data root (``AGEGENDER_DATA``) into
 ``runs/group_photos/<split>/`` (JPEG quality 90 photos + ``labels.json``), deterministic
 for a seed, so anyone can rebuild them:
 
-- ``dev``: UTKFace faces only (every detector setting was chosen on this split);
+- ``dev``: UTKFace faces and CelebA-10k photos (the face with its own background), every
+  detector setting was chosen on this split (before 2026-12-07's third session it held
+  UTKFace faces only);
 - ``test``: FairFace-540 photos (the face with its own background) and other UTKFace faces,
   never used to choose anything.
 
@@ -80,6 +82,13 @@ def _faces(split: str, root: Path, seed: int) -> list[dict]:
         _, ff, _ = read_table(root / "fairface-540")
         for _, r in ff.iterrows():
             rows.append({"path": str(r["path"]), "gender": int(r["gender"])})
+    else:  # photos with their own background, as FairFace's in the test split
+        _, celeba, _ = read_table(root / "celeba-10k")
+        celeba = celeba[celeba["gender"].notna()].reset_index(drop=True)
+        for i in np.random.default_rng(1).permutation(len(celeba))[:540]:
+            rows.append(
+                {"path": str(celeba.loc[i, "path"]), "gender": int(celeba.loc[i, "gender"])}
+            )
     out = []
     for r in rows:
         rgb = cv2.cvtColor(cv2.imread(r["path"]), cv2.COLOR_BGR2RGB)

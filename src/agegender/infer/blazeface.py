@@ -71,18 +71,17 @@ MAX_UPSCALE = 1.0
 #: among 1,455 and none more in the photos without faces.
 LEVEL_SCORE_MARGIN = 0.1
 #: Faces the finer levels find with a score under VERIFY_SCORE get a second look
-#: (``_verified``) and stay when it averages VERIFY_MIN. Chosen on the dev split of
-#: benchmarks/group_photos.py (1,471 true faces found at score 0.5, 172 false ones, 54 in
-#: 30 photos without faces): 1,450 true, 27 false and none in the empty photos stay; a
-#: plain threshold of 0.8 would keep 1,185 true faces for 14 false ones. Raised from 0.8 to
-#: 0.9 with the 128 px pass's check below (dev split: 2 false faces in the 60 photos
-#: without faces instead of 4, 9 of 2,914 true faces fewer).
+#: (``_verified``) and stay when it averages VERIFY_MIN. First chosen on the dev split of
+#: benchmarks/group_photos.py with the short- and full-range detectors as the second look
+#: (VERIFY_MIN 0.5). The face-mesh model's presence score in place of the full-range
+#: detector (a third of its cost), on the dev split's 3,909 faces that got a second look:
+#: 2,145 true faces kept against 2,107, 4 false faces against 6, none in the photos without
+#: faces against 2 (at 0.5: 2,150 true, 7 false; 0.65: 2,140 and 3).
 VERIFY_SCORE = 0.9
-VERIFY_MIN = 0.5
-#: A second look where the short-range model sees no face (score under this) fails at once:
-#: on the dev split none of the 1,345 such views of 3,866 averaged VERIFY_MIN with the
-#: full-range model, which costs about three times the short one.
-VERIFY_SHORT_MIN = 0.1
+VERIFY_MIN = 0.6
+#: The second look's face-mesh crop: the box's side times this (MediaPipe's face-mesh
+#: graphs crop the detection box scaled by 1.5).
+PRESENCE_CROP = 1.5
 #: The 128 px pass's faces under this score get the same second look when the photo is
 #: larger than COARSE_SIDE: in the dev split's photos without faces, 10 of its 14 false
 #: faces (a flower, a tower, all scored 0.5-0.71, the second look 0.18-0.48) against none of
@@ -104,14 +103,75 @@ PYRAMID_MIN_FACE = 24.0
 COARSE_SIDE = 512
 PYRAMID_DETECT_SIZE = 2000
 #: The long side (px) a large photo is first decoded at for the pyramid (a 12 MP JPEG at
-#: 1/2 scale: what a portrait's face crop needs anyway); finer only for a finer level.
-FIRST_DECODE_SIDE = 2000
+#: 1/4 scale: the 128 px pass and the 1/8 level read it); finer only for a finer level, or
+#: for a face too small there for the model's crop (the predictor's ``crop_scale``). The
+#: dev split's 12 MP portraits, one core: 56 ms a photo (median, end to end) against 66 ms
+#: with a first decode at 1/2 (2000 px), none of the 20 decoded a second time.
+FIRST_DECODE_SIDE = 1000
 PYRAMID_STOP_RATIO = 2.0
+#: The pyramid stops when the smallest face it finds for sure so far is within this factor
+#: of the smallest face worth looking for (``_wanted_face``). A next level made no finer
+#: than that face needs (instead of the pyramid's own) lost 3 points of the dev split's
+#: faces of 40 px and more (96.7 -> 93.6 %): the smaller rows behind a group's front row.
+PORTRAIT_SLACK = 1.25
+SMALL_PHOTO_STOP = True
 STOP_SCORE = 0.75
+#: One more, finer level, up to this long side, when the finest level (``detect_size``)
+#: found sure faces under SMALL_FACES_RATIO times the smallest it finds for sure
+#: (``_small_faces_scale``: a crowd in a photo over 2000 px). Dev split of
+#: benchmarks/group_photos.py (detector only): faces of 40 px and more found 94.8 -> 96.8 %,
+#: of 24-40 px 67.0 -> 90.4 %, for 2.2x the time per group photo (0.51 -> 1.15 s, another
+#: job on the other core); photos without faces and portraits do not run it.
+SMALL_FACES_DETECT_SIZE = 3000
+SMALL_FACES_RATIO = 2.0
 #: The pyramid's levels are this far apart (scale ratio).
 LEVEL_STEP = 4.0
 #: Input shapes kept ready (one interpreter pool each) for the pyramid's levels.
 MAX_LEVEL_SHAPES = 8
+
+
+class FacePresence:
+    """MediaPipe's face-mesh model (``face_landmark.tflite``, 192x192 RGB in [0, 1]) as a
+    face / not-a-face score: the sigmoid of its face-flag output for a square crop around
+    a face (the box scaled by :data:`PRESENCE_CROP`). Its 468 mesh points are not used.
+    Safe to call from several threads at once (one interpreter per caller)."""
+
+    file = "face_landmark.tflite"
+    size = 192
+
+    def __init__(self, model_path: str | Path | None = None) -> None:
+        self.model_path = Path(model_path) if model_path else _model_dir() / self.file
+        if not self.model_path.is_file():
+            raise RuntimeError(f"face-mesh model file {self.model_path} not found")
+        self._interpreter = _interpreter_class()
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pool.put(self._load())
+
+    def _load(self) -> tuple[Any, int, int]:
+        with _quiet_stderr():
+            it = self._interpreter(model_path=str(self.model_path), num_threads=1)
+            it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        if tuple(inp["shape"]) != (1, self.size, self.size, 3):
+            raise RuntimeError(f"{self.model_path} takes input {tuple(inp['shape'])}")
+        flag = [d["index"] for d in it.get_output_details() if int(np.prod(d["shape"])) == 1]
+        if len(flag) != 1:
+            raise RuntimeError(f"{self.model_path} is not MediaPipe's face-mesh model")
+        return it, inp["index"], flag[0]
+
+    def __call__(self, crop: np.ndarray) -> float:
+        """The face-presence score (0-1) of ``crop``, uint8 RGB ``(192, 192, 3)``."""
+        try:
+            it, i_in, i_flag = self._pool.get_nowait()
+        except queue.Empty:
+            it, i_in, i_flag = self._load()
+        try:
+            it.set_tensor(i_in, crop[None].astype(np.float32) * (1.0 / 255.0))
+            it.invoke()
+            logit = float(it.get_tensor(i_flag).ravel()[0])
+        finally:
+            self._pool.put((it, i_in, i_flag))
+        return float(_sigmoid(np.array([logit]))[0])
 
 
 @dataclass(frozen=True)
@@ -329,7 +389,7 @@ class BlazeFaceDetector:
         # interpreters resized to whole pyramid levels, one pool per input shape (LRU)
         self._shaped: OrderedDict[tuple[int, int], queue.SimpleQueue[Any]] = OrderedDict()
         self._shaped_lock = threading.Lock()
-        self._verifier: tuple[BlazeFaceDetector, BlazeFaceDetector] | None = None
+        self._verifier: tuple[BlazeFaceDetector, FacePresence] | None = None
         self._anchors = ssd_anchors(self._spec.size, self._spec.strides, self._spec.interpolated)
         # A logit threshold equivalent to the score threshold: cheaper than 2304 sigmoids.
         self._logit_threshold = math.log(score_threshold / (1.0 - score_threshold))
@@ -447,17 +507,31 @@ class BlazeFaceDetector:
         k = side / max(img.shape[:2])  # photo px per decoded px
         coords, scores = self._letterbox_candidates(img)
         coords *= k
-        parts, part_scores = [coords], [scores]
+        parts, part_scores, level_scales = [coords], [scores], []
         smallest = COARSE_MIN_FRACTION * side  # the smallest face looked for so far
+        portrait = False
         for scale in self.pyramid_scales(w, h):
-            if self._portrait(parts, part_scores, smallest):
-                break
+            wanted = self._wanted_face(parts, part_scores, side)
+            if wanted is not None and wanted * PORTRAIT_SLACK >= smallest:
+                portrait = True
+                break  # every face down to the wanted size is found already
             img = at_least(math.ceil(side * scale))
             k = side / max(img.shape[:2])
             c, sc = self._level_candidates(img, scale * k)
             parts.append(c * k)
             part_scores.append(sc)
+            level_scales.append(scale)
             smallest = LEVEL_SURE_PX / scale
+        finer_scale = None
+        if not portrait:
+            finer_scale = self._small_faces_scale(parts, part_scores, level_scales, side)
+        if finer_scale is not None:
+            img = at_least(math.ceil(side * finer_scale))
+            k = side / max(img.shape[:2])
+            c, sc = self._level_candidates(img, finer_scale * k)
+            parts.append(c * k)
+            part_scores.append(sc)
+            level_scales.append(finer_scale)
         # the 128 px pass's middling faces get a second look in a photo it saw reduced
         # more than COARSE_SIDE / 128 times (a pattern the size of the photo passes for a
         # face there; in a smaller photo, a face crop, a middling score is a turned or
@@ -476,7 +550,7 @@ class BlazeFaceDetector:
         coarse = self._boxes(coords, scores, w, h)
         fine = [
             b
-            for b in self._boxes(np.concatenate(parts[1:]), np.concatenate(part_scores[1:]), w, h)
+            for b in self._across_levels(coarse, parts[1:], part_scores[1:], level_scales, w, h)
             if all(_box_iou(b, c) <= self.nms_threshold for c in coarse)
         ]
         first = set(coarse)
@@ -487,50 +561,110 @@ class BlazeFaceDetector:
             if b.score >= (coarse_bar if b in first else VERIFY_SCORE) or self._verified(img, b, k)
         ]
 
+    def _small_faces_scale(
+        self, parts: list[np.ndarray], scores: list[np.ndarray], scales: list[float], side: int
+    ) -> float | None:
+        """The scale of one more, finer level (its long side up to
+        :data:`SMALL_FACES_DETECT_SIZE`) when the finest level so far, capped by
+        ``detect_size``, found sure faces near the smallest it finds for sure (under
+        :data:`SMALL_FACES_RATIO` times it): a crowd whose farther faces are smaller still.
+        ``None`` for a portrait, a photo without such faces, a photo the finest level saw
+        at ``min_face`` already, or a ``detect_size`` set under the default (for speed)."""
+        if not scales or self.detect_size < PYRAMID_DETECT_SIZE:
+            return None
+        want = min(
+            LEVEL_SURE_PX / self.min_face,
+            max(self.detect_size, SMALL_FACES_DETECT_SIZE) / side,
+            MAX_UPSCALE,
+        )
+        if want <= scales[-1] * 1.2:
+            return None
+        c, sure = parts[-1], scores[-1] >= STOP_SCORE
+        sides = np.minimum(c[sure, 2] - c[sure, 0], c[sure, 3] - c[sure, 1])
+        smallest = LEVEL_SURE_PX / scales[-1]
+        if not (sides < SMALL_FACES_RATIO * smallest).any():
+            return None
+        return want
+
+    def _across_levels(
+        self,
+        coarse: list[Box],
+        parts: list[np.ndarray],
+        scores: list[np.ndarray],
+        scales: list[float],
+        w: int,
+        h: int,
+    ) -> list[Box]:
+        """The finer levels' faces, best first: each level's candidates merged on their own
+        (weighted NMS), then the levels together by plain NMS, coarse to fine, so that no
+        box is averaged with another level's. A level's box lying inside a face that level
+        sees larger than it finds (a coarser level's or the 128 px pass's, over
+        :data:`LEVEL_FACE_PX` at its scale) is a part of that face, and is dropped."""
+        seen: list[Box] = list(coarse)
+        out: list[Box] = []
+        for c, sc, scale in zip(parts, scores, scales, strict=True):
+            big = [b for b in seen if max(b.w, b.h) * scale > LEVEL_FACE_PX[1]]
+            level = [b for b in self._boxes(c, sc, w, h) if not any(_part_of(b, o) for o in big)]
+            out += level
+            seen += level
+        out.sort(key=lambda b: -b.score)
+        kept: list[Box] = []
+        for b in out:
+            if all(_box_iou(b, o) <= self.nms_threshold for o in kept):
+                kept.append(b)
+        return _nested(kept)
+
     def _verified(self, rgb: np.ndarray, box: Box, k: float = 1.0) -> bool:
         """A second look at a face found with a middling score (``box`` in photo px, ``rgb``
-        the photo decoded at 1/``k``): its surroundings (3x the box) through the short- and
-        the full-range model at their own input sizes, where the face fills a third of the
-        view; kept when the two scores of a face there (centre within a quarter of the box,
-        side within about 1.6x) average :data:`VERIFY_MIN` or more: a part of a face, or a
-        box beside one, is not."""
+        the photo decoded at 1/``k``), by two other models: the short-range detector on the
+        box's surroundings (3x the box, where the face fills a third of the view: the best
+        score of a face there, centre within a quarter of the box, side within about 1.6x)
+        and MediaPipe's face-mesh model on the box itself (1.5x, its face-presence score,
+        :class:`FacePresence`). Kept when the two average :data:`VERIFY_MIN` or more: a part
+        of a face, a box beside one or a pattern that passes for a face at one scale is
+        not."""
         if self._verifier is None:
             with self._shaped_lock:
                 if self._verifier is None:
                     self._verifier = (
                         BlazeFaceDetector(model="short", score_threshold=0.05),
-                        BlazeFaceDetector(model="full", score_threshold=0.05),
+                        FacePresence(),
                     )
-        side = 3 * max(box.w, box.h) / k
-        view = _square(rgb, (box.x + box.w / 2) / k, (box.y + box.h / 2) / k, side, 192)
-        total = 0.0
-        for det in self._verifier:  # the box is 64 px in the view, centred at 96
-            found = [
-                b.score
-                for b in det._boxes(*det._letterbox_candidates(view), 192, 192)
-                if abs(b.x + b.w / 2 - 96) < 16
-                and abs(b.y + b.h / 2 - 96) < 16
-                and 40 < max(b.w, b.h) < 100
-            ]
-            score = max(found, default=0.0)
-            if det.model == "short" and score < VERIFY_SHORT_MIN:
-                return False  # the full-range model (3x the cost) could not make up for it
-            total += score
-        return total / len(self._verifier) >= VERIFY_MIN
+        short, presence = self._verifier
+        side = max(box.w, box.h) / k
+        cx, cy = (box.x + box.w / 2) / k, (box.y + box.h / 2) / k
+        view = _square(rgb, cx, cy, 3 * side, 192)
+        found = [  # the box is 64 px in the view, centred at 96
+            b.score
+            for b in short._boxes(*short._letterbox_candidates(view), 192, 192)
+            if abs(b.x + b.w / 2 - 96) < 16
+            and abs(b.y + b.h / 2 - 96) < 16
+            and 40 < max(b.w, b.h) < 100
+        ]
+        score = max(found, default=0.0)
+        if score < 2 * VERIFY_MIN - 1:
+            return False  # the face-mesh model could not make up for it
+        face = _square(rgb, cx, cy, PRESENCE_CROP * side, presence.size, replicate=True)
+        return (score + presence(face)) / 2 >= VERIFY_MIN
 
-    def _portrait(self, parts: list[np.ndarray], scores: list[np.ndarray], smallest: float) -> bool:
-        """True when a sure face (score >= :data:`STOP_SCORE`) found so far is at least
-        ``stop_ratio`` times the smallest face the levels so far looked for: every face
-        down to 1/``stop_ratio`` of its size is already found, and the finer levels
-        would add only faces far smaller (in a portrait, the background), at their cost."""
+    def _wanted_face(
+        self, parts: list[np.ndarray], scores: list[np.ndarray], side: int = 0
+    ) -> float | None:
+        """The smallest face worth looking for (px) once a sure face (score >=
+        :data:`STOP_SCORE`) is found: 1/``stop_ratio`` of the largest one, the faces of a
+        portrait's or a family photo's people, not the background's far smaller ones (at
+        the cost of the finer levels); ``None`` with no sure face (or ``stop_ratio`` None)."""
         if self.stop_ratio is None:
-            return False
+            return None
         c = np.concatenate(parts)
-        sure = np.concatenate(scores) >= STOP_SCORE
+        # in a photo of COARSE_SIDE or less the 128 px pass's faces are kept unchecked, so
+        # they are sure enough to stop at (SMALL_PHOTO_STOP)
+        bar = STOP_SCORE if side > COARSE_SIDE or not SMALL_PHOTO_STOP else self.score_threshold
+        sure = np.concatenate(scores) >= bar
         if not sure.any():
-            return False
+            return None
         sides = np.minimum(c[sure, 2] - c[sure, 0], c[sure, 3] - c[sure, 1])
-        return bool(sides.max() >= self.stop_ratio * smallest)
+        return float(sides.max()) / self.stop_ratio
 
     def _level_candidates(self, rgb: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of the network run over the whole image scaled by ``scale`` (padded to
@@ -669,16 +803,19 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _square(rgb: np.ndarray, cx: float, cy: float, side: float, out: int) -> np.ndarray:
-    """The ``side`` px square of ``rgb`` centred at (cx, cy), black outside the image,
-    resized to ``out`` px."""
+def _square(
+    rgb: np.ndarray, cx: float, cy: float, side: float, out: int, *, replicate: bool = False
+) -> np.ndarray:
+    """The ``side`` px square of ``rgb`` centred at (cx, cy), black outside the image (or
+    its edge pixels repeated, ``replicate``), resized to ``out`` px."""
     h, w = rgb.shape[:2]
     side = max(1, int(round(side)))
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     crop = rgb[max(0, y0) : max(0, y0 + side), max(0, x0) : max(0, x0 + side)]
     pad = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
     if any(pad):
-        crop = cv2.copyMakeBorder(crop, *pad, borderType=cv2.BORDER_CONSTANT, value=0)
+        border = cv2.BORDER_REPLICATE if replicate and crop.size else cv2.BORDER_CONSTANT
+        crop = cv2.copyMakeBorder(crop, *pad, borderType=border, value=0)
     interp = cv2.INTER_AREA if side > out else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(crop), (out, out), interpolation=interp)
 
@@ -701,11 +838,21 @@ def _marks(c: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple((float(x), float(y)) for x, y in zip(c[4::2], c[5::2], strict=True))
 
 
-def _inside(small: Box, big: Box, share: float = 0.6) -> bool:
+PART_SIDE = 0.45
+
+
+def _part_of(small: Box, big: Box) -> bool:
+    """``small`` is a part of the face ``big``: mostly inside it and at least
+    :data:`PART_SIDE` of its side (a face among several that a coarse pass saw as one is
+    smaller than that)."""
+    return max(small.w, small.h) >= PART_SIDE * max(big.w, big.h) and _inside(small, big, 0.6, 1.0)
+
+
+def _inside(small: Box, big: Box, share: float = 0.6, ratio: float = 2.0) -> bool:
     """``small`` lies mostly (``share`` of its area) inside ``big``, which is at least
-    twice its size: one face found at two levels, as a part of it at the finer one or with
+    ``ratio`` times its size: one face found at two levels, as a part of it at the finer one or with
     an overgrown box at the coarser one (where it was near the network's smallest size)."""
-    if big.w * big.h < 2.0 * small.w * small.h:
+    if big.w * big.h < ratio * small.w * small.h:
         return False
     ix = max(0, min(small.x + small.w, big.x + big.w) - max(small.x, big.x))
     iy = max(0, min(small.y + small.h, big.y + big.h) - max(small.y, big.y))

@@ -1,7 +1,11 @@
 """Decode a photo at the resolution the face path needs, not more.
 
 A 12 MP phone JPEG takes about 117 ms to decode in full on one core here, 22 ms at 1/4
-scale (libjpeg scales while it decodes: Pillow's ``Image.draft``). The detector needs far
+scale (libjpeg scales while it decodes). JPEGs are decoded by simplejpeg (libjpeg-turbo
+straight into a NumPy array, at a 1/2, 1/4 or 1/8 scale) where it can read them, else by
+Pillow (``Image.draft``): Pillow's own full decode of a 12 MP JPEG costs about four times
+simplejpeg's here, most of it copying the decoded image into the array
+(``benchmarks/jpeg_decode.md``). The detector needs far
 fewer pixels than the camera took (:func:`detection_side`), and most faces need fewer than
 that for the model's crop. So :func:`decode_photo` decodes a JPEG at the smallest of 1/8,
 1/4, 1/2, 1 that still gives the detector its pixels, and :func:`crop_scale` says when a
@@ -26,6 +30,11 @@ from agegender.data.imageio import DEFAULT_MAX_PIXELS, open_image
 from agegender.infer.align import similarity_transform
 from agegender.infer.boxes import Box
 from agegender.infer.inputs import Input, to_rgb_array
+
+try:  # libjpeg-turbo into NumPy; Pillow decodes JPEGs without it
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - a dependency; kept optional for odd platforms
+    _simplejpeg = None
 
 #: EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -84,18 +93,74 @@ def decode_photo(
         return Decoded(rgb, rgb.shape[1], rgb.shape[0])
     w, h, orientation = header
     width, height = (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
-    rgb = _decode_at(item, w, h, long_side, max_pixels)  # type: ignore[arg-type]
+    rgb = _decode_at(item, w, h, long_side, max_pixels, orientation)
     if rgb.shape[1] >= width and rgb.shape[0] >= height:
         return Decoded(rgb, width, height)
     return Decoded(rgb, width, height, item)
 
 
-def _decode_at(item: Input, w: int, h: int, long_side: int, max_pixels: int) -> np.ndarray:
+def _decode_at(
+    item: Input, w: int, h: int, long_side: int, max_pixels: int, orientation: int = 1
+) -> np.ndarray:
     long = max(w, h)
+    if w * h <= max_pixels:  # (a larger one: Pillow's path gives the one-line refusal)
+        fast = _turbo_decode(item, w, h, long_side, orientation)
+        if fast is not None:
+            return fast
     if long_side >= long:
         return np.asarray(open_image(item, max_pixels=max_pixels))  # type: ignore[arg-type]
     want = (max(1, math.ceil(w * long_side / long)), max(1, math.ceil(h * long_side / long)))
     return np.asarray(open_image(item, max_pixels=max_pixels, draft_size=want))  # type: ignore[arg-type]
+
+
+def _turbo_decode(
+    item: Input, w: int, h: int, long_side: int, orientation: int
+) -> np.ndarray | None:
+    """A ``w`` x ``h`` (stored) JPEG decoded by simplejpeg at the coarsest of 1/8, 1/4, 1/2,
+    1 that keeps ``long_side`` px on its long side, EXIF orientation applied; ``None`` where
+    simplejpeg is not installed or cannot read it (CMYK, a damaged file: Pillow's path then
+    decodes it or gives the one-line reason)."""
+    if _simplejpeg is None:
+        return None
+    factor = next(f for f in (8, 4, 2, 1) if f == 1 or max(w, h) / f >= long_side)
+    try:
+        if isinstance(item, bytes | bytearray):
+            data = bytes(item)
+        else:
+            with open(item, "rb") as fh:  # type: ignore[arg-type]
+                data = fh.read()
+        if _simplejpeg.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
+            return None  # CMYK / YCCK: Pillow's conversion, as before
+        rgb = _simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_factor=factor,
+            min_width=math.ceil(w / factor),
+            min_height=math.ceil(h / factor),
+        )
+    except (OSError, ValueError):
+        return None
+    return np.ascontiguousarray(exif_oriented(rgb, orientation))
+
+
+def exif_oriented(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """``rgb`` as stored, turned upright for its EXIF ``orientation`` (1-8), as Pillow's
+    ``ImageOps.exif_transpose`` does (a view where it can be one)."""
+    if orientation == 2:
+        return rgb[:, ::-1]
+    if orientation == 3:
+        return rgb[::-1, ::-1]
+    if orientation == 4:
+        return rgb[::-1]
+    if orientation == 5:
+        return rgb.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(rgb, -1)
+    if orientation == 7:
+        return rgb[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(rgb, 1)
+    return rgb
 
 
 def finer(photo: Decoded, scale: float, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
@@ -108,7 +173,7 @@ def finer(photo: Decoded, scale: float, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     if header is None:
         rgb = to_rgb_array(photo.item, max_pixels)
     else:
-        rgb = _decode_at(photo.item, header[0], header[1], side, max_pixels)
+        rgb = _decode_at(photo.item, header[0], header[1], side, max_pixels, header[2])
     full = rgb.shape[1] >= photo.width
     return Decoded(rgb, photo.width, photo.height, None if full else photo.item)
 
