@@ -147,18 +147,29 @@ def _paste(
     edge = max(2, int(0.08 * min(h, w)))
     mask[edge:-edge, edge:-edge] = 1.0
     mask = cv2.GaussianBlur(mask, (0, 0), edge / 2)
+    # shrink with area averaging first, as a camera's optics would (warpAffine has no area
+    # interpolation: its INTER_AREA is INTER_LINEAR, which aliases a face shrunk 3x), then
+    # warp the shrunk photo (rotation, placement) with the matrix that maps it
+    mw = m
+    if s < 1:
+        sw, sh = max(1, round(w * s)), max(1, round(h * s))
+        img = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_AREA)
+        mw = m @ np.array([[w / sw, 0, 0], [0, h / sh, 0], [0, 0, 1]])
     H, W = canvas.shape[:2]
     # warp only the region the tile lands on
-    hull = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ m.T
+    h, w = img.shape[:2]
+    hull = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ mw.T
     x0, y0 = (max(0, int(np.floor(v))) for v in hull.min(0))
     x1, y1 = min(W, int(np.ceil(hull[:, 0].max()))), min(H, int(np.ceil(hull[:, 1].max())))
     alpha = np.zeros((0, 0, 1), np.float32)
     if x1 > x0 and y1 > y0:
-        mr = m.copy()
+        mr = mw.copy()
         mr[:, 2] -= (x0, y0)
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         size = (x1 - x0, y1 - y0)
-        warped = cv2.warpAffine(img, mr, size, flags=interp, borderMode=cv2.BORDER_CONSTANT)
+        warped = cv2.warpAffine(
+            img, mr, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         alpha = cv2.warpAffine(mask, mr, size, flags=cv2.INTER_LINEAR)[..., None]
         roi = canvas[y0:y1, x0:x1]
         roi[:] = (warped * alpha + roi * (1 - alpha)).astype(np.uint8)
@@ -359,6 +370,7 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
     photos = meta["photos"][:limit] if limit else meta["photos"]
     predictor = _predictor(detector, model)
     hits = {b: [0, 0] for b in SIZE_BINS}
+    by_source: dict[str, list[int]] = {}  # faces of 40 px and more: found, all
     tp = fp = 0
     empty_false = empty_n = 0
     gender_pairs: list[tuple[int, int]] = []  # (label, predicted) of matched group faces
@@ -388,6 +400,10 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
         )
         for j, t in enumerate(truth):
             side = t[2]
+            if side >= 40:
+                counts = by_source.setdefault(_dataset(labelled[j]["source"]), [0, 0])
+                counts[0] += j in matched
+                counts[1] += 1
             for lo, hi in SIZE_BINS:
                 if lo <= side < hi:
                     hits[(lo, hi)][1] += 1
@@ -410,6 +426,10 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
             f"{lo}-{hi}": {"found": v[0], "faces": v[1], "recall": v[0] / max(1, v[1])}
             for (lo, hi), v in hits.items()
         },
+        "recall_40px_up_by_source": {
+            k: {"found": v[0], "faces": v[1], "recall": v[0] / max(1, v[1])}
+            for k, v in sorted(by_source.items())
+        },
         "precision": tp / max(1, tp + fp),
         "false_faces": fp,
         "empty_photos": empty_n,
@@ -426,6 +446,15 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
     return res
 
 
+SOURCES = ("utkface", "fairface-540", "celeba-10k")
+
+
+def _dataset(path: str) -> str:
+    """The data root folder a source photo comes from."""
+    parts = Path(path).parts
+    return next((name for name in SOURCES if name in parts), "other")
+
+
 def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
     """The same faces predicted from their own photos (the default detector, alone): the
     gender accuracy they get there, on exactly the faces found in the group photos (a
@@ -435,15 +464,16 @@ def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
 
     root = default_data_root()
     labels: dict[str, int] = {}
-    for folder in ("utkface", "fairface-540"):
+    for folder in SOURCES:
         if (root / folder).exists():
             _, t, _ = read_table(root / folder)
             labels.update(dict(zip(t["path"].astype(str), t["gender"], strict=True)))
     predictor = _predictor("blazeface_128", model)
     paths = sorted(group_pred)
-    alone, group, truth, size = [], [], [], []
+    alone, group, truth, size, kept = [], [], [], [], []
     for path, r in zip(paths, predictor.predict(paths), strict=True):
-        if not r.faces or path not in labels:
+        kept.append(bool(r.faces) and path in labels)
+        if not kept[-1]:
             continue
         big = max(r.faces, key=lambda f: f.box[2] * f.box[3])
         alone.append(int(big.gender == "female"))
@@ -460,7 +490,17 @@ def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
                 "group": float((g[m] == t[m]).mean()),
                 "alone": float((a[m] == t[m]).mean()),
             }
+    datasets = np.asarray([_dataset(p) for p, r in zip(paths, kept, strict=True) if r])
+    by_source = {
+        name: {
+            "faces": int((datasets == name).sum()),
+            "group": float((g[datasets == name] == t[datasets == name]).mean()),
+            "alone": float((a[datasets == name] == t[datasets == name]).mean()),
+        }
+        for name in sorted(set(datasets.tolist()))
+    }
     return {
+        "gender_by_source": by_source,
         "gender_sources": len(t),
         "gender_accuracy_group": float((g == t).mean()) if len(t) else None,
         "gender_accuracy_alone": float((a == t).mean()) if len(t) else None,
@@ -592,6 +632,17 @@ def render(data: dict) -> str:
                 f"{r['false_faces_per_empty_photo']:.2f} ({r['empty_photos']} photos) | "
                 f"{sp.get('group', float('nan')):.3f} | {sp.get('portrait', float('nan')):.3f} |"
             )
+        with_source = [r for r in runs if r.get("recall_40px_up_by_source")]
+        if with_source:
+            names = sorted({k for r in with_source for k in r["recall_40px_up_by_source"]})
+            lines += ["", "Faces of 40 px and more found, by the dataset of their photo:", ""]
+            lines += ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for r in with_source:
+                by = r["recall_40px_up_by_source"]
+                cells = [
+                    f"{by[n]['recall']:.1%} ({by[n]['faces']})" if n in by else "-" for n in names
+                ]
+                lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
         lines += ["", "Gender on the faces found in group photos against the same faces alone:", ""]
         lines += [
             "| detector | faces | accuracy in the group | the same faces alone | agreement |",
@@ -604,6 +655,20 @@ def render(data: dict) -> str:
                     f"{r['gender_accuracy_group']:.1%} | {r['gender_accuracy_alone']:.1%} | "
                     f"{r['gender_agreement']:.1%} |"
                 )
+        with_ds = [r for r in runs if r.get("gender_by_source")]
+        if with_ds:
+            names = sorted({k for r in with_ds for k in r["gender_by_source"]})
+            lines += ["", "The same, by the dataset of their photo (group / alone):", ""]
+            lines += ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for r in with_ds:
+                by = r["gender_by_source"]
+                cells = [
+                    f"{by[n]['group']:.1%} / {by[n]['alone']:.1%} ({by[n]['faces']})"
+                    if n in by
+                    else "-"
+                    for n in names
+                ]
+                lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
         lines += ["", "The same, by the face's size in the group photo (group / alone):", ""]
         lines += ["| detector | " + " | ".join(f"{lo}-{hi} px" for lo, hi in SIZE_BINS) + " |"]
         lines += ["|---|" + "---:|" * len(SIZE_BINS)]
@@ -716,7 +781,11 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(res)
     # detectors not run this time keep their stored rows (each row names its own command)
     rerun = {r["detector"] for r in runs}
-    kept = [r for r in data.get(args.split, {}).get("runs", []) if r["detector"] not in rerun]
+    kept = [  # (none after a rebuild: they scored other photos)
+        r
+        for r in data.get(args.split, {}).get("runs", [])
+        if r["detector"] not in rerun and not args.rebuild
+    ]
     runs = sorted(runs + kept, key=lambda r: DETECTORS.index(r["detector"]))
     phone = phone_check(split_dir, args.model) if not args.limit else None
     single = single_check(args.model) if not args.limit and args.split == "test" else None
