@@ -567,7 +567,19 @@ class BlazeFaceDetector:
         ]
         if side <= COARSE_SIDE:  # a face crop or a small photo: its faces as found
             return kept
-        return [self._refined(img, b, k, w, h) for b in kept]
+        out = []
+        for b in kept:
+            # the coarsest image read that shows the view at its input size (the same image
+            # whichever decode it was shrunk from), else the finest read
+            need = side * self._spec.size / (REFINE_VIEW * max(b.w, b.h))
+            fits = [a for a in read if max(a.shape[:2]) >= need]
+            src = (
+                min(fits, key=lambda a: max(a.shape[:2]))
+                if fits
+                else max(read, key=lambda a: max(a.shape[:2]))
+            )
+            out.append(self._refined(src, b, side / max(src.shape[:2]), w, h))
+        return out
 
     def _refined(self, rgb: np.ndarray, box: Box, k: float, w: int, h: int) -> Box:
         """``box`` found by a pyramid level (or the 128 px pass seeing it small) as the
