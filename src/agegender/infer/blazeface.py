@@ -548,11 +548,16 @@ class BlazeFaceDetector:
                 for b in self._boxes(coords, scores, w, h)
                 if b.score >= coarse_bar or self._verified(img, b, k)
             ]
-        # a face of the 128 px pass stays as that pass found it; the finer levels add the
-        # faces it does not overlap; the faces of either with a middling score get a second
-        # look (the 128 px pass's as above, the finer levels' below VERIFY_SCORE), in the
-        # finest decode read
-        coarse = self._boxes(coords, scores, w, h)
+        # a face of the 128 px pass that passes its second look (as above) stays as that
+        # pass found it; the finer levels add the faces it does not overlap (so where the
+        # pass's box fails, a finer level's box of that face can take its place), those
+        # with a score under VERIFY_SCORE after their own second look, in the finest
+        # decode read
+        coarse = [
+            b
+            for b in self._boxes(coords, scores, w, h)
+            if b.score >= coarse_bar or self._verified(img, b, k)
+        ]
         fine = [
             b
             for b in self._across_levels(coarse, parts[1:], part_scores[1:], level_scales, w, h)
@@ -561,9 +566,7 @@ class BlazeFaceDetector:
         first = set(coarse)
         both = _nested(sorted(coarse + fine, key=lambda b: -b.score))
         kept = [
-            b
-            for b in both
-            if b.score >= (coarse_bar if b in first else VERIFY_SCORE) or self._verified(img, b, k)
+            b for b in both if b in first or b.score >= VERIFY_SCORE or self._verified(img, b, k)
         ]
         if side <= COARSE_SIDE:  # a face crop or a small photo: its faces as found
             return kept
