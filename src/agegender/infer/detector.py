@@ -205,14 +205,17 @@ Detector = Union[HaarDetector, NoneDetector, "BlazeFaceDetector"]
 DETECTOR_INFO: dict[str, dict[str, str]] = {
     "blazeface": {
         "returns": "box + 6 landmarks (eyes, nose tip, mouth, ears); faces are aligned",
-        "speed": "portraits about as blazeface_128 (7.0 vs 6.7 ms, 448 px); group photos 0.63 s "
-        "(640x480 to 4000x3000, one core; 2026-12-07, before the 128 px pass's check)",
+        "speed": "one-face photos about as blazeface_128 (8.2 vs 7.8 ms, FairFace 448 px); "
+        "group photos 0.52 s (median, 640x480 to 4000x3000), 12 MP portraits 64 ms, one core "
+        "(benchmarks/group_photos.md, 2026-12-07)",
         "notes": "BlazeFace short range over an image pyramid: the whole photo at 128 px, "
         "then the network over the whole photo at finer scales (down to 24 px faces, at most "
-        "2000 px on the long side), skipped once a sure face twice the smallest size looked "
-        "for is found (portraits); detections merged across scales, middling ones (and the "
-        "128 px pass's, in photos over 512 px) checked again by both BlazeFace models; each "
-        "scale reads the coarsest JPEG decode it needs (benchmarks/group_photos.md)",
+        "2000 px on the long side; one more at 3000 px for a crowd in a bigger photo), "
+        "stopped once faces down to half the largest sure face are found (portraits); each "
+        "scale's detections merged on their own, then across scales; middling ones checked "
+        "again by the short-range model and MediaPipe's face-mesh presence score; in photos "
+        "over 512 px each face re-read in a view of its own; each scale reads the coarsest "
+        "JPEG decode it needs (benchmarks/group_photos.md)",
     },
     "blazeface_128": {
         "returns": "box + 6 landmarks; faces are aligned",
