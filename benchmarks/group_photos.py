@@ -44,6 +44,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -600,6 +601,21 @@ def single_check(model: str, limit: int = 300) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
+def _by_source(runs: list[dict], key: str, title: str, cell: Callable[[dict], str]) -> list[str]:
+    """A table of the runs' ``key`` (a figure per source dataset), one row per detector;
+    nothing when no run has it."""
+    rows = [r for r in runs if r.get(key)]
+    if not rows:
+        return []
+    names = sorted({n for r in rows for n in r[key]})
+    lines = ["", title, "", "| detector | " + " | ".join(names) + " |"]
+    lines.append("|---|" + "---:|" * len(names))
+    for r in rows:
+        cells = [cell(r[key][n]) if n in r[key] else "-" for n in names]
+        lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(data: dict) -> str:
     lines = [
         "# Group photos",
@@ -639,17 +655,12 @@ def render(data: dict) -> str:
                 f"{r['false_faces_per_empty_photo']:.2f} ({r['empty_photos']} photos) | "
                 f"{sp.get('group', float('nan')):.3f} | {sp.get('portrait', float('nan')):.3f} |"
             )
-        with_source = [r for r in runs if r.get("recall_40px_up_by_source")]
-        if with_source:
-            names = sorted({k for r in with_source for k in r["recall_40px_up_by_source"]})
-            lines += ["", "Faces of 40 px and more found, by the dataset of their photo:", ""]
-            lines += ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-            for r in with_source:
-                by = r["recall_40px_up_by_source"]
-                cells = [
-                    f"{by[n]['recall']:.1%} ({by[n]['faces']})" if n in by else "-" for n in names
-                ]
-                lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
+        lines += _by_source(
+            runs,
+            "recall_40px_up_by_source",
+            "Faces of 40 px and more found, by the dataset of their photo:",
+            lambda v: f"{v['recall']:.1%} ({v['faces']})",
+        )
         lines += ["", "Gender on the faces found in group photos against the same faces alone:", ""]
         lines += [
             "| detector | faces | accuracy in the group | the same faces alone | agreement |",
@@ -662,20 +673,12 @@ def render(data: dict) -> str:
                     f"{r['gender_accuracy_group']:.1%} | {r['gender_accuracy_alone']:.1%} | "
                     f"{r['gender_agreement']:.1%} |"
                 )
-        with_ds = [r for r in runs if r.get("gender_by_source")]
-        if with_ds:
-            names = sorted({k for r in with_ds for k in r["gender_by_source"]})
-            lines += ["", "The same, by the dataset of their photo (group / alone):", ""]
-            lines += ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-            for r in with_ds:
-                by = r["gender_by_source"]
-                cells = [
-                    f"{by[n]['group']:.1%} / {by[n]['alone']:.1%} ({by[n]['faces']})"
-                    if n in by
-                    else "-"
-                    for n in names
-                ]
-                lines.append(f"| `{r['detector']}` | " + " | ".join(cells) + " |")
+        lines += _by_source(
+            runs,
+            "gender_by_source",
+            "The same, by the dataset of their photo (group / alone):",
+            lambda v: f"{v['group']:.1%} / {v['alone']:.1%} ({v['faces']})",
+        )
         lines += ["", "The same, by the face's size in the group photo (group / alone):", ""]
         lines += ["| detector | " + " | ".join(f"{lo}-{hi} px" for lo, hi in SIZE_BINS) + " |"]
         lines += ["|---|" + "---:|" * len(SIZE_BINS)]
