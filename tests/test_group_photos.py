@@ -210,9 +210,17 @@ def test_big_jpeg_decoded_at_the_scale_detection_needs() -> None:
     turned = decode_photo(_jpeg(np.ascontiguousarray(np.rot90(_big(), 1)), 8), 2000)
     assert (turned.width, turned.height) == (4000, 3000)
     assert turned.rgb.shape == (1500, 2000, 3)
-    # PNG and arrays are decoded in full
+    # PNG, HEIC and arrays are reduced as a JPEG decoder would reduce them (the mean of
+    # each f x f block), the full pixels kept for a finer scale
     arr = _big()[:600, :800]
-    assert decode_photo(arr, 200).rgb.shape == (600, 800, 3)
+    small = decode_photo(arr, 200)
+    assert small.rgb.shape == (150, 200, 3) and small.reduced and small.scale == (0.25, 0.25)
+    assert small.rgb[0, 0].tolist() == arr[:4, :4].reshape(-1, 3).mean(0).round().tolist()
+    half = finer(small, 0.4)
+    assert half.rgb.shape == (300, 400, 3) and half.reduced
+    whole = finer(small, 0.9)
+    assert np.array_equal(whole.rgb, arr) and not whole.reduced
+    assert not decode_photo(arr, 1000).reduced  # nothing to reduce
 
 
 def test_box_scaling_and_crop_scale(single) -> None:
@@ -422,3 +430,25 @@ def test_a_face_whose_coarse_box_fails_its_second_look_is_kept_from_a_finer_leve
     found = pyramid.detect(frame)
     assert len(found) == 2
     assert sorted(b.x < width // 2 for b in found) == [False, True]
+
+
+def test_refined_faces_read_the_same_in_the_mirror_image(pyramid) -> None:
+    """A face the pyramid re-reads in its own view is read there and in the view's mirror
+    image, and the two are averaged: the mirrored photo gives the mirrored box and key
+    points (each eye the other one), which one reading of the network alone does not."""
+    from agegender.infer.blazeface import _MIRRORED_MARKS, _unmirrored
+
+    c = np.arange(16, dtype=np.float64) + 10
+    assert np.allclose(_unmirrored(_unmirrored(c, 128), 128), c)
+    photo, _ = _group(90, 4, 3, (1600, 1200))
+    w = photo.shape[1]
+    boxes = pyramid.detect(photo)
+    flipped = pyramid.detect(np.ascontiguousarray(photo[:, ::-1]))
+    assert len(boxes) == len(flipped) == 12
+    worst = 0.0
+    for b in boxes:
+        m = min(flipped, key=lambda o: abs(w - (o.x + o.w / 2) - (b.x + b.w / 2)) + abs(o.y - b.y))
+        assert abs(w - (m.x + m.w) - b.x) <= 2 and abs(m.y - b.y) <= 2 and abs(m.w - b.w) <= 2
+        back = [(w - x, y) for x, y in (m.landmarks[i] for i in _MIRRORED_MARKS)]
+        worst = max(worst, float(np.abs(np.subtract(back, b.landmarks)).max()))
+    assert worst <= 1.8, worst  # one reading alone: 2.5 px here

@@ -214,8 +214,8 @@ DETECTOR_INFO: dict[str, dict[str, str]] = {
         "stopped once faces down to half the largest sure face are found (portraits); each "
         "scale's detections merged on their own, then across scales; middling ones checked "
         "again by the short-range model and MediaPipe's face-mesh presence score; in photos "
-        "over 512 px each face re-read in a view of its own; each scale reads the coarsest "
-        "JPEG decode it needs (benchmarks/group_photos.md)",
+        "over 512 px each face re-read in a view of its own and its mirror image; each scale "
+        "reads the coarsest JPEG decode it needs (benchmarks/group_photos.md)",
     },
     "blazeface_128": {
         "returns": "box + 6 landmarks; faces are aligned",
