@@ -158,13 +158,15 @@ def render(data: dict) -> str:
                 + " | ".join(cells)
                 + " |"
             )
+        if entry.get("verdict"):
+            lines += ["", entry["verdict"]]
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="labelled validation photos (CSV)")
+    ap.add_argument("--data", type=Path, help="labelled validation photos (CSV)")
     ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--limit", type=int, default=1000)
@@ -172,7 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
     ap.add_argument("--append", action="store_true", help="keep the stored runs")
+    ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads((args.out_dir / "small_faces.json").read_text())
+        (args.out_dir / "small_faces.md").write_text(render(data))
+        return
+    if args.data is None:
+        ap.error("--data is required (a CSV of labelled validation photos)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sizes = tuple(sorted(args.sizes))
     sources = _sources(args.data, args.limit, args.seed)
