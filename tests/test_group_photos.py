@@ -452,3 +452,35 @@ def test_refined_faces_read_the_same_in_the_mirror_image(pyramid) -> None:
         back = [(w - x, y) for x, y in (m.landmarks[i] for i in _MIRRORED_MARKS)]
         worst = max(worst, float(np.abs(np.subtract(back, b.landmarks)).max()))
     assert worst <= 1.8, worst  # one reading alone: 2.5 px here
+
+
+def test_a_face_that_passes_its_second_look_stops_the_pyramid(pyramid, monkeypatch) -> None:
+    """With no face sure enough to stop at (here: a sure score set above the face's), the
+    best face found so far stops the pyramid if it passes its second look, as a sure face
+    would; one that fails it lets the finer levels run."""
+    import agegender.infer.blazeface as bf
+
+    rng = np.random.default_rng(0)
+    field = rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)
+    canvas = cv2.resize(field, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    tile = cv2.resize(_rgb(PHOTOS[2]), (2400, 2400), interpolation=cv2.INTER_CUBIC)
+    canvas[300:2700, 800:3200] = tile
+
+    def asked_for() -> tuple[list[int], list]:
+        asked: list[int] = []
+
+        def image(side: int) -> np.ndarray:
+            asked.append(side)
+            for k in (4, 2):
+                if side <= 4000 // k:
+                    return cv2.resize(canvas, (4000 // k, 3000 // k), interpolation=cv2.INTER_AREA)
+            return canvas
+
+        return asked, pyramid.detect_scaled(image, 4000, 3000)
+
+    monkeypatch.setattr(bf, "STOP_SCORE", 0.999)
+    asked, boxes = asked_for()
+    assert asked == [512] and len(boxes) == 1 and boxes[0].w > 800
+    monkeypatch.setattr(type(pyramid), "_verified", lambda self, rgb, box, k=1.0: False)
+    asked, _ = asked_for()
+    assert max(asked) == 2000

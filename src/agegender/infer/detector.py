@@ -205,8 +205,8 @@ Detector = Union[HaarDetector, NoneDetector, "BlazeFaceDetector"]
 DETECTOR_INFO: dict[str, dict[str, str]] = {
     "blazeface": {
         "returns": "box + 6 landmarks (eyes, nose tip, mouth, ears); faces are aligned",
-        "speed": "one-face photos about as blazeface_128 (7.2 vs 6.8 ms, FairFace 448 px); "
-        "group photos 0.53 s (median, 640x480 to 4000x3000), 12 MP portraits 66 ms, one core "
+        "speed": "one-face photos about as blazeface_128 (5.5 vs 5.4 ms, FairFace 448 px); "
+        "group photos 0.52 s (median, 640x480 to 4000x3000), 12 MP portraits 64 ms, one core "
         "(benchmarks/group_photos.md, 2026-12-07)",
         "notes": "BlazeFace short range over an image pyramid: the whole photo at 128 px, "
         "then the network over the whole photo at finer scales (down to 24 px faces, at most "
