@@ -192,6 +192,26 @@ def _paste(
     return carried(src["box"], face_px), others, (x0, y0, alpha)
 
 
+def pasted_alone(
+    src: dict, face_px: float, rng: np.random.Generator, size: tuple[int, int] = (640, 480)
+) -> tuple[np.ndarray, list[float]]:
+    """``src``'s photo pasted as a group photo pastes it, its face ``face_px`` wide in the
+    middle of a ``size`` photo of one of the backgrounds: the photo and the face's box."""
+    w, h = size
+    canvas = _background(w, h, rng)
+    box, _, _ = _paste(canvas, src, face_px, w / 2, h / 2, 0.0)
+    return canvas, box
+
+
+def gender_at(predictor, rgb: np.ndarray, box: list[float]) -> int:
+    """What ``predictor`` says of the face at ``box`` in ``rgb``: 1 female, 0 male, -1 when
+    it finds no face there (IoU >= 0.5)."""
+    best = max(predictor.predict(rgb).faces, key=lambda f: _iou(list(f.box), box), default=None)
+    if best is None or _iou(list(best.box), box) < 0.5:
+        return -1
+    return int(best.gender == "female")
+
+
 def _covered(box: list[float], footprint: tuple[int, int, np.ndarray]) -> float:
     """The share of ``box`` that a later paste's alpha covers."""
     x0, y0, alpha = footprint
@@ -372,8 +392,8 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
     meta = json.loads((split_dir / "labels.json").read_text())
     photos = meta["photos"][:limit] if limit else meta["photos"]
     # the portraits past the timed ones are there for phone_check's label count only
-    portraits = [p for p in photos if p["kind"] == "portrait"][PHONE_TIMED:]
-    photos = [p for p in photos if p not in portraits]
+    portraits = [p for p in photos if p["kind"] == "portrait"]
+    photos = [p for p in photos if p["kind"] != "portrait"] + portraits[:PHONE_TIMED]
     predictor = _predictor(detector, model)
     hits = {b: [0, 0] for b in SIZE_BINS}
     by_source: dict[str, list[int]] = {}  # faces of 40 px and more: found, all
@@ -453,8 +473,6 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
 
 
 SOURCES = ("utkface", "fairface-540", "celeba-10k")
-#: The photo a source is pasted alone into (``_alone``).
-PASTED_ALONE = (640, 480)
 
 
 def _dataset(path: str) -> str:
@@ -492,15 +510,8 @@ def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
         truth.append(int(labels[path]))
         # the same photo pasted alone, at its own size, as the group photos paste it (soft
         # edges, another background): what the paste itself costs, apart from the group
-        w, h = PASTED_ALONE
-        canvas = _background(w, h, rng)
-        box, _, _ = _paste(
-            canvas, {"path": path, "box": list(big.box)}, max(big.box[2:]), w / 2, h / 2, 0
-        )
-        faces = pyramid.predict(canvas).faces
-        best = max(faces, key=lambda f: _iou(list(f.box), box), default=None)
-        hit = best is not None and _iou(list(best.box), box) >= 0.5
-        pasted.append(int(best.gender == "female") if hit else -1)
+        canvas, box = pasted_alone({"path": path, "box": list(big.box)}, max(big.box[2:]), rng)
+        pasted.append(gender_at(pyramid, canvas, box))
     a, pz, g, t, z = map(np.asarray, (alone, pasted, group, truth, size))
 
     def cell(m: np.ndarray) -> dict:
@@ -698,7 +709,7 @@ def render(data: dict) -> str:
             "",
             "Gender on the faces found in group photos against the same faces alone: in their "
             "own photo (the single pass), and pasted alone at their own size into a "
-            f"{PASTED_ALONE[0]}x{PASTED_ALONE[1]} photo as the group photos paste them (soft "
+            "640x480 photo as the group photos paste them (soft "
             "edges, another background; `blazeface`), which separates what the paste costs "
             "from what the group costs (rows measured before 2026-12-07's fourth session "
             "have no pasted column):",

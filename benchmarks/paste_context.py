@@ -40,19 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     truth = np.array([s["gender"] for s in src])
 
+    def said(rgb: np.ndarray, box: list[float] | None) -> int:
+        if box is not None:
+            return g.gender_at(p, rgb, box)
+        faces = p.predict(rgb).faces  # the photo itself: its largest face
+        return int(max(faces, key=lambda f: f.box[2]).gender == "female") if faces else -1
+
     def run(make) -> np.ndarray:
-        out = []
-        for s in src:
-            img, box = make(s)
-            faces = p.predict(img).faces
-            if box is None:
-                best = max(faces, key=lambda f: f.box[2], default=None)
-                ok = best is not None
-            else:
-                best = max(faces, key=lambda f: g._iou(list(f.box), box), default=None)
-                ok = best is not None and g._iou(list(best.box), box) >= 0.5
-            out.append(int(best.gender == "female") if ok else -1)
-        return np.array(out)
+        return np.array([said(*make(s)) for s in src])
 
     def alone(s: dict):
         return cv2.cvtColor(cv2.imread(s["path"]), cv2.COLOR_BGR2RGB), None
@@ -68,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 b = s["box"]
                 return c, [b[0] + left, b[1] + top, b[2], b[3]]
-            bg = g._background(w, h, rng)
-            box, _, _ = g._paste(bg, s, float(max(s["box"][2:])), w / 2, h / 2, 0.0)
-            return bg, box
+            return g.pasted_alone(s, float(max(s["box"][2:])), rng, (w, h))
 
         return make
 

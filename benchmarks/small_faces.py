@@ -100,14 +100,7 @@ def score(model: str, sources: list[dict], scenes: dict, sizes: tuple[int, ...])
         ]
     )
     for s in sizes:
-        got = []
-        for i in range(n):
-            canvas, box = scenes[(i, s)]
-            r = predictor.predict(canvas)
-            best = max(r.faces, key=lambda f: group_photos._iou(list(f.box), box), default=None)
-            ok = best is not None and group_photos._iou(list(best.box), box) >= 0.5
-            got.append(int(best.gender == "female") if ok else -1)
-        said[s] = np.array(got)
+        said[s] = np.array([group_photos.gender_at(predictor, *scenes[(i, s)]) for i in range(n)])
     seconds = time.perf_counter() - t0
     every = np.all(np.stack(list(said.values())) >= 0, axis=0)
     rows = {}

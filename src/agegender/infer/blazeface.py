@@ -536,7 +536,7 @@ class BlazeFaceDetector:
         portrait = False
         for scale in self.pyramid_scales(w, h):
             wanted = self._wanted_face(parts, part_scores, side)
-            if wanted is None and self.stop_ratio is not None:
+            if wanted is None:
                 wanted = self._verified_wanted(parts, part_scores, img, k, w, h)
             if wanted is not None and wanted * PORTRAIT_SLACK >= smallest:
                 portrait = True
@@ -733,10 +733,12 @@ class BlazeFaceDetector:
         turned face that no scale scores 0.75 used to run every finer level: 12 of the
         test split's 200 12 MP portraits took 420-1030 ms, 2 still do; the dev split's
         group photos find the same faces (2026-12-07, fourth session)."""
+        if self.stop_ratio is None:
+            return None
         best = self._boxes(np.concatenate(parts), np.concatenate(scores), w, h)[:1]
         if not best or best[0].score < self.score_threshold or not self._verified(img, best[0], k):
             return None
-        return min(best[0].w, best[0].h) / float(self.stop_ratio or PYRAMID_STOP_RATIO)
+        return min(best[0].w, best[0].h) / self.stop_ratio
 
     def _wanted_face(
         self, parts: list[np.ndarray], scores: list[np.ndarray], side: int
