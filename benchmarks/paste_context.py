@@ -4,11 +4,13 @@ their own size, in their own photo and pasted into a bigger photo.
     python benchmarks/paste_context.py --data runs/fold0_val.csv --limit 400
 
 Each photo of ``--data`` (labelled validation faces) goes through the bundled ``default``
-model's face path four more ways: pasted with ``group_photos``'s soft edges onto one of its
-backgrounds in a 640x480 and a 512x384 photo (``bg640``, ``bg512``: a photo over 512 px
-takes the pyramid and the re-read face views, one of 512 px or less the single pass), and
-with its own edge pixels repeated outward to those sizes (``rep640``, ``rep512``: the same
-face path, no foreign background). Prints the share found and the gender accuracy on the
+model's face path five more ways: pasted with ``group_photos``'s former soft edges (inside
+the photo) onto one of its backgrounds in a 640x480 and a 512x384 photo (``bg640``,
+``bg512``: a photo over 512 px takes the pyramid and the re-read face views, one of 512 px or
+less the single pass), pasted as group photos paste it since 2026-12-08 (``out640``: the
+soft edge in a border of repeated edge pixels, the photo whole), and with its own edge
+pixels repeated outward to those sizes (``rep640``, ``rep512``: the same face path, no
+foreign background). Prints the share found and the gender accuracy on the
 faces found every way (its figures are quoted in ``benchmarks/small_faces.md``).
 """
 
@@ -63,14 +65,15 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 b = s["box"]
                 return c, [b[0] + left, b[1] + top, b[2], b[3]]
-            return g.pasted_alone(s, float(max(s["box"][2:])), rng, (w, h))
+            return g.pasted_alone(s, float(max(s["box"][2:])), rng, (w, h), kind)
 
         return make
 
     res = {"photo": run(alone)}
     for name, (w, h, kind) in {
-        "bg640": (640, 480, "paste"),
-        "bg512": (512, 384, "paste"),
+        "bg640": (640, 480, "inside"),
+        "bg512": (512, 384, "inside"),
+        "out640": (640, 480, "outside"),
         "rep640": (640, 480, "replicate"),
         "rep512": (512, 384, "replicate"),
     }.items():

@@ -481,6 +481,46 @@ def test_a_face_that_passes_its_second_look_stops_the_pyramid(pyramid, monkeypat
     monkeypatch.setattr(bf, "STOP_SCORE", 0.999)
     asked, boxes = asked_for()
     assert asked == [512] and len(boxes) == 1 and boxes[0].w > 800
-    monkeypatch.setattr(type(pyramid), "_verified", lambda self, rgb, box, k=1.0: False)
+    monkeypatch.setattr(type(pyramid), "_verified", lambda self, rgb, box, k=1.0, looks=None: False)
     asked, _ = asked_for()
     assert max(asked) == 2000
+
+
+def test_a_portrait_stops_at_a_level_just_fine_enough(pyramid, monkeypatch) -> None:
+    """A 12 MP portrait whose face the 128 px pass finds sure but not big enough to stop
+    at: a level just fine enough for the faces still wanted runs instead of the pyramid's
+    own (and stops there, the same face found). With a second, smaller face beside it,
+    that look finds a face the 128 px pass did not, and the photo gets exactly the boxes
+    it gets without the look."""
+    levels: list[float] = []
+    original = bf.BlazeFaceDetector._level_candidates
+
+    def counted(self, rgb, scale):
+        levels.append(scale * max(rgb.shape[:2]) / 4000)  # as a share of the photo
+        return original(self, rgb, scale)
+
+    monkeypatch.setattr(bf.BlazeFaceDetector, "_level_candidates", counted)
+    rng = np.random.default_rng(0)
+    field = rng.integers(60, 200, (6, 8, 3), dtype=np.uint8)
+    portrait = cv2.resize(field, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    portrait[500:2500, 200:2200] = cv2.resize(
+        _rgb(PHOTOS[2]), (2000, 2000), interpolation=cv2.INTER_AREA
+    )
+    own = pyramid.pyramid_scales(4000, 3000)[0]
+    found = pyramid.detect(portrait)
+    assert len(found) == 1 and 625 < found[0].w < 1000  # sure, too small to stop at
+    assert len(levels) == 1 and levels[0] < 0.9 * own  # the look alone
+    monkeypatch.setattr(bf, "PORTRAIT_LOOK_SHARE", 0.0)
+    levels.clear()
+    without = pyramid.detect(portrait)
+    assert levels == [pytest.approx(own)]
+    assert len(without) == 1 and bf._box_iou(without[0], found[0]) > 0.8
+
+    two = portrait.copy()
+    small = cv2.resize(_rgb(PHOTOS[0]), (1100, 1100), interpolation=cv2.INTER_AREA)
+    two[1000:2100, 2600:3700] = small  # its face too small for the 128 px pass
+    plain = pyramid.detect(two)
+    monkeypatch.setattr(bf, "PORTRAIT_LOOK_SHARE", 0.9)
+    levels.clear()
+    assert pyramid.detect(two) == plain and len(plain) == 2
+    assert levels[0] < 0.9 * own and pytest.approx(own) in levels[1:]
