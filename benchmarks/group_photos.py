@@ -435,6 +435,7 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
     tp = fp = 0
     empty_false = empty_n = 0
     gender_pairs: list[tuple[int, int]] = []  # (label, predicted) of matched group faces
+    every_face: list[tuple[str, int, float]] = []  # (source, predicted, px) of each of them
     sources: dict[str, int] = {}
     seconds: dict[str, list[float]] = {}
     for p in photos:
@@ -472,8 +473,10 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
         for face, j in zip(r.faces, m, strict=True):
             if j is not None and face.gender is not None:
                 truth_face = labelled[j]
-                gender_pairs.append((truth_face["gender"], int(face.gender == "female")))
-                sources[truth_face["source"]] = (int(face.gender == "female"), truth_face["box"][2])
+                said = int(face.gender == "female")
+                gender_pairs.append((truth_face["gender"], said))
+                sources[truth_face["source"]] = (said, truth_face["box"][2])
+                every_face.append((truth_face["source"], said, truth_face["box"][2]))
     n_true = sum(v[1] for v in hits.values())
     found_40 = sum(v[0] for (lo, _), v in hits.items() if lo >= 40)
     n_40 = sum(v[1] for (lo, _), v in hits.items() if lo >= 40)
@@ -502,7 +505,7 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
         y, yhat = np.array(gender_pairs).T
         res["gender_accuracy_found"] = float((y == yhat).mean())
         res["gender_faces"] = len(gender_pairs)
-        alone = _alone(sources, model)
+        alone = _alone(sources, model, every_face)
         res.update(alone)
     return res
 
@@ -516,11 +519,17 @@ def _dataset(path: str) -> str:
     return next((name for name in SOURCES if name in parts), "other")
 
 
-def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
+def _alone(
+    group_pred: dict[str, tuple[int, float]],
+    model: str,
+    every_face: list[tuple[str, int, float]] | None = None,
+) -> dict:
     """The same faces predicted from their own photos (the default detector, alone): the
     gender accuracy they get there, on exactly the faces found in the group photos (a
     source pasted twice counts with its last group face), overall and by the face's size
-    in the group photo."""
+    in the group photo. ``every_face`` ((source, predicted, face px) of every face found in a
+    group photo): the same over all of them, a source pasted twice counted twice against
+    its own photo's one answer, and each gender's recall there by face size."""
     from agegender.data.readers import read_table
 
     root = default_data_root()
@@ -548,6 +557,19 @@ def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
         canvas, box = pasted_alone({"path": path, "box": list(big.box)}, max(big.box[2:]), rng)
         pasted.append(gender_at(pyramid, canvas, box))
     a, pz, g, t, z = map(np.asarray, (alone, pasted, group, truth, size))
+    own = dict(zip([p for p, k in zip(paths, kept, strict=True) if k], alone, strict=True))
+    every = [(labels[p], said, own[p], px) for p, said, px in every_face or [] if p in own]
+    ev = np.asarray(every, dtype=float).reshape(-1, 4)
+    recall_by_size = {}  # each gender's recall in the group / own photo, small and larger faces
+    for name, m in (("under_64px", ev[:, 3] < 64), ("64px_up", ev[:, 3] >= 64)):
+        for sex, label in (("women", 1), ("men", 0)):
+            cell_m = m & (ev[:, 0] == label)
+            if cell_m.any():
+                recall_by_size[f"{sex}_{name}"] = {
+                    "faces": int(cell_m.sum()),
+                    "group": float((ev[cell_m, 1] == label).mean()),
+                    "alone": float((ev[cell_m, 2] == label).mean()),
+                }
 
     def cell(m: np.ndarray) -> dict:
         both = m & (pz >= 0)
@@ -567,17 +589,21 @@ def _alone(group_pred: dict[str, tuple[int, float]], model: str) -> dict:
     }
     datasets = np.asarray([_dataset(p) for p, r in zip(paths, kept, strict=True) if r])
     by_source = {name: cell(datasets == name) for name in sorted(set(datasets.tolist()))}
-    every = cell(np.ones(len(t), bool)) if len(t) else {}
+    whole = cell(np.ones(len(t), bool)) if len(t) else {}
     return {
         "gender_by_source": by_source,
         "gender_sources": len(t),
-        "gender_accuracy_group": every.get("group"),
-        "gender_accuracy_alone": every.get("alone"),
-        "gender_accuracy_pasted_alone": every.get("pasted"),
-        "gender_pasted_faces": every.get("pasted_faces"),
-        "gender_accuracy_group_where_pasted": every.get("group_where_pasted"),
+        "gender_accuracy_group": whole.get("group"),
+        "gender_accuracy_alone": whole.get("alone"),
+        "gender_accuracy_pasted_alone": whole.get("pasted"),
+        "gender_pasted_faces": whole.get("pasted_faces"),
+        "gender_accuracy_group_where_pasted": whole.get("group_where_pasted"),
         "gender_agreement": float((a == g).mean()) if len(t) else None,
         "gender_by_size": by_size,
+        "gender_every_faces": len(ev),
+        "gender_every_group": float((ev[:, 1] == ev[:, 0]).mean()) if len(ev) else None,
+        "gender_every_alone": float((ev[:, 2] == ev[:, 0]).mean()) if len(ev) else None,
+        "gender_every_recall": recall_by_size,
     }
 
 
@@ -625,14 +651,16 @@ def phone_check(split_dir: Path, model: str) -> dict:
     labels: dict[str, list] = {"draft": [], "full_decode": []}
     for f in files:
         for name in labels:
-            labels[name].append([(f2.box, f2.gender) for f2 in runs[name](f).faces])
-    changed = total = 0
-    for a, b in zip(labels["draft"], labels["full_decode"], strict=True):
-        for box, gender in a:
-            mate = [g for bx, g in b if _iou(list(box), list(bx)) >= 0.5]
+            labels[name].append([(f2.box, f2.gender, f2.p_female) for f2 in runs[name](f).faces])
+    changed, total = [], 0
+    for f, a, b in zip(files, labels["draft"], labels["full_decode"], strict=True):
+        for box, gender, p in a:
+            mate = [(g, q) for bx, g, q in b if _iou(list(box), list(bx)) >= 0.5]
             total += 1
-            changed += not mate or mate[0] != gender
-    out.update(faces=total, faces_changed=changed)
+            if not mate or mate[0][0] != gender:  # P(female) both ways (None: not found)
+                other = round(mate[0][1], 3) if mate else None
+                changed.append({"photo": f.name, "side": box[2], "p": [round(p, 3), other]})
+    out.update(faces=total, faces_changed=len(changed), changed=changed)
     return out
 
 
@@ -769,6 +797,33 @@ def render(data: dict) -> str:
                     f"{r['gender_accuracy_group']:.1%} | {r['gender_accuracy_alone']:.1%} | "
                     f"{r['gender_agreement']:.1%} | " + tail
                 )
+        every = [
+            f"`{r['detector']}` {r['gender_every_group']:.1%} in the group against "
+            f"{r['gender_every_alone']:.1%} in their own photos ({r['gender_every_faces']} faces)"
+            for r in runs
+            if r.get("gender_every_faces")
+        ]
+        if every:
+            lines += [
+                "",
+                "Over every face found in a group photo (a source photo pasted in several "
+                "group photos counts each time, against its own photo's one answer): "
+                + "; ".join(every)
+                + ".",
+            ]
+        for r in runs:
+            rec = r.get("gender_every_recall") or {}
+            if rec:
+                cells = [
+                    f"{k.replace('_', ' ').replace('px up', 'px and more')} "
+                    f"{v['group']:.1%} / {v['alone']:.1%} ({v['faces']})"
+                    for k, v in rec.items()
+                ]
+                lines += [
+                    "",
+                    f"`{r['detector']}`, each gender's recall over those faces, in the group / "
+                    "in their own photos: " + "; ".join(cells) + ".",
+                ]
         lines += _by_source(
             runs,
             "gender_by_source",
@@ -842,6 +897,12 @@ def main(argv: list[str] | None = None) -> None:
         help="12 MP portraits to build (the first PHONE_TIMED are timed; all are label-checked)",
     )
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument(
+        "--keep-checks",
+        action="store_true",
+        help="keep the stored 12 MP portrait and one-face checks (e.g. timed with nothing "
+        "else running) instead of running them again",
+    )
     ap.add_argument("--limit", type=int, help="score only the first N photos")
     ap.add_argument("--photos-dir", type=Path, default=REPO / "runs" / "group_photos")
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
@@ -903,8 +964,16 @@ def main(argv: list[str] | None = None) -> None:
         if r["detector"] not in rerun and not args.rebuild
     ]
     runs = sorted(runs + kept, key=lambda r: DETECTORS.index(r["detector"]))
-    phone = phone_check(split_dir, args.model) if not args.limit else None
-    single = single_check(args.model) if not args.limit and args.split == "test" else None
+    stored = data.get(args.split, {})
+    if args.keep_checks and not args.rebuild and stored.get("phone"):
+        phone, single = stored["phone"], stored.get("single")  # the same photos' checks
+    else:
+        phone = phone_check(split_dir, args.model) if not args.limit else None
+        single = single_check(args.model) if not args.limit and args.split == "test" else None
+        stored = {
+            "checks_command": "python benchmarks/group_photos.py "
+            + shlex.join(sys.argv[1:] if argv is None else argv)
+        }
     data[args.split] = {
         "command": "python benchmarks/group_photos.py "
         + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -913,6 +982,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         "phone": phone,
         "single": single,
+        "checks_command": stored.get("checks_command") or stored.get("command"),
     }
     out_json.write_text(json.dumps(data, indent=1))
     (args.out_dir / "group_photos.md").write_text(render(data))

@@ -181,7 +181,11 @@ def test_track_gender_is_the_photos_where_the_photo_alone_is_right(
     checked = 0
     for name, label in LABELS.items():
         alone = predictor.predict(str(EXAMPLES / f"{name}.jpg")).faces
-        if len(alone) == 1 and alone[0].gender == label:
+        # right, and not by a hair: the girl's photo alone reads P(female) 0.52 with the
+        # bundled default run unfused on a CPU without int8 dot products, 0.45 on her
+        # 50 px copies in the video, a coin toss either way
+        sure = len(alone) == 1 and abs(alone[0].p_female - 0.5) >= 0.1
+        if sure and alone[0].gender == label:
             assert tracks[track_of[name]].gender == label, (name, tracks[track_of[name]])
             checked += 1
     assert checked >= 2  # the man and the woman at least
