@@ -210,6 +210,8 @@ def test_int8_export_is_quantized_and_close_to_float(tmp_path: Path) -> None:
     assert record["dtype"] == "int8" and record["calibration_faces"] == 16
     assert record["calibration_from"] == [str(photos)]
     assert record["faces"] == 16 and 0.9 <= record["gender_agreement"] <= 1.0
+    # 7-bit weights: fused int8 kernels on every CPU, without int8 dot products too
+    assert record["reduce_range"] is True and q.backend.int8_fused is True
     f = Predictor.load(src, detector="none")
     batch, owners = f.face_batch(sorted(photos.iterdir()), largest=True)
     assert batch.shape == (24, 3, 32, 32) and owners.tolist() == list(range(24))
