@@ -207,15 +207,27 @@ def export_onnx(
     return out
 
 
-def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The meta dict stored in an ONNX file by :func:`export_onnx`."""
+def _stored_meta(data: bytes) -> dict[str, Any] | None:
+    """The meta dict stored in ONNX bytes by :func:`export_onnx`; ``None`` without one (or
+    for bytes that are no ONNX model: loading them says why)."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception:  # noqa: BLE001 - not a model: ONNX Runtime's load gives the reason
+        return None
     for p in proto.metadata_props:
         if p.key == META_KEY:
             return json.loads(p.value)
-    raise ValueError(f"{path}: no {META_KEY} metadata (not exported by agegender export)")
+    return None
+
+
+def read_onnx_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The meta dict stored in an ONNX file by :func:`export_onnx`."""
+    meta = _stored_meta(Path(path).read_bytes())
+    if meta is None:
+        raise ValueError(f"{path}: no {META_KEY} metadata (not exported by agegender export)")
+    return meta
 
 
 class OnnxModel:
@@ -249,31 +261,17 @@ class OnnxModel:
         where = "ONNX bytes" if isinstance(source, bytes) else str(source)
         if not data:
             raise ModelFileError(f"{where}: cannot load ONNX model: the file is empty")
-        try:
-            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Failed to load model ..." -> the why
-            why = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", str(exc))
-            why = (why.strip().splitlines() or ["not an ONNX model"])[0]
-            raise ModelFileError(f"{where}: cannot load ONNX model: {why}") from exc
-        props = self.session.get_modelmeta().custom_metadata_map
+        stored = _stored_meta(data)
         sidecar = None if isinstance(source, bytes) else Path(source).with_suffix(".json")
-        if META_KEY in props:
-            meta = json.loads(props[META_KEY])
+        if stored is not None:
+            meta = stored
         elif meta is None and sidecar is not None and sidecar.is_file():
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        if meta is None:
-            where = "ONNX bytes" if isinstance(source, bytes) else str(source)
-            raise ValueError(
-                f"{where}: no {META_KEY} metadata (not exported by agegender) and no "
-                f"{sidecar.name if sidecar else 'meta'} beside it"
-            )
-        self.meta: dict[str, Any] = dict(meta)
         # an int8 graph quantized with full-range weights runs fused into int8 kernels only
         # where the CPU has int8 dot products; elsewhere as the float operations its QDQ
         # pairs stand for (see int8_dot_products). 7-bit weights (reduce_range) run fused
         # everywhere.
-        quantized = (self.meta.get("weights") or {}).get("quantized")
+        quantized = ((meta or {}).get("weights") or {}).get("quantized")
         self.int8_fused: bool | None = None
         if quantized:
             self.int8_fused = bool(quantized.get("reduce_range")) or (
@@ -281,7 +279,19 @@ class OnnxModel:
             )
             if not self.int8_fused:
                 opts.add_session_config_entry("session.disable_quant_qdq", "1")
-                self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Failed to load model ..." -> the why
+            why = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", str(exc))
+            why = (why.strip().splitlines() or ["not an ONNX model"])[0]
+            raise ModelFileError(f"{where}: cannot load ONNX model: {why}") from exc
+        if meta is None:
+            raise ValueError(
+                f"{where}: no {META_KEY} metadata (not exported by agegender) and no "
+                f"{sidecar.name if sidecar else 'meta'} beside it"
+            )
+        self.meta: dict[str, Any] = dict(meta)
         self.spec = parse_meta(self.meta)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
