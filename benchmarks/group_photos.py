@@ -436,7 +436,6 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
     empty_false = empty_n = 0
     gender_pairs: list[tuple[int, int]] = []  # (label, predicted) of matched group faces
     every_face: list[tuple[str, int, float]] = []  # (source, predicted, px) of each of them
-    sources: dict[str, int] = {}
     seconds: dict[str, list[float]] = {}
     for p in photos:
         t0 = time.perf_counter()
@@ -475,7 +474,6 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
                 truth_face = labelled[j]
                 said = int(face.gender == "female")
                 gender_pairs.append((truth_face["gender"], said))
-                sources[truth_face["source"]] = (said, truth_face["box"][2])
                 every_face.append((truth_face["source"], said, truth_face["box"][2]))
     n_true = sum(v[1] for v in hits.values())
     found_40 = sum(v[0] for (lo, _), v in hits.items() if lo >= 40)
@@ -505,7 +503,7 @@ def score(split_dir: Path, detector: str, model: str, limit: int | None) -> dict
         y, yhat = np.array(gender_pairs).T
         res["gender_accuracy_found"] = float((y == yhat).mean())
         res["gender_faces"] = len(gender_pairs)
-        alone = _alone(sources, model, every_face)
+        alone = _alone(every_face, model)
         res.update(alone)
     return res
 
@@ -519,17 +517,14 @@ def _dataset(path: str) -> str:
     return next((name for name in SOURCES if name in parts), "other")
 
 
-def _alone(
-    group_pred: dict[str, tuple[int, float]],
-    model: str,
-    every_face: list[tuple[str, int, float]] | None = None,
-) -> dict:
+def _alone(every_face: list[tuple[str, int, float]], model: str) -> dict:
     """The same faces predicted from their own photos (the default detector, alone): the
-    gender accuracy they get there, on exactly the faces found in the group photos (a
-    source pasted twice counts with its last group face), overall and by the face's size
-    in the group photo. ``every_face`` ((source, predicted, face px) of every face found in a
-    group photo): the same over all of them, a source pasted twice counted twice against
-    its own photo's one answer, and each gender's recall there by face size."""
+    gender accuracy they get there, on exactly the faces found in the group photos
+    (``every_face``: source photo, predicted, face px of each; a source pasted twice counts
+    with its last group face), overall and by the face's size in the group photo; and the
+    same over every face found, a source pasted twice counted twice against its own photo's
+    one answer, with each gender's recall there by face size."""
+    group_pred = {src: (said, px) for src, said, px in every_face}  # the last face of each
     from agegender.data.readers import read_table
 
     root = default_data_root()
@@ -558,7 +553,7 @@ def _alone(
         pasted.append(gender_at(pyramid, canvas, box))
     a, pz, g, t, z = map(np.asarray, (alone, pasted, group, truth, size))
     own = dict(zip([p for p, k in zip(paths, kept, strict=True) if k], alone, strict=True))
-    every = [(labels[p], said, own[p], px) for p, said, px in every_face or [] if p in own]
+    every = [(labels[p], said, own[p], px) for p, said, px in every_face if p in own]
     ev = np.asarray(every, dtype=float).reshape(-1, 4)
     recall_by_size = {}  # each gender's recall in the group / own photo, small and larger faces
     for name, m in (("under_64px", ev[:, 3] < 64), ("64px_up", ev[:, 3] >= 64)):
@@ -913,6 +908,9 @@ def main(argv: list[str] | None = None) -> None:
         help="only the 12 MP portrait and one-face checks, into the split's stored entry",
     )
     args = ap.parse_args(argv)
+    command = "python benchmarks/group_photos.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     out_json = args.out_dir / "group_photos.json"
     data = json.loads(out_json.read_text()) if out_json.exists() else {}
     if args.render:
@@ -923,9 +921,7 @@ def main(argv: list[str] | None = None) -> None:
         entry = data[args.split]
         entry["phone"] = phone_check(split_dir, args.model)
         entry["single"] = single_check(args.model) if args.split == "test" else None
-        entry["checks_command"] = "python benchmarks/group_photos.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
+        entry["checks_command"] = command
         out_json.write_text(json.dumps(data, indent=1))
         (args.out_dir / "group_photos.md").write_text(render(data))
         return
@@ -952,9 +948,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
-        res["command"] = "python benchmarks/group_photos.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
+        res["command"] = command
         runs.append(res)
     # detectors not run this time keep their stored rows (each row names its own command)
     rerun = {r["detector"] for r in runs}
@@ -966,23 +960,21 @@ def main(argv: list[str] | None = None) -> None:
     runs = sorted(runs + kept, key=lambda r: DETECTORS.index(r["detector"]))
     stored = data.get(args.split, {})
     if args.keep_checks and not args.rebuild and stored.get("phone"):
-        phone, single = stored["phone"], stored.get("single")  # the same photos' checks
+        # the same photos' checks, and the command that ran them
+        phone, single = stored["phone"], stored.get("single")
+        checks_command = stored.get("checks_command") or stored.get("command")
     else:
         phone = phone_check(split_dir, args.model) if not args.limit else None
         single = single_check(args.model) if not args.limit and args.split == "test" else None
-        stored = {
-            "checks_command": "python benchmarks/group_photos.py "
-            + shlex.join(sys.argv[1:] if argv is None else argv)
-        }
+        checks_command = command
     data[args.split] = {
-        "command": "python benchmarks/group_photos.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "model": args.model,
         "runs": runs,
         "phone": phone,
         "single": single,
-        "checks_command": stored.get("checks_command") or stored.get("command"),
+        "checks_command": checks_command,
     }
     out_json.write_text(json.dumps(data, indent=1))
     (args.out_dir / "group_photos.md").write_text(render(data))
