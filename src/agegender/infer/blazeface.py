@@ -540,6 +540,7 @@ class BlazeFaceDetector:
             part_scores.append(sc)
             level_scales.append(scale)
 
+        pass_faces = self._boxes(coords, scores, w, h)  # the 128 px pass's, merged
         smallest = COARSE_MIN_FRACTION * side  # the smallest face looked for so far
         portrait = looked = False
         for scale in self.pyramid_scales(w, h):
@@ -557,8 +558,7 @@ class BlazeFaceDetector:
                 if just < scale * PORTRAIT_LOOK_SHARE:
                     before = img, k, len(read)
                     run_level(just)
-                    first = self._boxes(parts[0], part_scores[0], w, h)
-                    if not self._new_faces(first, parts[-1], part_scores[-1], w, h):
+                    if not self._new_faces(pass_faces, parts[-1], part_scores[-1], w, h):
                         portrait = True
                         break
                     # more faces: the pyramid's own levels find them, as without the look
@@ -577,9 +577,7 @@ class BlazeFaceDetector:
         # blurred face: the single pass's faces stay)
         coarse_bar = COARSE_VERIFY_SCORE if side > COARSE_SIDE else 0.0
         coarse = [
-            b
-            for b in self._boxes(coords, scores, w, h)
-            if b.score >= coarse_bar or self._verified(img, b, k, looks)
+            b for b in pass_faces if b.score >= coarse_bar or self._verified(img, b, k, looks)
         ]
         if len(parts) == 1:  # a portrait: the whole-image pass alone, as the single pass
             return coarse
